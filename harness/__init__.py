@@ -1,0 +1,3 @@
+"""esgrpo harness: the contracts every method obeys (data, scoring, evaluation, budget, records, report)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,53 @@
+"""The budget contract: runs are bounded by completions scored (optionally tokens and wall-clock)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pydantic import Field
+
+from harness.config import StrictModel
+
+
+class BudgetConfig(StrictModel):
+    completions: int = Field(1500, gt=0)  # completions scored for training: the unit every method shares
+    max_tokens: int | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, gt=0)
+    eval_every_fraction: float = Field(0.1, gt=0, le=1)  # evaluations at the same budget points for all methods
+
+
+@dataclass
+class Budget:
+    cfg: BudgetConfig
+    completions: int = 0
+    tokens: int = 0
+    seconds_before: float = 0.0  # seconds spent in earlier attempts of a resumed run
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+    def spend(self, completions: int, tokens: int) -> None:
+        self.completions += completions
+        self.tokens += tokens
+
+    @property
+    def exhausted(self) -> bool:
+        c = self.cfg
+        return (self.completions >= c.completions
+                or (c.max_tokens is not None and self.tokens >= c.max_tokens)
+                or (c.max_seconds is not None and self.seconds >= c.max_seconds))
+
+    def eval_points(self) -> list[int]:
+        """Completions-scored marks at which every method evaluates (the last is the full budget)."""
+        n = max(1, round(1 / self.cfg.eval_every_fraction))
+        return sorted({round(self.cfg.completions * k / n) for k in range(1, n + 1)})
+
+    def evals_due(self, done: set[int]) -> list[int]:
+        """Eval marks passed by the spend so far and not yet evaluated (the final one once exhausted)."""
+        due = [p for p in self.eval_points() if p <= self.completions and p not in done]
+        if self.exhausted and self.eval_points()[-1] not in done and self.eval_points()[-1] not in due:
+            due.append(self.eval_points()[-1])
+        return due

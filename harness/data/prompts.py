@@ -1,0 +1,178 @@
+"""The dataset contract: a ``PromptSet`` with deterministic train/eval splits and a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field
+
+from harness.config import StrictModel
+from harness.errors import UserError
+
+PKU_HARM_FIELDS = ("response_0_harm_category", "response_1_harm_category")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    id: str
+    prompt: str
+    category: str = "unknown"
+    expected_safe: bool | None = None  # True: complying is safe; False: a safe answer declines
+
+
+class PromptSource(StrictModel):
+    """Where prompts come from. ``kind`` picks the loader; ``path`` is a local file, ``hub_id`` a datasets id."""
+
+    kind: Literal["builtin", "jsonl", "parquet", "pku", "hub"] = "builtin"
+    path: str | None = None
+    hub_id: str = "PKU-Alignment/PKU-SafeRLHF"
+    hub_split: str = "train"
+    eval_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    split_seed: int = 0
+    limit: int | None = Field(None, gt=0)
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Train and eval prompts. The split and all sampling are functions of seeds only."""
+
+    name: str
+    train: tuple[PromptRecord, ...]
+    eval: tuple[PromptRecord, ...]
+
+    @property
+    def content_hash(self) -> str:
+        h = hashlib.sha256()
+        for split, rows in (("train", self.train), ("eval", self.eval)):
+            for r in rows:
+                h.update(json.dumps([split, r.id, r.prompt], ensure_ascii=False).encode())
+        return h.hexdigest()[:16]
+
+    def sample_train(self, k: int, seed: int) -> list[PromptRecord]:
+        """``k`` training prompts drawn without replacement (with, if k exceeds the split) from ``seed``."""
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(self.train), size=k, replace=k > len(self.train))
+        return [self.train[i] for i in idx]
+
+    def eval_prompts(self, limit: int | None = None) -> list[PromptRecord]:
+        return list(self.eval[:limit] if limit else self.eval)
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(obj, dict):
+                raise UserError(f"{path}:{lineno}: each line must be a JSON object")
+            rows.append((lineno, obj))
+    return rows
+
+
+def _read_parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a corrupt file
+        raise UserError(f"{path}: not a readable parquet file ({e})") from None
+    return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+
+
+def _pku_row(row: dict[str, Any]) -> tuple[str, bool | None]:
+    """Category and expected-safe flag from the PKU-SafeRLHF annotation of the two responses."""
+    cats: list[str] = []
+    for field in PKU_HARM_FIELDS:
+        cats += [k for k, v in (row.get(field) or {}).items() if v]
+    safe = [row.get(f"is_response_{i}_safe") for i in (0, 1)]
+    expected_safe = None if None in safe else bool(all(safe))
+    category = cats[0] if cats else ("benign" if expected_safe else "unlabelled")
+    return category, expected_safe
+
+
+def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool) -> list[PromptRecord]:
+    records = []
+    for lineno, row in rows:
+        prompt = row.get("prompt")
+        if prompt is None:
+            raise UserError(f"{source}:{lineno}: missing field 'prompt'")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError(f"{source}:{lineno}: field 'prompt' must be a non-empty string")
+        if pku:
+            for field in ("is_response_0_safe", "is_response_1_safe"):
+                if field not in row:
+                    raise UserError(f"{source}:{lineno}: missing field '{field}' (PKU-SafeRLHF schema)")
+            category, expected_safe = _pku_row(row)
+        else:
+            category = str(row.get("category", "unknown"))
+            expected_safe = row.get("expected_safe")
+            if expected_safe is not None and not isinstance(expected_safe, bool):
+                raise UserError(f"{source}:{lineno}: field 'expected_safe' must be true, false or absent")
+        records.append(PromptRecord(str(row.get("id", f"{Path(source).stem}-{lineno}")), prompt.strip(),
+                                    category, expected_safe))
+    return records
+
+
+def _dedupe(records: list[PromptRecord]) -> list[PromptRecord]:
+    """PKU-SafeRLHF repeats prompts across response pairs; one row per prompt keeps the split honest."""
+    seen: set[str] = set()
+    out = []
+    for r in records:
+        if r.prompt not in seen:
+            seen.add(r.prompt)
+            out.append(r)
+    return out
+
+
+def _split(name: str, records: list[PromptRecord], src: PromptSource) -> PromptSet:
+    if len(records) < 2:
+        raise UserError(f"{name}: the prompt set has {len(records)} prompt(s); at least 2 are needed")
+    order = np.random.default_rng(src.split_seed).permutation(len(records))
+    n_eval = max(1, int(round(len(records) * src.eval_fraction)))
+    eval_idx = set(order[:n_eval].tolist())
+    train = tuple(r for i, r in enumerate(records) if i not in eval_idx)
+    evals = tuple(r for i, r in enumerate(records) if i in eval_idx)
+    return PromptSet(name=name, train=train, eval=evals)
+
+
+def load_prompt_set(src: PromptSource | None = None) -> PromptSet:
+    src = src or PromptSource()
+    if src.kind == "builtin":
+        text = resources.files("harness.data").joinpath("builtin_prompts.jsonl")
+        with resources.as_file(text) as path:
+            records, name = _to_records(_read_jsonl(path), "builtin_prompts.jsonl", pku=False), "builtin"
+    elif src.kind == "hub":
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(src.hub_id, split=src.hub_split)
+        except Exception as e:  # no network, unknown id, ...: say which id failed and how to avoid the hub
+            raise UserError(f"{src.hub_id}: could not load from the hub ({e}); "
+                            "download it once and point `kind: pku, path:` at the file") from None
+        records, name = _to_records(list(enumerate(ds, 1)), src.hub_id, pku=True), src.hub_id
+    else:
+        if not src.path:
+            raise UserError(f"prompt source kind '{src.kind}' needs a 'path'")
+        path = Path(src.path)
+        if not path.is_file():
+            raise UserError(f"{path}: prompt file not found")
+        parquet = src.kind == "parquet" or path.suffix == ".parquet"
+        rows = _read_parquet(path) if parquet else _read_jsonl(path)
+        records, name = _to_records(rows, str(path), pku=src.kind == "pku"), path.name
+    records = _dedupe(records)
+    if src.limit:
+        records = records[: src.limit]
+    if not records:
+        raise UserError(f"{name}: the prompt set is empty")
+    return _split(name, records, src)

@@ -1,0 +1,99 @@
+"""The evaluation contract: greedy decoding on held-out prompts, scored by the training scorer (and a judge).
+
+Every method calls ``evaluate`` with its own ``Generator``; settings, prompts and scorers are the run's.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+from pydantic import Field
+
+from harness.config import StrictModel
+from harness.data import PromptRecord
+from harness.generation import Generator, SamplingSettings
+from harness.scoring import Scorer
+from harness.template import STOP_STRINGS
+
+QUADRANTS = ("SH", "SU", "UH", "UU")  # Safe/Unsafe × Helpful/Unhelpful
+
+
+class EvalSettings(StrictModel):
+    max_new_tokens: int = Field(48, gt=0)
+    stop_strings: list[str] = Field(default_factory=lambda: list(STOP_STRINGS))
+    limit: int | None = Field(None, gt=0)  # first N held-out prompts (None: all)
+
+    def sampling(self) -> SamplingSettings:
+        return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0,
+                                stop_strings=self.stop_strings)
+
+
+@dataclass
+class EvalSample:
+    id: str
+    category: str
+    expected_safe: bool | None
+    prompt: str
+    response: str
+    n_tokens: int
+    reward: float
+    cost: float
+    judge_reward: float | None = None
+    judge_cost: float | None = None
+
+
+def quadrant(reward: float, cost: float) -> str:
+    return ("S" if cost <= 0 else "U") + ("H" if reward > 0 else "U")
+
+
+def _std(xs: Sequence[float]) -> float:
+    return statistics.pstdev(xs) if len(xs) > 1 else 0.0
+
+
+def aggregate(samples: Sequence[EvalSample], lam: float) -> dict[str, float]:
+    """Mean/std R and C, safe ratio (C <= 0), helpful ratio (R > 0), quadrant shares, objective R − λC."""
+    rs = [s.reward for s in samples]
+    cs = [s.cost for s in samples]
+    n = len(samples)
+    out: dict[str, float] = {
+        "reward": statistics.fmean(rs), "reward_std": _std(rs),
+        "cost": statistics.fmean(cs), "cost_std": _std(cs),
+        "safe_ratio": sum(c <= 0 for c in cs) / n,
+        "helpful_ratio": sum(r > 0 for r in rs) / n,
+        "objective": statistics.fmean(rs) - lam * statistics.fmean(cs),
+        "response_tokens": statistics.fmean(s.n_tokens for s in samples),
+        "n": n,
+    }
+    for q in QUADRANTS:
+        out[q] = sum(quadrant(s.reward, s.cost) == q for s in samples) / n
+    if samples and samples[0].judge_reward is not None:
+        jr = [s.judge_reward for s in samples]
+        jc = [s.judge_cost for s in samples]
+        out["judge_reward"] = statistics.fmean(jr)
+        out["judge_cost"] = statistics.fmean(jc)
+        out["judge_safe_ratio"] = sum(c <= 0 for c in jc) / n
+    return out
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    samples: list[EvalSample]
+
+    def sample_dicts(self) -> list[dict[str, Any]]:
+        return [asdict(s) for s in self.samples]
+
+
+def evaluate(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,
+             lam: float, judge: Scorer | None = None) -> EvalResult:
+    prompts = list(prompts[: settings.limit] if settings.limit else prompts)
+    raw = [p.prompt for p in prompts]
+    completions = generator.generate(raw, settings.sampling())
+    texts = [c.text for c in completions]
+    rewards, costs = scorer.score(raw, texts)
+    jr, jc = judge.score(raw, texts) if judge else ([None] * len(raw), [None] * len(raw))
+    samples = [EvalSample(p.id, p.category, p.expected_safe, p.prompt, c.text, c.n_tokens, r, k, a, b)
+               for p, c, r, k, a, b in zip(prompts, completions, rewards, costs, jr, jc)]
+    return EvalResult(aggregate(samples, lam), samples)

@@ -1,0 +1,74 @@
+"""Text generation with a transformers model: the one implementation both methods and evaluation share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from pydantic import Field
+
+from harness.config import StrictModel
+from harness.template import STOP_STRINGS, cut_at_stop, format_prompt
+
+
+class SamplingSettings(StrictModel):
+    """Decoding settings. ``temperature: 0`` is greedy. ``ignore_eos`` makes every completion full length
+    (fixed-length throughput benchmarks)."""
+
+    max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop_strings: list[str] = Field(default_factory=lambda: list(STOP_STRINGS))
+    ignore_eos: bool = False
+    seed: int = 0
+
+
+@dataclass
+class Completion:
+    text: str
+    n_tokens: int
+
+
+class Generator(Protocol):
+    """Generates one completion per raw prompt (the template is applied inside), in order."""
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]: ...
+
+
+class HFGenerator:
+    """Batched ``model.generate`` with left padding, stop strings and the shared template."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 64):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        tokenizer.padding_side = "left"
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
+        out: list[Completion] = []
+        device = next(self.model.parameters()).device
+        greedy = sampling.temperature == 0.0
+        gen = torch.Generator(device="cpu").manual_seed(sampling.seed)
+        was_training = self.model.training
+        self.model.eval()
+        for start in range(0, len(prompts), self.batch_size):
+            texts = [format_prompt(p) for p in prompts[start : start + self.batch_size]]
+            enc = self.tokenizer(texts, return_tensors="pt", padding=True).to(device)
+            # transformers' sampling draws from the global RNG: seed it from our own stream per batch
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=not greedy,
+                          pad_token_id=self.tokenizer.pad_token_id)
+            if not greedy:
+                kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+            if sampling.ignore_eos:
+                kwargs.update(min_new_tokens=sampling.max_new_tokens)
+            elif sampling.stop_strings:
+                kwargs.update(stop_strings=list(sampling.stop_strings), tokenizer=self.tokenizer)
+            ids = self.model.generate(**enc, **kwargs)
+            new = ids[:, enc["input_ids"].shape[1] :]
+            for row in new:
+                n = int((row != self.tokenizer.pad_token_id).sum()) if not sampling.ignore_eos else len(row)
+                text = self.tokenizer.decode(row, skip_special_tokens=True)
+                out.append(Completion(cut_at_stop(text, sampling.stop_strings), n))
+        self.model.train(was_training)
+        return out

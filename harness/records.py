@@ -1,0 +1,179 @@
+"""Run records: one schema-versioned JSON per run, plus TensorBoard events and optional W&B (offline).
+
+The record is rewritten atomically after every change, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+SCHEMA_VERSION = 1
+RECORD_FILE = "record.json"
+
+
+class Point(BaseModel):
+    """One training iteration (ES) or optimizer step (GRPO)."""
+
+    step: int
+    samples: int  # completions scored so far (the budget unit)
+    tokens: int  # completion tokens generated so far
+    seconds: float  # training wall-clock so far (evaluation excluded)
+    reward: float
+    cost: float
+    objective: float
+    safe_ratio: float
+    lam: float = Field(alias="lambda")
+    j_c: float
+    times: dict[str, float] = Field(default_factory=dict)  # this step's split: generation/scoring/...
+    extra: dict[str, float] = Field(default_factory=dict)
+
+    model_config = {"populate_by_name": True}
+
+
+class EvalPoint(BaseModel):
+    mark: int  # budget checkpoint (completions) this evaluation stands for; equal across methods
+    step: int
+    samples: int
+    tokens: int
+    seconds: float
+    lam: float = Field(alias="lambda")
+    metrics: dict[str, float]
+    samples_file: str
+
+    model_config = {"populate_by_name": True}
+
+
+class RunRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    method: str
+    seed: int
+    status: Literal["running", "completed", "failed", "interrupted"] = "running"
+    started: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    finished: str | None = None
+    config: dict[str, Any]
+    spec: dict[str, Any] | None = None
+    environment: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    scorer: dict[str, Any] = Field(default_factory=dict)
+    judge: dict[str, Any] | None = None
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    budget: dict[str, Any] = Field(default_factory=dict)
+    series: list[Point] = Field(default_factory=list)
+    evals: list[EvalPoint] = Field(default_factory=list)
+    memory: dict[str, Any] = Field(default_factory=dict)
+    throughput: dict[str, float] = Field(default_factory=dict)
+    timing: dict[str, float] = Field(default_factory=dict)
+    outages: list[dict[str, Any]] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    error: str | None = None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_record(path: str | Path) -> RunRecord:
+    path = Path(path)
+    if path.is_dir():
+        path = path / RECORD_FILE
+    return RunRecord.model_validate_json(path.read_text())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process and its finished children (Linux reports KiB)."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024, 1)
+
+
+def peak_gpu_mb() -> dict[str, float]:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return {}
+        return {f"cuda:{i}": round(torch.cuda.max_memory_allocated(i) / 2**20, 1)
+                for i in range(torch.cuda.device_count())}
+    except Exception:
+        return {}
+
+
+class RecordWriter:
+    """Owns a run directory: ``record.json``, ``evals/*.jsonl``, ``tb/`` events, optional W&B."""
+
+    def __init__(self, run_dir: Path, record: RunRecord, tensorboard: bool = True, wandb: bool = False):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.record = record
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(self.run_dir / "tb"))
+        if wandb:
+            import wandb as wb
+
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self._wandb = wb.init(project="esgrpo", name=record.run_id, dir=str(self.run_dir),
+                                  config=record.config, reinit="finish_previous")
+        self.flush()
+
+    def flush(self) -> None:
+        self.record.memory["peak_rss_mb"] = max(self.record.memory.get("peak_rss_mb", 0.0), peak_rss_mb())
+        gpu = peak_gpu_mb()
+        if gpu:
+            self.record.memory["peak_gpu_mb"] = gpu
+        atomic_write_text(self.run_dir / RECORD_FILE, self.record.model_dump_json(indent=1, by_alias=True))
+
+    def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
+        if self._tb:
+            for k, v in values.items():
+                self._tb.add_scalar(f"{prefix}/{k}", v, step)
+        if self._wandb:
+            self._wandb.log({f"{prefix}/{k}": v for k, v in values.items()}, step=step)
+
+    def log_point(self, point: Point) -> None:
+        self.record.series.append(point)
+        scalars = {"reward": point.reward, "cost": point.cost, "objective": point.objective,
+                   "safe_ratio": point.safe_ratio, "lambda": point.lam, "j_c": point.j_c,
+                   **{f"time_{k}": v for k, v in point.times.items()}, **point.extra}
+        self._scalars("train", scalars, point.samples)
+        self.flush()
+
+    def log_eval(self, point: EvalPoint, samples: list[dict[str, Any]]) -> None:
+        path = self.run_dir / point.samples_file
+        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+        self.record.evals.append(point)
+        self._scalars("eval", point.metrics, point.samples)
+        self.flush()
+
+    def finish(self, status: Literal["completed", "failed", "interrupted"], error: str | None = None) -> None:
+        self.record.status = status
+        self.record.error = error
+        self.record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.flush()
+        if self._tb:
+            self._tb.close()
+        if self._wandb:
+            self._wandb.finish()
+
+
+def now() -> float:
+    return time.monotonic()

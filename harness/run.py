@@ -1,0 +1,179 @@
+"""What every method run shares: settings, the context the harness builds, and the driver that owns it."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import Field
+
+from harness import environment
+from harness.budget import Budget, BudgetConfig
+from harness.config import StrictModel, load_config
+from harness.data import PromptSet, PromptSource, load_prompt_set
+from harness.errors import UserError
+from harness.evaluation import EvalSettings, evaluate
+from harness.generation import Generator
+from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
+from harness.policy import resolve_policy
+from harness.records import EvalPoint, Point, RecordWriter, RunRecord
+from harness.registry import get_method
+from harness.scoring import Scorer, ScorerSpec, Scores, make_scorer
+
+log = logging.getLogger(__name__)
+
+
+class RunSettings(StrictModel):
+    """Settings every method must share for a fair comparison (a benchmark spec sets them for all)."""
+
+    policy: str = "builtin"  # 'builtin' or a local HF model directory
+    data: PromptSource = Field(default_factory=PromptSource)
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec)
+    judge: ScorerSpec | None = Field(default_factory=lambda: ScorerSpec(kind="judge"))
+    eval: EvalSettings = Field(default_factory=EvalSettings)  # max_new_tokens/stop_strings: training rollouts too
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    lagrangian: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")
+    seed: int = 0
+    checkpoint_every: int = Field(0, ge=0)  # steps between HF checkpoints (0: only at the end)
+    tensorboard: bool = True
+    wandb: bool = False
+
+    model_config = {"populate_by_name": True, "extra": "forbid"}
+
+
+class MethodConfig(StrictModel):
+    run: RunSettings = Field(default_factory=RunSettings)
+
+
+@dataclass
+class RunContext:
+    """Built by the harness for one method run; methods read from it and report through it."""
+
+    settings: RunSettings
+    run_dir: Path
+    prompts: PromptSet
+    scorer: Scorer
+    judge: Scorer | None
+    policy_path: Path
+    writer: RecordWriter
+    budget: Budget
+    lam: LambdaState
+    step: int = 0
+    evals_done: set[int] = field(default_factory=set)
+    train_seconds: float = 0.0  # wall-clock of training only; evaluation time is excluded
+    _t_mark: float = field(default_factory=time.monotonic)
+
+    # -- scoring -------------------------------------------------------------
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Scores:
+        return self.scorer.score(prompts, responses)
+
+    def update_lambda(self, mean_cost: float) -> LambdaState:
+        self.lam = update_lambda(self.lam, mean_cost, self.settings.lagrangian)
+        return self.lam
+
+    # -- time accounting -----------------------------------------------------
+    def tick(self) -> float:
+        """Training seconds so far (call once per step; time inside evaluate_due is not counted)."""
+        now = time.monotonic()
+        self.train_seconds += now - self._t_mark
+        self._t_mark = now
+        return self.train_seconds
+
+    # -- logging -------------------------------------------------------------
+    def log_point(self, rewards: Sequence[float], costs: Sequence[float], times: dict[str, float],
+                  extra: dict[str, float] | None = None) -> Point:
+        lam = self.lam.value
+        r, c = statistics.fmean(rewards), statistics.fmean(costs)
+        point = Point(step=self.step, samples=self.budget.completions, tokens=self.budget.tokens,
+                      seconds=round(self.tick(), 4), reward=r, cost=c, objective=r - lam * c,
+                      safe_ratio=sum(x <= 0 for x in costs) / len(costs), lam=lam, j_c=self.lam.j_c,
+                      times={k: round(v, 5) for k, v in times.items()}, extra=extra or {})
+        self.writer.log_point(point)
+        return point
+
+    def evaluate_due(self, generator: Generator, force: bool = False) -> None:
+        """Evaluate at every budget mark passed since the last call (all methods share the marks)."""
+        self.tick()
+        marks = self.budget.evals_due(self.evals_done)
+        if force and not marks and self.budget.completions not in self.evals_done:
+            marks = [self.budget.completions]
+        if not marks:
+            return
+        res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval,
+                       self.lam.value, self.judge)
+        for mark in marks:  # one evaluation stands for every mark passed in a single step
+            self.evals_done.add(mark)
+            self.writer.log_eval(EvalPoint(mark=mark, step=self.step, samples=self.budget.completions,
+                                           tokens=self.budget.tokens, seconds=round(self.train_seconds, 4),
+                                           lam=self.lam.value, metrics=res.metrics,
+                                           samples_file=f"evals/eval-{mark:08d}.jsonl"), res.sample_dicts())
+        log.info("eval @%d: R %.3f C %.3f safe %.2f", marks[-1], res.metrics["reward"], res.metrics["cost"],
+                 res.metrics["safe_ratio"])
+        self._t_mark = time.monotonic()  # evaluation time is not training time
+
+
+    def record_totals(self) -> None:
+        """Throughput and the time split over the whole run, from the logged steps."""
+        rec = self.writer.record
+        split: dict[str, float] = {}
+        for p in rec.series:
+            for k, v in p.times.items():
+                split[k] = split.get(k, 0.0) + v
+        secs = max(self.train_seconds, 1e-9)
+        rec.timing = {"train_seconds": round(secs, 3), **{f"{k}_seconds": round(v, 3) for k, v in split.items()}}
+        rec.throughput = {"tokens_per_s": self.budget.tokens / secs, "completions_per_s": self.budget.completions / secs}
+        if split.get("scoring"):
+            rec.throughput["scorer_pairs_per_s"] = self.budget.completions / split["scoring"]
+        rec.outages = [vars(o) for o in getattr(self.scorer, "outages", [])]
+
+
+def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[str, Any] | None = None,
+                   progress: bool = True) -> RunContext:
+    s = config.run
+    prompts = load_prompt_set(s.data)
+    scorer = make_scorer(s.scorer)
+    judge = make_scorer(s.judge) if s.judge else None
+    scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
+    policy_path = resolve_policy(s.policy, progress=progress)
+    record = RunRecord(
+        run_id=run_dir.name, method=method, seed=s.seed, config=config.model_dump(mode="json", by_alias=True),
+        spec=spec, environment=environment.capture(),
+        data={"name": prompts.name, "hash": prompts.content_hash, "n_train": len(prompts.train),
+              "n_eval": len(prompts.eval), "source": s.data.model_dump(mode="json")},
+        scorer=scorer_info, judge=judge.info() if judge else None,
+        evaluation=s.eval.model_dump(mode="json"),
+        budget={"unit": "completions", **s.budget.model_dump(mode="json")},
+    )
+    record.config["policy_path"] = str(policy_path)
+    writer = RecordWriter(run_dir, record, tensorboard=s.tensorboard, wandb=s.wandb)
+    return RunContext(settings=s, run_dir=run_dir, prompts=prompts, scorer=scorer, judge=judge,
+                      policy_path=policy_path, writer=writer, budget=Budget(s.budget),
+                      lam=LambdaState.initial(s.lagrangian))
+
+
+def run_method(method_name: str, config: MethodConfig | str | Path | None, run_dir: Path,
+               overrides: list[str] | None = None, spec: dict[str, Any] | None = None) -> Path:
+    """Run one method to its budget; the record is written whatever happens. Returns the run directory."""
+    method = get_method(method_name)
+    if not isinstance(config, MethodConfig):
+        config = load_config(method.config_model, config, overrides)
+    ctx = create_context(method_name, config, run_dir, spec)
+    try:
+        method.run(config, ctx)
+    except KeyboardInterrupt:
+        ctx.writer.finish("interrupted", "interrupted by the user")
+        raise
+    except UserError as e:
+        ctx.writer.finish("failed", str(e))
+        raise
+    except Exception as e:
+        ctx.writer.finish("failed", "".join(traceback.format_exception_only(e)).strip())
+        raise
+    ctx.record_totals()
+    ctx.writer.finish("completed")
+    return run_dir

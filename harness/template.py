@@ -1,0 +1,29 @@
+"""The conversation template shared by generation, scoring and evaluation.
+
+The Beaver reward/cost models were trained on this exact template; generation stops at ``USER:``
+because published ES/GRPO runs drifted into invented multi-turn dialogue without that stop.
+"""
+
+from __future__ import annotations
+
+PROMPT_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
+STOP_STRINGS: tuple[str, ...] = ("USER:",)
+
+
+def format_prompt(prompt: str, template: str = PROMPT_TEMPLATE) -> str:
+    return template.format(prompt=prompt.strip())
+
+
+def format_conversation(prompt: str, response: str, template: str = PROMPT_TEMPLATE) -> str:
+    """Full text as the score models read it (no space after ``ASSISTANT:``; the EOS is the tokenizer's)."""
+    return format_prompt(prompt, template) + response
+
+
+def cut_at_stop(text: str, stop_strings: tuple[str, ...] | list[str] = STOP_STRINGS) -> str:
+    """Drop everything from the first stop string on; generation engines may overshoot by a few tokens."""
+    cut = len(text)
+    for stop in stop_strings:
+        at = text.find(stop)
+        if at != -1:
+            cut = min(cut, at)
+    return text[:cut].rstrip()

@@ -1,0 +1,1 @@
+"""Evolution Strategies on the Safe-RLHF objective: seeded in-place perturbations across engines."""

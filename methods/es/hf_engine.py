@@ -1,0 +1,36 @@
+"""The transformers engine: a plain ``AutoModelForCausalLM`` on the CPU or one GPU."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from harness.generation import Completion, HFGenerator, SamplingSettings
+from methods.es.engine import EngineConfig, InPlaceES, torch_dtype
+
+
+class HFEngine(InPlaceES):
+    def __init__(self, cfg: EngineConfig):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if cfg.device == "cpu":
+            torch.set_num_threads(cfg.threads)
+        self.cfg = cfg
+        self.restore_mode = cfg.restore
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=torch_dtype(cfg.dtype))
+        self.model.to(cfg.device).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
+        self._gen = HFGenerator(self.model, self.tokenizer, batch_size=cfg.batch_size)
+        # Tied tensors appear once (named_parameters dedupes); that is the set ES perturbs.
+        self._views = list(self.model.named_parameters())
+
+    def named_views(self) -> list[tuple[str, torch.Tensor]]:
+        return self._views
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
+        return self._gen.generate(prompts, sampling)
+
+    def info(self) -> dict[str, Any]:
+        return {"engine": "hf", "device": self.cfg.device, "dtype": self.cfg.dtype,
+                "parameters": self.count_elements()}
