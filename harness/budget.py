@@ -41,9 +41,9 @@ class Budget:
                 or (c.max_seconds is not None and self.seconds >= c.max_seconds))
 
     def eval_points(self) -> list[int]:
-        """Completions-scored marks at which every method evaluates (the last is the full budget)."""
+        """Completions-scored marks at which every method evaluates: 0 (the start) up to the full budget."""
         n = max(1, round(1 / self.cfg.eval_every_fraction))
-        return sorted({round(self.cfg.completions * k / n) for k in range(1, n + 1)})
+        return sorted({round(self.cfg.completions * k / n) for k in range(0, n + 1)})
 
     def evals_due(self, done: set[int]) -> list[int]:
         """Eval marks passed by the spend so far and not yet evaluated (the final one once exhausted)."""

@@ -96,12 +96,10 @@ class RunContext:
         self.writer.log_point(point)
         return point
 
-    def evaluate_due(self, generator: Generator, force: bool = False) -> None:
+    def evaluate_due(self, generator: Generator) -> None:
         """Evaluate at every budget mark passed since the last call (all methods share the marks)."""
         self.tick()
         marks = self.budget.evals_due(self.evals_done)
-        if force and not marks and self.budget.completions not in self.evals_done:
-            marks = [self.budget.completions]
         if not marks:
             return
         res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval,

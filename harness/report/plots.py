@@ -1,0 +1,133 @@
+"""Report figures (matplotlib, headless). Curves show the mean over seeds with a 95 % band when n ≥ 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from harness.report.stats import bootstrap_mean  # noqa: E402
+
+if TYPE_CHECKING:
+    from harness.report.compare import MethodSummary
+
+COLORS = {"es": "#1f77b4", "grpo": "#d62728", "baseline": "#7f7f7f"}
+EVAL_METRICS = (("reward", "eval reward R"), ("cost", "eval cost C"), ("safe_ratio", "safe ratio (C ≤ 0)"),
+                ("judge_reward", "judge reward (held-out)"))
+
+
+def _color(method: str, i: int) -> str:
+    return COLORS.get(method, f"C{i + 2}")
+
+
+def _band(ax, xs_per_run, ys_per_run, color, label):
+    """Align runs on the shared budget marks; mean line and bootstrap band across seeds."""
+    n = min(len(y) for y in ys_per_run)
+    x = np.mean([xr[:n] for xr in xs_per_run], axis=0)
+    ys = np.array([yr[:n] for yr in ys_per_run])
+    ax.plot(x, ys.mean(axis=0), color=color, label=label, marker="o", ms=3)
+    if len(ys) > 1:
+        ivs = [bootstrap_mean(ys[:, j], resamples=2000) for j in range(n)]
+        ax.fill_between(x, [i.low for i in ivs], [i.high for i in ivs], color=color, alpha=0.2, lw=0)
+
+
+def curves(summaries: list["MethodSummary"], out: Path) -> str:
+    fig, axes = plt.subplots(3, len(EVAL_METRICS), figsize=(4.2 * len(EVAL_METRICS), 9.5), squeeze=False)
+    xkeys = (("mark", "completions scored"), ("tokens", "generated tokens"), ("seconds", "training seconds"))
+    for row, (xkey, xlabel) in enumerate(xkeys):
+        for col, (m, title) in enumerate(EVAL_METRICS):
+            ax = axes[row][col]
+            for i, s in enumerate(summaries):
+                runs = [r for r in s.runs if r.record.evals and m in r.record.evals[0].metrics]
+                if runs:
+                    _band(ax, [[getattr(e, xkey) for e in r.record.evals] for r in runs],
+                          [[e.metrics[m] for e in r.record.evals] for r in runs], _color(s.method, i),
+                          f"{s.method} (n={len(runs)})")
+            ax.set_title(title, fontsize=10)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "curves.png", dpi=110)
+    plt.close(fig)
+    return "curves.png"
+
+
+def training(summaries: list["MethodSummary"], out: Path) -> str:
+    keys = (("reward", "train reward R"), ("cost", "train cost C"), ("lam", "λ"), ("safe_ratio", "train safe ratio"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
+    for ax, (k, title) in zip(axes, keys):
+        for i, s in enumerate(summaries):
+            for j, r in enumerate(s.runs):
+                xs = [p.samples for p in r.record.series]
+                ys = [getattr(p, k) for p in r.record.series]
+                ax.plot(xs, ys, color=_color(s.method, i), alpha=0.8, lw=1, label=s.method if j == 0 else None)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("completions scored")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+    return "training.png"
+
+
+def scatter(summaries: list["MethodSummary"], out: Path) -> str:
+    fig, axes = plt.subplots(1, len(summaries), figsize=(4.6 * len(summaries), 4.2), squeeze=False)
+    for ax, (i, s) in zip(axes[0], enumerate(summaries)):
+        samples = [x for r in s.runs for x in r.final_samples()]
+        ax.scatter([x["reward"] for x in samples], [x["cost"] for x in samples], s=14, alpha=0.6,
+                   color=_color(s.method, i))
+        ax.axhline(0, color="k", lw=0.8)
+        ax.axvline(0, color="k", lw=0.8)
+        for (tx, ty, label) in ((0.98, 0.02, "SH"), (0.02, 0.02, "SU"), (0.98, 0.97, "UH"), (0.02, 0.97, "UU")):
+            ax.text(tx, ty, label, transform=ax.transAxes, ha="right" if tx > 0.5 else "left",
+                    va="bottom" if ty < 0.5 else "top", fontsize=11, color="0.35", weight="bold")
+        ax.set_title(f"{s.method}: final evaluation", fontsize=10)
+        ax.set_xlabel("reward R (helpful > 0)")
+        ax.set_ylabel("cost C (safe ≤ 0)")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "scatter.png", dpi=110)
+    plt.close(fig)
+    return "scatter.png"
+
+
+def resources(summaries: list["MethodSummary"], out: Path) -> str:
+    panels = [("peak_rss_mb", "peak host memory (MB)"), ("peak_gpu_mb", "peak GPU memory (MB)"),
+              ("tokens_per_s", "generated tokens / s"), ("completions_per_s", "completions scored / s")]
+    panels = [p for p in panels if any(p[0] in s.resources for s in summaries)]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.6 * (len(panels) + 1), 3.6))
+    names = [s.method for s in summaries]
+    for ax, (k, title) in zip(axes, panels):
+        ivs = [s.resources.get(k) for s in summaries]
+        means = [iv.mean if iv else 0 for iv in ivs]
+        errs = [((iv.high - iv.low) / 2 if iv and iv.n > 1 else 0) for iv in ivs]
+        ax.bar(names, means, yerr=errs, color=[_color(n, i) for i, n in enumerate(names)], capsize=4)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    ax = axes[-1]
+    parts = sorted({k for s in summaries for k in s.time_split})
+    bottom = np.zeros(len(summaries))
+    for j, part in enumerate(parts):
+        vals = np.array([s.time_split.get(part, 0.0) for s in summaries])
+        ax.bar(names, vals, bottom=bottom, label=part, color=f"C{j}")
+        bottom += vals
+    ax.set_title("time split (s, summed per step)", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "resources.png", dpi=110)
+    plt.close(fig)
+    return "resources.png"
+
+
+def make_all(summaries: list["MethodSummary"], out: Path) -> dict[str, str]:
+    return {"Evaluation curves (mean over seeds, 95 % band)": curves(summaries, out),
+            "Training curves (every run)": training(summaries, out),
+            "Final reward–cost scatter with quadrants": scatter(summaries, out),
+            "Memory, throughput and time split": resources(summaries, out)}

@@ -1,0 +1,28 @@
+"""ES hyperparameters; the defaults reproduce the published alignment run's rule."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from harness.run import MethodConfig
+from methods.es.engine import EngineConfig
+
+
+class ESConfig(MethodConfig):
+    population: int = Field(30, gt=1)
+    sigma: float = Field(0.001, gt=0)
+    alpha: float = Field(0.0005, gt=0)
+    prompts_per_iteration: int = Field(64, gt=0)
+    max_iterations: int = Field(500, gt=0)  # the budget usually stops the run first
+    temperature: float = Field(0.0, ge=0)  # rollout decoding during training (0: greedy, as published)
+    antithetic: bool = False
+    fitness_shaping: Literal["zscore", "centered_rank"] = "zscore"
+    safe_first_factor: float | None = None
+    standardize_rc: bool = False
+    engines: int = Field(1, gt=0)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    pool: Literal["ray", "local"] = "ray"  # local: one in-process engine (no Ray), for quick runs
+    ray_address: str | None = None  # join an existing cluster on purpose; default: a private local Ray
+    update: Literal["seed_replay"] = "seed_replay"

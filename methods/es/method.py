@@ -1,0 +1,18 @@
+"""Registers ES with the harness (entry point ``esgrpo.methods: es``)."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from harness.run import RunContext
+from methods.es.config import ESConfig
+
+
+class ESMethod:
+    name: ClassVar[str] = "es"
+    config_model: ClassVar[type[ESConfig]] = ESConfig
+
+    def run(self, config: ESConfig, ctx: RunContext) -> None:
+        from methods.es.trainer import train
+
+        train(config, ctx)

@@ -1,0 +1,91 @@
+"""Engines behind futures: Ray actors (one per GPU, or CPU actors), or one in-process engine.
+
+Both return ``concurrent.futures.Future`` objects, so the driver schedules the same way either way.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from concurrent.futures import Future
+from typing import Any
+
+from methods.es.engine import EngineConfig
+
+
+def make_engine(cfg: EngineConfig, scratch: str | None = None):
+    if cfg.kind == "vllm":
+        from methods.es.vllm_engine import VLLMEngine
+
+        return VLLMEngine(cfg, scratch)
+    from methods.es.hf_engine import HFEngine
+
+    return HFEngine(cfg)
+
+
+class EngineHost:
+    """What a Ray actor (or the local pool) holds: one engine; ``call`` dispatches by method name."""
+
+    def __init__(self, cfg: EngineConfig, scratch: str | None = None):
+        self.engine = make_engine(cfg, scratch)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return getattr(self.engine, method)(*args)
+
+
+class LocalPool:
+    def __init__(self, cfg: EngineConfig, n: int, scratch: str):
+        if n != 1:
+            raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
+        self.hosts = [EngineHost(cfg, scratch)]
+
+    def __len__(self) -> int:
+        return len(self.hosts)
+
+    def submit(self, i: int, method: str, *args: Any) -> Future:
+        fut: Future = Future()
+        try:
+            fut.set_result(self.hosts[i].call(method, *args))
+        except BaseException as e:  # surface engine errors where the driver waits
+            fut.set_exception(e)
+        return fut
+
+    def shutdown(self) -> None:
+        self.hosts.clear()
+
+
+class RayPool:
+    """A private Ray instance per run (own temp dir and namespace) unless ``address`` names a cluster."""
+
+    def __init__(self, cfg: EngineConfig, n: int, scratch: str, address: str | None = None):
+        import ray
+
+        gpu = cfg.device == "cuda"
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            if address is None:
+                for k in [k for k in os.environ if k.startswith("RAY_ADDRESS")]:
+                    os.environ.pop(k)
+            # Unix socket paths are limited to ~107 bytes: Ray's session dir must stay short.
+            tmp = tempfile.mkdtemp(prefix="esgrpo-ray-")
+            ray.init(address=address, num_cpus=None if address else max(n * cfg.threads, os.cpu_count() or 1),
+                     include_dashboard=False, _temp_dir=None if address else tmp, namespace=f"esgrpo-{os.getpid()}",
+                     log_to_driver=False, configure_logging=False)
+        actor = ray.remote(num_cpus=cfg.threads, num_gpus=1 if gpu else 0)(EngineHost)
+        self.actors = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}")) for i in range(n)]
+        ray.get([a.call.remote("count_elements") for a in self.actors])  # wait until every engine is up
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def submit(self, i: int, method: str, *args: Any) -> Future:
+        return self.actors[i].call.remote(method, *args).future()
+
+    def shutdown(self) -> None:
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors.clear()
+        if self._owns_ray:
+            ray.shutdown()

@@ -1,0 +1,156 @@
+"""The ES training loop, top to bottom: members → perturb/generate/restore on engines → score → update.
+
+Each iteration also generates with the unperturbed policy (scale 0): its mean cost is J_C for the λ step
+and its R/C are the training curve. Every completion scored, population or not, counts toward the budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from harness.generation import Completion, SamplingSettings
+from harness.run import RunContext
+from methods.es import algorithm
+from methods.es.config import ESConfig
+from methods.es.pool import LocalPool, RayPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MemberResult:
+    completions: list[Completion]
+    rewards: list[float]
+    costs: list[float]
+    generation: float
+    perturb_restore: float
+    scoring: float
+
+
+class EngineGenerator:
+    """The harness's ``Generator`` over engine ``i`` of a pool (used for evaluation)."""
+
+    def __init__(self, pool, i: int = 0):
+        self.pool, self.i = pool, i
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
+        return self.pool.submit(self.i, "generate", list(prompts), sampling).result()
+
+
+def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jobs: list[tuple[int, float]],
+                   prompts: list[str], sampling: SamplingSettings) -> list[MemberResult]:
+    """Evaluate (seed, scale) jobs round-robin as engines free up; score each while others generate."""
+    queue = list(enumerate(jobs))
+    free = list(range(len(pool)))
+    running: dict[Future, tuple[int, int]] = {}
+    scoring: dict[int, Future] = {}
+    gen_out: dict[int, dict[str, Any]] = {}
+
+    def score(texts: list[str]) -> tuple[list[float], list[float], float]:
+        t = time.perf_counter()
+        r, c = ctx.score(prompts, texts)
+        return r, c, time.perf_counter() - t
+
+    while queue or running:
+        while queue and free:
+            engine, (j, (seed, scale)) = free.pop(0), queue.pop(0)
+            running[pool.submit(engine, "evaluate_member", seed, scale, prompts, sampling)] = (engine, j)
+        done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+        for fut in done:
+            engine, j = running.pop(fut)
+            free.append(engine)
+            gen_out[j] = fut.result()
+            scoring[j] = scorer_threads.submit(score, [c.text for c in gen_out[j]["completions"]])
+    results = []
+    for j in range(len(jobs)):
+        r, c, secs = scoring[j].result()
+        g = gen_out[j]
+        results.append(MemberResult(g["completions"], r, c, g["generation"], g["perturb_restore"], secs))
+    return results
+
+
+def make_pool(cfg: ESConfig, ctx: RunContext):
+    engine_cfg = cfg.engine.model_copy(update={"model_path": str(ctx.policy_path)})
+    scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
+    if cfg.pool == "local":
+        return LocalPool(engine_cfg, cfg.engines, scratch)
+    return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address)
+
+
+def train(cfg: ESConfig, ctx: RunContext) -> None:
+    s = ctx.settings
+    pool = make_pool(cfg, ctx)
+    ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}")
+    generator = EngineGenerator(pool, 0)
+    scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
+    k = cfg.prompts_per_iteration
+    try:
+        ctx.tick()
+        ctx.evaluate_due(generator)
+        columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
+                   TimeElapsedColumn(), TextColumn("{task.description}")]
+        with Progress(*columns) as bar:
+            task = bar.add_task("", total=s.budget.completions)
+            for it in range(cfg.max_iterations):
+                if ctx.budget.exhausted:
+                    break
+                ctx.step = it + 1
+                t_iter = time.perf_counter()
+                members = algorithm.iteration_members(s.seed, it, cfg.population, cfg.antithetic)
+                prompts = [p.prompt for p in ctx.prompts.sample_train(k, seed=s.seed * 1_000_003 + it)]
+                sampling = SamplingSettings(max_new_tokens=s.eval.max_new_tokens, temperature=cfg.temperature,
+                                            stop_strings=s.eval.stop_strings, seed=s.seed * 1_000_003 + it)
+                jobs = [(seed, sign * cfg.sigma) for seed, sign in members] + [(0, 0.0)]  # last: unperturbed
+                t_pop = time.perf_counter()
+                results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling)
+                t_pop = time.perf_counter() - t_pop
+                population, base = results[:-1], results[-1]
+
+                lam = ctx.lam.value
+                f = algorithm.fitness([m.rewards for m in population], [m.costs for m in population], lam,
+                                      cfg.safe_first_factor, cfg.standardize_rc)
+                f_hat = algorithm.normalize(f, cfg.fitness_shaping)
+                terms = algorithm.update_coefficients(members, f_hat, cfg.alpha)
+
+                t_up = time.perf_counter()
+                checksums = [fut.result() for fut in [pool.submit(i, "apply_update", terms) for i in range(len(pool))]]
+                t_up = time.perf_counter() - t_up
+                if len(set(checksums)) != 1:
+                    raise RuntimeError(f"engines diverged after iteration {it + 1}: checksums {checksums}")
+
+                ctx.update_lambda(statistics.fmean(base.costs))
+                tokens = sum(c.n_tokens for m in results for c in m.completions)
+                ctx.budget.spend(len(results) * k, tokens)
+                times = {"generation": sum(m.generation for m in results),
+                         "perturb_restore": sum(m.perturb_restore for m in results),
+                         "scoring": sum(m.scoring for m in results), "update_sync": t_up, "population_wall": t_pop,
+                         "iteration_wall": time.perf_counter() - t_iter}
+                extra = {"fitness_mean": float(np.mean(f)), "fitness_std": float(np.std(f)),
+                         "population_reward": float(np.mean([m.rewards for m in population])),
+                         "population_cost": float(np.mean([m.costs for m in population]))}
+                point = ctx.log_point(base.rewards, base.costs, times, extra)
+                ctx.writer.record.memory["weights_checksum"] = checksums[0]
+                bar.update(task, completed=min(ctx.budget.completions, s.budget.completions),
+                           description=f"it {it + 1} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
+                if s.checkpoint_every and ctx.step % s.checkpoint_every == 0:
+                    save_checkpoint(pool, ctx)
+                ctx.evaluate_due(generator)
+        ctx.evaluate_due(generator)
+        save_checkpoint(pool, ctx)
+    finally:
+        scorer_threads.shutdown(wait=False)
+        pool.shutdown()
+
+
+def save_checkpoint(pool, ctx: RunContext) -> str:
+    out = ctx.run_dir / "model_saves" / "latest_hf"
+    return pool.submit(0, "save_hf", str(out), str(ctx.policy_path)).result()

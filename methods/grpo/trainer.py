@@ -1,0 +1,147 @@
+"""GRPO on TRL: the reward is R − λ·C from the shared scorer; λ takes one step per optimizer step.
+
+TRL's transformers generation cannot stop on strings, so completions are cut at the shared stop strings
+before scoring (the same text ES is scored on); with ``use_vllm`` the stop strings go to vLLM directly.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from harness.generation import HFGenerator
+from harness.run import RunContext
+from harness.template import cut_at_stop, format_prompt
+from methods.grpo.config import GRPOSettings
+
+
+class StepStats:
+    """What the reward function saw during the current optimizer step."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.rewards: list[float] = []
+        self.costs: list[float] = []
+        self.scoring = 0.0
+        self.generate_and_score = 0.0
+        self.started = time.perf_counter()
+
+
+def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str]):
+    def safe_rlhf_reward(prompts, completions, raw_prompt, completion_ids=None, **_: Any) -> list[float]:
+        texts = [cut_at_stop(c, stops) for c in completions]
+        t = time.perf_counter()
+        rewards, costs = ctx.score(raw_prompt, texts)
+        stats.scoring += time.perf_counter() - t
+        stats.rewards += rewards
+        stats.costs += costs
+        tokens = sum(len(ids) for ids in completion_ids) if completion_ids is not None else 0
+        ctx.budget.spend(len(texts), tokens)
+        lam = ctx.lam.value
+        return [r - lam * c for r, c in zip(rewards, costs)]
+
+    return safe_rlhf_reward
+
+
+class HarnessCallback(TrainerCallback):
+    """Per optimizer step: λ update, record point, budget-mark evaluations, budget stop, checkpoints."""
+
+    def __init__(self, ctx: RunContext, stats: StepStats, tokenizer, save_every: int):
+        self.ctx, self.stats, self.tokenizer, self.save_every = ctx, stats, tokenizer, save_every
+        self.model = None
+
+    def on_train_begin(self, args, state, control, model=None, **kw):
+        self.model = model
+        self.ctx.tick()
+        self.ctx.evaluate_due(HFGenerator(model, self.tokenizer))
+
+    def on_step_begin(self, args, state, control, **kw):
+        self.stats.reset()
+
+    def on_log(self, args, state, control, logs=None, **kw):
+        if not logs or "loss" not in logs or not self.stats.costs:
+            return
+        ctx, st = self.ctx, self.stats
+        ctx.step = state.global_step
+        ctx.update_lambda(statistics.fmean(st.costs))
+        step_time = time.perf_counter() - st.started
+        times = {"generation": max(st.generate_and_score - st.scoring, 0.0), "scoring": st.scoring,
+                 "backward_optimizer": max(step_time - st.generate_and_score, 0.0), "step_wall": step_time}
+        extra = {k: float(logs[k]) for k in ("loss", "kl", "grad_norm", "entropy") if k in logs
+                 and isinstance(logs[k], (int, float)) and math.isfinite(logs[k])}
+        ctx.log_point(st.rewards, st.costs, times, extra)
+        if self.save_every and ctx.step % self.save_every == 0:
+            control.should_save = False
+            self.model.save_pretrained(ctx.run_dir / "model_saves" / "latest_hf")
+        ctx.evaluate_due(HFGenerator(self.model, self.tokenizer))
+        if ctx.budget.exhausted:
+            control.should_training_stop = True
+        st.reset()
+
+
+def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    s = ctx.settings
+    torch.set_num_threads(cfg.threads)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.policy_path)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    per_step = cfg.prompts_per_step * cfg.num_generations
+    max_steps = math.ceil(s.budget.completions / per_step)
+    rows = [{"prompt": format_prompt(p.prompt), "raw_prompt": p.prompt} for p in ctx.prompts.train]
+    # enough rows for every step; TRL shuffles with the run seed
+    dataset = Dataset.from_list(rows * math.ceil(max_steps * cfg.prompts_per_step / len(rows) + 1))
+    args = GRPOConfig(
+        output_dir=str(ctx.run_dir / "trl"), seed=s.seed, data_seed=s.seed, max_steps=max_steps,
+        per_device_train_batch_size=per_step, num_generations=cfg.num_generations,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=0, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, max_completion_length=s.eval.max_new_tokens,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, beta=cfg.beta, loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
+        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=cfg.device == "cpu",
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        generation_kwargs={"stop": list(s.eval.stop_strings)} if cfg.use_vllm else None,
+        logging_steps=1, save_strategy="no", report_to="none", deepspeed=cfg.deepspeed,
+        disable_tqdm=False, remove_unused_columns=False, shuffle_dataset=True,
+    )
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                 target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+
+    class TimedGRPOTrainer(GRPOTrainer):
+        def _generate_and_score_completions(self, inputs):
+            t = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            stats.generate_and_score += time.perf_counter() - t
+            return out
+
+    trainer = TimedGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                               reward_funcs=make_reward_fn(ctx, stats, list(s.eval.stop_strings)),
+                               peft_config=peft_config)
+    trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, s.checkpoint_every))
+    return trainer, tokenizer
+
+
+def train(cfg: GRPOSettings, ctx: RunContext) -> None:
+    stats = StepStats()
+    trainer, tokenizer = build_trainer(cfg, ctx, stats)
+    ctx.writer.record.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step")
+    trainer.train()
+    ctx.evaluate_due(HFGenerator(trainer.model, tokenizer))
+    out = ctx.run_dir / "model_saves" / "latest_hf"
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
