@@ -77,6 +77,11 @@ class RunContext:
         return self.lam
 
     # -- time accounting -----------------------------------------------------
+    def start_clock(self) -> None:
+        """Training time starts here: model loading, engine start-up and the step-0 evaluation are excluded."""
+        self.train_seconds = 0.0
+        self._t_mark = time.monotonic()
+
     def tick(self) -> float:
         """Training seconds so far (call once per step; time inside evaluate_due is not counted)."""
         now = time.monotonic()

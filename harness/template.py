@@ -27,3 +27,13 @@ def cut_at_stop(text: str, stop_strings: tuple[str, ...] | list[str] = STOP_STRI
         if at != -1:
             cut = min(cut, at)
     return text[:cut].rstrip()
+
+
+def split_conversation(text: str, template: str = PROMPT_TEMPLATE) -> tuple[str, str]:
+    """Inverse of ``format_conversation`` for one-turn texts: (prompt, response)."""
+    head, sep, tail = template.partition("{prompt}")
+    if not text.startswith(head) or tail not in text[len(head):]:
+        raise ValueError("text is not a conversation in the template "
+                         f"{template!r} (it must start with {head!r} and contain {tail!r})")
+    prompt, _, response = text[len(head):].partition(tail)
+    return prompt.strip(), response

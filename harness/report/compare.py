@@ -26,6 +26,7 @@ PER_SAMPLE = {
     "judge_reward": lambda s: s.get("judge_reward"),
     "judge_safe_ratio": lambda s: None if s.get("judge_cost") is None else float(s["judge_cost"] <= 0),
 }
+VOLATILE_INFO = ("url", "served", "load_seconds")  # scorer /info fields that differ between identical scorers
 HIGHER_IS_BETTER = {"safe_ratio": True, "reward": True, "cost": False, "objective": True, "helpful_ratio": True,
                     "judge_reward": True, "judge_cost": False, "judge_safe_ratio": True}
 
@@ -73,7 +74,7 @@ def comparability_problems(runs: list[Run]) -> list[str]:
     """What differs between runs that must be equal for a fair comparison."""
     keys = {
         "prompts (data hash)": lambda r: r.data.get("hash"),
-        "scorer": lambda r: json.dumps({k: v for k, v in r.scorer.items() if k != "url"}, sort_keys=True),
+        "scorer": lambda r: json.dumps({k: v for k, v in r.scorer.items() if k not in VOLATILE_INFO}, sort_keys=True),
         "evaluation settings": lambda r: json.dumps(r.evaluation, sort_keys=True),
         "budget (completions)": lambda r: r.budget.get("completions"),
         "judge": lambda r: json.dumps(r.judge, sort_keys=True),

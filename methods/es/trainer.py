@@ -94,8 +94,8 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
     k = cfg.prompts_per_iteration
     try:
-        ctx.tick()
         ctx.evaluate_due(generator)
+        ctx.start_clock()
         columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                    TimeElapsedColumn(), TextColumn("{task.description}")]
         with Progress(*columns) as bar:

@@ -59,8 +59,8 @@ class HarnessCallback(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.model = model
-        self.ctx.tick()
         self.ctx.evaluate_due(HFGenerator(model, self.tokenizer))
+        self.ctx.start_clock()
 
     def on_step_begin(self, args, state, control, **kw):
         self.stats.reset()

@@ -1,0 +1,42 @@
+"""Scorer service configuration: which backend serves R and which serves C, and how the service listens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from harness.config import StrictModel, load_config
+
+
+class BackendSpec(StrictModel):
+    """``builtin``/``judge``: the rule-based stand-ins. ``beaver``: a PKU Beaver score model directory
+    (LlamaForScore). ``hf-classifier``: an AutoModelForSequenceClassification directory (logit 0)."""
+
+    kind: Literal["builtin", "judge", "beaver", "hf-classifier"] = "builtin"
+    path: str | None = None
+    max_length: int = Field(512, gt=8)
+    device: str = "auto"  # auto: cuda if available
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    batch_size: int = Field(16, gt=0)
+
+
+class ScorerServiceConfig(StrictModel):
+    reward: BackendSpec = Field(default_factory=BackendSpec)
+    cost: BackendSpec = Field(default_factory=BackendSpec)
+    host: str = "127.0.0.1"
+    port: int = Field(0, ge=0, le=65535)  # 0: any free port (announced through the rendezvous file)
+    token: str | None = None
+    token_file: str | None = None
+    insecure_no_token: bool = False  # allow a non-loopback bind without a token (on a trusted network only)
+    max_items: int = Field(1024, gt=0)
+    max_chars: int = Field(20_000, gt=0)
+    max_body_bytes: int = Field(16 * 2**20, gt=0)
+    max_batch: int = Field(32, gt=0)  # dynamic batcher: run when this many pairs are waiting ...
+    max_wait_ms: float = Field(5.0, ge=0)  # ... or when the oldest has waited this long
+    rendezvous: str | None = None
+
+
+def load_service_config(path: str | Path | None, overrides: list[str] | None = None) -> ScorerServiceConfig:
+    return load_config(ScorerServiceConfig, path, overrides)

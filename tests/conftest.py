@@ -1,0 +1,95 @@
+"""Shared fixtures: a cached tiny policy, a real scorer service on loopback, quiet third-party logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Built models are cached across test runs in the repository's ignored .cache/ folder.
+os.environ.setdefault("ESGRPO_HOME", str(ROOT / ".cache" / "esgrpo-test"))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def policy_path() -> Path:
+    from harness.policy import builtin_policy_path
+
+    return builtin_policy_path(progress=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ScorerProcess:
+    """``esgrpo serve-scorer`` as a real subprocess; stop() and start() again on the same port."""
+
+    def __init__(self, tmp: Path, config: dict | None = None, env: dict | None = None):
+        self.tmp, self.port = tmp, free_port()
+        self.rendezvous = tmp / "scorer.json"
+        self.config = tmp / "scorer.yaml"
+        import yaml
+
+        self.config.write_text(yaml.safe_dump({"reward": {"kind": "builtin"}, "cost": {"kind": "builtin"},
+                                               **(config or {})}))
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, wait: bool = True) -> "ScorerProcess":
+        self.log = open(self.tmp / "scorer.log", "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve-scorer", "--config", str(self.config),
+                                      "--port", str(self.port), "--rendezvous", str(self.rendezvous)],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        if wait:
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                if self.rendezvous.is_file() and json.loads(self.rendezvous.read_text())["pid"] == self.proc.pid:
+                    return self
+                if self.proc.poll() is not None:
+                    raise RuntimeError((self.tmp / "scorer.log").read_text())
+                time.sleep(0.1)
+            raise RuntimeError("scorer did not start in 60 s")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def scorer_service(tmp_path):
+    srv = ScorerProcess(tmp_path).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_scorer_service(tmp_path):
+    made = []
+
+    def make(**kw) -> ScorerProcess:
+        srv = ScorerProcess(tmp_path / f"s{len(made)}", **kw) if (tmp_path / f"s{len(made)}").mkdir() is None else None
+        made.append(srv)
+        return srv
+
+    yield make
+    for s in made:
+        s.stop()

@@ -1,0 +1,88 @@
+"""End-to-end ES runs on the built-in policy and scorer: determinism, improvement, the Ray + vLLM path."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness.config import load_config
+from harness.records import load_record
+from harness.report.stats import bootstrap_paired
+from harness.run import run_method
+from methods.es.config import ESConfig
+from methods.es.vllm_engine import vllm_available
+
+CPU_DEFAULT = Path(__file__).parents[1] / "configs" / "es" / "cpu-default.yaml"
+
+
+def es_config(**overrides) -> ESConfig:
+    sets = [f"{k}={v}" for k, v in {"run.budget.completions": 1300, "run.budget.eval_every_fraction": 0.5,
+                                    **overrides}.items()]
+    return load_config(ESConfig, CPU_DEFAULT, sets)
+
+
+def trajectory(run_dir: Path) -> list:
+    rec = load_record(run_dir)
+    return [(p.step, p.samples, p.tokens, p.reward, p.cost, p.lam, p.j_c, p.extra) for p in rec.series]
+
+
+@pytest.fixture(scope="module")
+def two_runs(policy_path, tmp_path_factory):
+    dirs = []
+    for i in range(2):
+        d = tmp_path_factory.mktemp(f"es{i}")
+        run_method("es", es_config(), d)
+        dirs.append(d)
+    return dirs
+
+
+@pytest.mark.slow
+def test_es_record_is_complete_and_deterministic(two_runs):
+    a, b = two_runs
+    rec = load_record(a)
+    assert rec.status == "completed" and rec.method == "es"
+    assert rec.budget["completions"] == 1300 and rec.series[-1].samples >= 1300
+    assert [e.mark for e in rec.evals] == [0, 650, 1300]
+    split = rec.series[-1].times
+    assert {"generation", "scoring", "perturb_restore", "update_sync"} <= split.keys()
+    assert rec.memory["peak_rss_mb"] > 0 and rec.throughput["tokens_per_s"] > 0
+    assert rec.data["hash"] and rec.environment["packages"]["torch"]
+    assert (a / "model_saves" / "latest_hf" / "model.safetensors").is_file()
+    assert list((a / "tb").iterdir())
+    first = json.loads((a / rec.evals[-1].samples_file).read_text().splitlines()[0])
+    assert {"prompt", "response", "reward", "cost", "judge_reward"} <= first.keys()
+    # same seed, same config: the same trajectory, the same weights
+    assert trajectory(a) == trajectory(b)
+    assert rec.memory["weights_checksum"] == load_record(b).memory["weights_checksum"]
+
+
+@pytest.mark.slow
+def test_es_improves_the_objective_on_average(two_runs):
+    """Paired over held-out prompts at a fixed λ: the 90 % lower bound of (end − start) objective must be
+    above −0.05 (tolerance for the discrete flips of a tiny model) and the mean must be positive."""
+    rec = load_record(two_runs[0])
+    lam = rec.config["run"]["lambda"]["lambda_init"]
+
+    def per_prompt(e):
+        rows = [json.loads(x) for x in (two_runs[0] / e.samples_file).read_text().splitlines()]
+        return {r["id"]: r["reward"] - lam * r["cost"] for r in rows}
+
+    start, end = per_prompt(rec.evals[0]), per_prompt(rec.evals[-1])
+    ids = sorted(start)
+    iv = bootstrap_paired([end[i] for i in ids], [start[i] for i in ids], level=0.80)
+    assert iv.mean > 0, f"objective did not improve: {iv}"
+    assert iv.low > -0.05, f"improvement not distinguishable from noise: {iv}"
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
+def test_es_on_two_vllm_engines_under_ray(policy_path, tmp_path):
+    cfg = es_config(**{"run.budget.completions": 200, "pool": "ray", "engines": 2, "engine.kind": "vllm",
+                       "engine.threads": 1, "population": 4, "prompts_per_iteration": 8})
+    run_method("es", cfg, tmp_path)
+    rec = load_record(tmp_path)
+    assert rec.status == "completed" and len(rec.series) >= 2
+    assert "2 vllm engine(s)" in rec.notes[0]
+    assert np.isfinite([p.reward for p in rec.series]).all()

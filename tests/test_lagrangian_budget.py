@@ -1,0 +1,49 @@
+import math
+
+import pytest
+
+from harness.budget import Budget, BudgetConfig
+from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
+
+
+def test_lambda_matches_hand_computation():
+    cfg = LambdaConfig(lambda_init=1.0, cost_threshold=0.5, beta=0.9, eta=0.1)
+    s = LambdaState.initial(cfg)
+    s = update_lambda(s, mean_cost=1.5, cfg=cfg)  # J_C = 2.0, ema = 0.1*2 = 0.2, ln λ = 0.02
+    assert s.j_c == pytest.approx(2.0) and s.ema == pytest.approx(0.2)
+    assert s.value == pytest.approx(math.exp(0.02))
+    s = update_lambda(s, mean_cost=-2.5, cfg=cfg)  # J_C = -2, ema = 0.18 - 0.2 = -0.02, ln λ = 0.02 - 0.002
+    assert s.ema == pytest.approx(-0.02)
+    assert s.value == pytest.approx(math.exp(0.018))
+
+
+def test_lambda_positive_cost_only_clip_and_fixed():
+    cfg = LambdaConfig(lambda_pos_cost_only=True, beta=0.0, eta=1.0, lambda_max=2.0)
+    s = update_lambda(LambdaState.initial(cfg), -3.0, cfg)
+    assert s.j_c == 0.0 and s.value == pytest.approx(1.0)
+    for _ in range(5):
+        s = update_lambda(s, 10.0, cfg)
+    assert s.value == pytest.approx(2.0)  # clipped at λ_max
+    fixed = LambdaConfig(adaptive=False)
+    assert update_lambda(LambdaState.initial(fixed), 5.0, fixed).value == 1.0
+
+
+def test_budget_marks_align_and_include_start_and_end():
+    b = Budget(BudgetConfig(completions=1000, eval_every_fraction=0.25))
+    assert b.eval_points() == [0, 250, 500, 750, 1000]
+    done: set[int] = set()
+    assert b.evals_due(done) == [0]
+    done.add(0)
+    b.spend(600, 6000)
+    assert b.evals_due(done) == [250, 500]
+    done |= {250, 500}
+    b.spend(500, 5000)
+    assert b.exhausted and b.evals_due(done) == [750, 1000]
+
+
+def test_budget_tokens_and_seconds():
+    b = Budget(BudgetConfig(completions=10**6, max_tokens=100))
+    b.spend(1, 99)
+    assert not b.exhausted
+    b.spend(1, 1)
+    assert b.exhausted
