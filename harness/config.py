@@ -35,7 +35,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
+        where = f"{mark.line + 1}:" if mark else ""
         raise UserError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys to values")

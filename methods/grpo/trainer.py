@@ -12,7 +12,9 @@ import time
 from typing import Any
 
 import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from harness.generation import HFGenerator
 from harness.run import RunContext
@@ -56,11 +58,18 @@ class HarnessCallback(TrainerCallback):
     def __init__(self, ctx: RunContext, stats: StepStats, tokenizer, save_every: int):
         self.ctx, self.stats, self.tokenizer, self.save_every = ctx, stats, tokenizer, save_every
         self.model = None
+        self.bar = Progress(TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
+                            TimeElapsedColumn(), TextColumn("{task.description}"))
+        self.task = self.bar.add_task("", total=ctx.settings.budget.completions)
 
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.model = model
         self.ctx.evaluate_due(HFGenerator(model, self.tokenizer))
+        self.bar.start()
         self.ctx.start_clock()
+
+    def on_train_end(self, args, state, control, **kw):
+        self.bar.stop()
 
     def on_step_begin(self, args, state, control, **kw):
         self.stats.reset()
@@ -76,7 +85,9 @@ class HarnessCallback(TrainerCallback):
                  "backward_optimizer": max(step_time - st.generate_and_score, 0.0), "step_wall": step_time}
         extra = {k: float(logs[k]) for k in ("loss", "kl", "grad_norm", "entropy") if k in logs
                  and isinstance(logs[k], (int, float)) and math.isfinite(logs[k])}
-        ctx.log_point(st.rewards, st.costs, times, extra)
+        point = ctx.log_point(st.rewards, st.costs, times, extra)
+        self.bar.update(self.task, completed=min(ctx.budget.completions, ctx.settings.budget.completions),
+                        description=f"step {ctx.step} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
         if self.save_every and ctx.step % self.save_every == 0:
             control.should_save = False
             self.model.save_pretrained(ctx.run_dir / "model_saves" / "latest_hf")
@@ -132,6 +143,9 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     trainer = TimedGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                reward_funcs=make_reward_fn(ctx, stats, list(s.eval.stop_strings)),
                                peft_config=peft_config)
+    # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
     trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, s.checkpoint_every))
     return trainer, tokenizer
 

@@ -1,0 +1,39 @@
+"""The benchmark spec end to end: both methods, two seeds, equal budgets, one report."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.benchmark import run_benchmark
+from harness.records import load_record
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.slow
+def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path):
+    spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
+    spec["shared"]["budget"] = {"completions": 220, "eval_every_fraction": 0.5}
+    spec["shared"]["eval"]["limit"] = 12
+    spec["methods"] = {m: {"config": str(ROOT / e["config"].removeprefix("../"))} for m, e in spec["methods"].items()}
+    spec["methods"]["es"]["set"] = ["population=4", "prompts_per_iteration=8"]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    report = run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
+    runs = sorted((tmp_path / "runs").glob("*/*"))
+    assert [r.name for r in runs] == ["es-s0", "es-s1", "grpo-s0", "grpo-s1"]
+    for r in runs:
+        rec = load_record(r)
+        assert rec.status == "completed" and rec.spec["name"] == "cpu"
+        assert [e.mark for e in rec.evals] == [0, 110, 220]  # the same budget marks for every method
+        assert rec.series[-1].samples >= 220
+    text = report.read_text()
+    assert "es − grpo" in text and "Verdict" in text and "Time to target" in text
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert set(summary["methods"]) == {"es", "grpo"} and not summary["problems"]
+    # a second call keeps completed runs and only rewrites the report
+    before = [load_record(r).finished for r in runs]
+    run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
+    assert [load_record(r).finished for r in runs] == before

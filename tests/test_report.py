@@ -1,0 +1,77 @@
+"""Report statistics on known data, and the comparison refusing runs that are not like for like."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from harness.errors import UserError
+from harness.records import RunRecord, EvalPoint, Point, RecordWriter
+from harness.report import write_report
+from harness.report.stats import bootstrap_mean, bootstrap_paired
+
+
+def test_bootstrap_interval_on_known_data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=400)
+    iv = bootstrap_mean(x)
+    se = 2.0 / np.sqrt(400)
+    assert iv.low < 3.0 < iv.high
+    assert (iv.high - iv.low) == pytest.approx(2 * 1.96 * se, rel=0.15)  # matches the normal-theory width
+    assert bootstrap_mean([5.0]).n == 1 and np.isnan(bootstrap_mean([5.0]).low)
+    d = bootstrap_paired(x + 1.0, x)
+    assert d.mean == pytest.approx(1.0) and d.low == pytest.approx(1.0) and d.excludes_zero()
+
+
+def fake_run(root, method, seed, shift, data_hash="h1", completions=100):
+    rec = RunRecord(run_id=f"{method}-{seed}", method=method, seed=seed, config={}, data={"hash": data_hash},
+                    scorer={"backend": "builtin"}, evaluation={"max_new_tokens": 8}, budget={"completions": completions})
+    w = RecordWriter(root / f"{method}-s{seed}", rec, tensorboard=False)
+    rng = np.random.default_rng(seed)
+    for step, mark in enumerate([0, 50, 100]):
+        samples = [{"id": f"p{i}", "prompt": "p", "response": "r", "reward": float(rng.normal(shift * step, 1)),
+                    "cost": float(rng.normal(-shift * step, 1)), "n_tokens": 8} for i in range(30)]
+        metrics = {"reward": float(np.mean([s["reward"] for s in samples])),
+                   "cost": float(np.mean([s["cost"] for s in samples])),
+                   "safe_ratio": float(np.mean([s["cost"] <= 0 for s in samples])), "objective": 0.0,
+                   "helpful_ratio": 0.5, "SH": 0.25, "SU": 0.25, "UH": 0.25, "UU": 0.25}
+        if step:
+            w.log_point(Point(step=step, samples=mark, tokens=mark * 8, seconds=step, reward=1, cost=0, objective=1,
+                              safe_ratio=1, lam=1.0, j_c=0, times={"generation": 1.0, "scoring": 0.1}))
+        w.log_eval(EvalPoint(mark=mark, step=step, samples=mark, tokens=mark * 8, seconds=step * 2.0, lam=1.0,
+                             metrics=metrics, samples_file=f"evals/eval-{mark:08d}.jsonl"), samples)
+    w.record.throughput = {"tokens_per_s": 100.0 + shift}
+    w.finish("completed")
+    return w.run_dir
+
+
+def test_report_with_seeds_intervals_paired_difference_and_target(tmp_path):
+    runs = [fake_run(tmp_path, m, s, shift) for m, shift in (("es", 1.0), ("grpo", 0.0)) for s in (0, 1)]
+    md = write_report(runs, tmp_path / "out", target={"safe_ratio": 0.7})
+    text = md.read_text()
+    assert "±" in text and "Paired difference es − grpo" in text and "**Verdict:** ES ahead of GRPO" in text
+    assert "Time to target" in text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["methods"]["es"]["final"]["reward"]["n"] == 2
+    assert summary["comparisons"][0]["diffs"]["reward"]["ci_low"] > 0
+    for png in ("curves.png", "scatter.png", "resources.png", "training.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 10_000
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+
+
+def test_compare_refuses_mismatched_runs(tmp_path):
+    a = fake_run(tmp_path, "es", 0, 1.0)
+    b = fake_run(tmp_path, "grpo", 0, 0.0, data_hash="other")
+    c = fake_run(tmp_path / "c", "grpo", 0, 0.0, completions=200)
+    with pytest.raises(UserError, match="prompts \\(data hash\\)"):
+        write_report([a, b], tmp_path / "out")
+    with pytest.raises(UserError, match="budget"):
+        write_report([a, c], tmp_path / "out")
+    md = write_report([a, b], tmp_path / "out", allow_mismatch=True)
+    assert "not a like-for-like comparison" in md.read_text()
+    shutil.rmtree(b / "evals")
+    (b / "record.json").unlink()
+    with pytest.raises(UserError, match="not a run directory"):
+        write_report([a, b], tmp_path / "out")
