@@ -41,11 +41,18 @@ def default_run_dir(method: str, seed: int | None = None) -> Path:
 def run(method: str = typer.Argument(..., help="method name: es, grpo"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="method YAML config"),
         set_: List[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE (dotted keys), repeatable"),
-        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where the record and checkpoints go")):
-    """Train one method to its budget and write its run record."""
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where the record and checkpoints go; "
+                                               "an unfinished run there is resumed from its last checkpoint")):
+    """Train one method to its budget and write its run record (resuming an unfinished one)."""
+    from harness.checkpoint import PREEMPTED_EXIT, Preempted
     from harness.run import run_method
 
-    out = run_method(method, config, run_dir or default_run_dir(method), set_)
+    out = run_dir or default_run_dir(method)
+    try:
+        run_method(method, config, out, set_)
+    except Preempted:
+        err.print(f"stopped and checkpointed; resume with the same command (--run-dir {out})")
+        raise typer.Exit(PREEMPTED_EXIT) from None
     typer.echo(f"run record: {out / 'record.json'}")
 
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 from pydantic import Field
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.config import StrictModel
 from harness.data import PromptRecord
@@ -86,11 +87,20 @@ class EvalResult:
         return [asdict(s) for s in self.samples]
 
 
+EVAL_CHUNK = 64  # prompts per generate call: large enough to batch well, small enough for a live progress bar
+
+
 def evaluate(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,
              lam: float, judge: Scorer | None = None) -> EvalResult:
     prompts = list(prompts[: settings.limit] if settings.limit else prompts)
     raw = [p.prompt for p in prompts]
-    completions = generator.generate(raw, settings.sampling())
+    completions = []
+    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as bar:
+        task = bar.add_task("", total=len(raw))
+        for start in range(0, len(raw), EVAL_CHUNK):
+            completions += generator.generate(raw[start : start + EVAL_CHUNK], settings.sampling())
+            bar.update(task, completed=len(completions))
     texts = [c.text for c in completions]
     rewards, costs = scorer.score(raw, texts)
     jr, jc = judge.score(raw, texts) if judge else ([None] * len(raw), [None] * len(raw))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata as md
+from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from harness.errors import UserError
@@ -21,6 +22,10 @@ class Method(Protocol):
     config_model: ClassVar[type["MethodConfig"]]
 
     def run(self, config: "MethodConfig", ctx: "RunContext") -> None: ...
+
+    def latest_checkpoint(self, run_dir: Path) -> Path | None:
+        """The newest complete checkpoint in ``run_dir`` (it holds ``esgrpo_state.json``), or None."""
+        ...
 
 
 def available() -> list[str]:

@@ -14,6 +14,7 @@ from pydantic import Field
 
 from harness import environment
 from harness.budget import Budget, BudgetConfig
+from harness.checkpoint import CheckpointManager, Preempted, StopFlag
 from harness.config import StrictModel, load_config
 from harness.data import PromptSet, PromptSource, load_prompt_set
 from harness.errors import UserError
@@ -21,7 +22,7 @@ from harness.evaluation import EvalSettings, evaluate
 from harness.generation import Generator
 from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
 from harness.policy import resolve_policy
-from harness.records import EvalPoint, Point, RecordWriter, RunRecord
+from harness.records import EvalPoint, Point, RecordWriter, RunRecord, load_record
 from harness.registry import get_method
 from harness.scoring import Scorer, ScorerSpec, Scores, make_scorer
 
@@ -39,7 +40,8 @@ class RunSettings(StrictModel):
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     lagrangian: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")
     seed: int = 0
-    checkpoint_every: int = Field(0, ge=0)  # steps between HF checkpoints (0: only at the end)
+    checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints (0: only at the end)
+    keep_checkpoints: int = Field(2, gt=0)
     tensorboard: bool = True
     wandb: bool = False
 
@@ -66,7 +68,27 @@ class RunContext:
     step: int = 0
     evals_done: set[int] = field(default_factory=set)
     train_seconds: float = 0.0  # wall-clock of training only; evaluation time is excluded
+    resume_from: Path | None = None  # the checkpoint this run continues from
+    stop: StopFlag = field(default_factory=StopFlag)
     _t_mark: float = field(default_factory=time.monotonic)
+
+    # -- checkpoint state ----------------------------------------------------
+    def snapshot_state(self) -> dict[str, Any]:
+        """What the harness needs to continue exactly: step, λ, budget, evaluations, time."""
+        return {"step": self.step, "lambda": vars(self.lam), "completions": self.budget.completions,
+                "tokens": self.budget.tokens, "train_seconds": self.train_seconds,
+                "evals_done": sorted(self.evals_done)}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.lam = LambdaState(**state["lambda"])
+        self.budget.completions, self.budget.tokens = state["completions"], state["tokens"]
+        self.train_seconds = state["train_seconds"]
+        self.evals_done = set(state["evals_done"])
+        rec = self.writer.record
+        rec.series = [p for p in rec.series if p.step <= self.step]  # drop steps lost with the kill
+        rec.evals = [e for e in rec.evals if e.mark in self.evals_done]
+        self.writer.flush()
 
     # -- scoring -------------------------------------------------------------
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Scores:
@@ -78,8 +100,7 @@ class RunContext:
 
     # -- time accounting -----------------------------------------------------
     def start_clock(self) -> None:
-        """Training time starts here: model loading, engine start-up and the step-0 evaluation are excluded."""
-        self.train_seconds = 0.0
+        """Training time runs from here: model loading, engine start-up and the step-0 evaluation are excluded."""
         self._t_mark = time.monotonic()
 
     def tick(self) -> float:
@@ -135,8 +156,24 @@ class RunContext:
         rec.outages = [vars(o) for o in getattr(self.scorer, "outages", [])]
 
 
+def existing_record(run_dir: Path, config: MethodConfig, method: str) -> RunRecord | None:
+    """The record of an unfinished run of the same method and config in ``run_dir``, if any."""
+    path = run_dir / "record.json"
+    if not path.is_file():
+        return None
+    old = load_record(run_dir)
+    if old.status == "completed":
+        raise UserError(f"{run_dir}: this run already completed; choose another --run-dir")
+    new_cfg = config.model_dump(mode="json", by_alias=True)
+    old_cfg = {k: v for k, v in old.config.items() if k != "policy_path"}
+    if old.method != method or old_cfg != new_cfg:
+        raise UserError(f"{run_dir} holds a {old.method} run with a different config; "
+                        "resume it with the same config or choose another --run-dir")
+    return old
+
+
 def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[str, Any] | None = None,
-                   progress: bool = True) -> RunContext:
+                   progress: bool = True, resume_from: Path | None = None) -> RunContext:
     s = config.run
     prompts = load_prompt_set(s.data)
     scorer = make_scorer(s.scorer)
@@ -153,10 +190,23 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
         budget={"unit": "completions", **s.budget.model_dump(mode="json")},
     )
     record.config["policy_path"] = str(policy_path)
+    old = existing_record(run_dir, config, method)
+    if old is not None and resume_from is not None:
+        if old.data.get("hash") != record.data["hash"]:
+            raise UserError(f"{run_dir}: the prompt set changed since this run started; cannot resume")
+        old.status, old.error, old.finished = "running", None, None
+        old.notes.append(f"resumed from {resume_from.name} at {record.started}")
+        old.environment.setdefault("resumes", []).append(record.environment)
+        record = old
+    elif old is not None:  # an unfinished run with nothing to resume from: keep its record, start over
+        (run_dir / "record.json").rename(run_dir / f"record.abandoned-{old.started.replace(':', '')}.json")
     writer = RecordWriter(run_dir, record, tensorboard=s.tensorboard, wandb=s.wandb)
-    return RunContext(settings=s, run_dir=run_dir, prompts=prompts, scorer=scorer, judge=judge,
-                      policy_path=policy_path, writer=writer, budget=Budget(s.budget),
-                      lam=LambdaState.initial(s.lagrangian))
+    ctx = RunContext(settings=s, run_dir=run_dir, prompts=prompts, scorer=scorer, judge=judge,
+                     policy_path=policy_path, writer=writer, budget=Budget(s.budget),
+                     lam=LambdaState.initial(s.lagrangian), resume_from=resume_from)
+    if resume_from is not None:
+        ctx.restore_state(CheckpointManager.load_state(resume_from))
+    return ctx
 
 
 def run_method(method_name: str, config: MethodConfig | str | Path | None, run_dir: Path,
@@ -165,9 +215,16 @@ def run_method(method_name: str, config: MethodConfig | str | Path | None, run_d
     method = get_method(method_name)
     if not isinstance(config, MethodConfig):
         config = load_config(method.config_model, config, overrides)
-    ctx = create_context(method_name, config, run_dir, spec)
+    run_dir = Path(run_dir)
+    resume_from = method.latest_checkpoint(run_dir) if (run_dir / "record.json").is_file() else None
+    ctx = create_context(method_name, config, run_dir, spec, resume_from=resume_from)
+    ctx.stop.install()
     try:
         method.run(config, ctx)
+    except Preempted:
+        ctx.writer.finish("interrupted", f"stopped by {ctx.stop.signal} after step {ctx.step} and checkpointed; "
+                                        "run the same command again to resume")
+        raise
     except KeyboardInterrupt:
         ctx.writer.finish("interrupted", "interrupted by the user")
         raise
@@ -177,6 +234,8 @@ def run_method(method_name: str, config: MethodConfig | str | Path | None, run_d
     except Exception as e:
         ctx.writer.finish("failed", "".join(traceback.format_exception_only(e)).strip())
         raise
+    finally:
+        ctx.stop.uninstall()
     ctx.record_totals()
     ctx.writer.finish("completed")
     return run_dir

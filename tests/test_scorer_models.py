@@ -1,11 +1,12 @@
 """Model backends on tiny random checkpoints saved in the exact published formats."""
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import save_file
+
+from conftest import tiny_llama_config
 
 from harness.errors import UserError
 from scorer.backends import ModelBackend, ServiceScorer
@@ -14,40 +15,6 @@ from scorer.service_config import BackendSpec, ScorerServiceConfig
 
 TEXTS = ["BEGINNING OF CONVERSATION: USER: How do I cook rice? ASSISTANT: Rinse it, then simmer it.",
          "BEGINNING OF CONVERSATION: USER: Hi ASSISTANT: Hello!"]
-
-
-def tiny_llama_config():
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
-
-
-@pytest.fixture
-def beaver_dir(tmp_path, policy_path):
-    """A Beaver score checkpoint: LlamaForScore config, backbone under model.*, score_head with bias,
-    normalizer buffers; tokenizer from the built-in policy."""
-    from transformers import LlamaModel
-
-    torch.manual_seed(0)
-    cfg = tiny_llama_config()
-    backbone = LlamaModel(cfg)
-    d = tmp_path / "beaver-tiny-cost"
-    d.mkdir()
-    raw = cfg.to_dict()
-    raw.update(architectures=["LlamaForScore"], score_dim=1, score_bias=True, score_type="cost",
-               do_normalize=False, normalizer_type="ExponentialMovingAverage", momentum=0.9, mean=0.0, var=1.0,
-               bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    (d / "config.json").write_text(json.dumps(raw))
-    state = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
-    state["score_head.weight"] = torch.randn(1, cfg.hidden_size)
-    state["score_head.bias"] = torch.tensor([0.5])
-    state.update({"normalizer.mean": torch.zeros(1), "normalizer.var": torch.ones(1),
-                  "normalizer.count": torch.zeros(1, dtype=torch.long)})
-    save_file(state, str(d / "model.safetensors"))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(policy_path / f, d / f)
-    return d
 
 
 def test_beaver_end_score_matches_a_direct_forward_pass(beaver_dir):

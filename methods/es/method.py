@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pathlib import Path
+
+from harness.checkpoint import CheckpointManager
 from harness.run import RunContext
 from methods.es.config import ESConfig
 
@@ -11,6 +14,9 @@ from methods.es.config import ESConfig
 class ESMethod:
     name: ClassVar[str] = "es"
     config_model: ClassVar[type[ESConfig]] = ESConfig
+
+    def latest_checkpoint(self, run_dir: Path) -> Path | None:
+        return CheckpointManager(run_dir / "checkpoints").latest()
 
     def run(self, config: ESConfig, ctx: RunContext) -> None:
         from methods.es.trainer import train

@@ -12,11 +12,13 @@ import tempfile
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from harness.checkpoint import CheckpointManager, Preempted
 from harness.generation import Completion, SamplingSettings
 from harness.run import RunContext
 from methods.es import algorithm
@@ -78,8 +80,14 @@ def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jo
     return results
 
 
+def checkpoints(ctx: RunContext) -> CheckpointManager:
+    return CheckpointManager(ctx.run_dir / "checkpoints", keep=ctx.settings.keep_checkpoints)
+
+
 def make_pool(cfg: ESConfig, ctx: RunContext):
-    engine_cfg = cfg.engine.model_copy(update={"model_path": str(ctx.policy_path)})
+    # A resumed run loads the checkpoint's weights; members and prompts are functions of (seed, iteration).
+    weights = ctx.resume_from / "model" if ctx.resume_from else ctx.policy_path
+    engine_cfg = cfg.engine.model_copy(update={"model_path": str(weights)})
     scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
     if cfg.pool == "local":
         return LocalPool(engine_cfg, cfg.engines, scratch)
@@ -100,7 +108,8 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                    TimeElapsedColumn(), TextColumn("{task.description}")]
         with Progress(*columns) as bar:
             task = bar.add_task("", total=s.budget.completions)
-            for it in range(cfg.max_iterations):
+            bar.update(task, completed=ctx.budget.completions)
+            for it in range(ctx.step, cfg.max_iterations):
                 if ctx.budget.exhausted:
                     break
                 ctx.step = it + 1
@@ -141,16 +150,25 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 ctx.writer.record.memory["weights_checksum"] = checksums[0]
                 bar.update(task, completed=min(ctx.budget.completions, s.budget.completions),
                            description=f"it {it + 1} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
-                if s.checkpoint_every and ctx.step % s.checkpoint_every == 0:
-                    save_checkpoint(pool, ctx)
                 ctx.evaluate_due(generator)
+                if ctx.stop or (s.checkpoint_every and ctx.step % s.checkpoint_every == 0):
+                    save_checkpoint(pool, ctx)
+                if ctx.stop:
+                    raise Preempted
         ctx.evaluate_due(generator)
-        save_checkpoint(pool, ctx)
+        save_final(pool, ctx)
     finally:
         scorer_threads.shutdown(wait=False)
         pool.shutdown()
 
 
-def save_checkpoint(pool, ctx: RunContext) -> str:
+def save_checkpoint(pool, ctx: RunContext) -> Path:
+    """Weights (HF format, from engine 0) plus the harness state, atomically."""
+    ctx.tick()
+    write = lambda tmp: pool.submit(0, "save_hf", str(tmp / "model"), str(ctx.policy_path)).result()  # noqa: E731
+    return checkpoints(ctx).save(ctx.step, write, ctx.snapshot_state())
+
+
+def save_final(pool, ctx: RunContext) -> str:
     out = ctx.run_dir / "model_saves" / "latest_hf"
     return pool.submit(0, "save_hf", str(out), str(ctx.policy_path)).result()

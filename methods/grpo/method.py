@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from pathlib import Path
+
 from harness.run import RunContext
 from methods.grpo.config import GRPOSettings
 
@@ -11,6 +13,11 @@ from methods.grpo.config import GRPOSettings
 class GRPOMethod:
     name: ClassVar[str] = "grpo"
     config_model: ClassVar[type[GRPOSettings]] = GRPOSettings
+
+    def latest_checkpoint(self, run_dir: Path) -> Path | None:
+        from methods.grpo.trainer import latest_checkpoint
+
+        return latest_checkpoint(run_dir)
 
     def run(self, config: GRPOSettings, ctx: RunContext) -> None:
         from methods.grpo.trainer import train

@@ -6,9 +6,11 @@ before scoring (the same text ES is scored on); with ``use_vllm`` the stop strin
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,7 +18,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from harness.checkpoint import STATE_FILE, Preempted
 from harness.generation import HFGenerator
+from harness.records import atomic_write_text
 from harness.run import RunContext
 from harness.template import cut_at_stop, format_prompt
 from methods.grpo.config import GRPOSettings
@@ -55,8 +59,8 @@ def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str]):
 class HarnessCallback(TrainerCallback):
     """Per optimizer step: λ update, record point, budget-mark evaluations, budget stop, checkpoints."""
 
-    def __init__(self, ctx: RunContext, stats: StepStats, tokenizer, save_every: int):
-        self.ctx, self.stats, self.tokenizer, self.save_every = ctx, stats, tokenizer, save_every
+    def __init__(self, ctx: RunContext, stats: StepStats, tokenizer):
+        self.ctx, self.stats, self.tokenizer = ctx, stats, tokenizer
         self.model = None
         self.bar = Progress(TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                             TimeElapsedColumn(), TextColumn("{task.description}"))
@@ -88,13 +92,23 @@ class HarnessCallback(TrainerCallback):
         point = ctx.log_point(st.rewards, st.costs, times, extra)
         self.bar.update(self.task, completed=min(ctx.budget.completions, ctx.settings.budget.completions),
                         description=f"step {ctx.step} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
-        if self.save_every and ctx.step % self.save_every == 0:
-            control.should_save = False
-            self.model.save_pretrained(ctx.run_dir / "model_saves" / "latest_hf")
         ctx.evaluate_due(HFGenerator(self.model, self.tokenizer))
         if ctx.budget.exhausted:
             control.should_training_stop = True
+        if ctx.stop:  # preemption: TRL saves a checkpoint right after this log, then training stops
+            control.should_save = control.should_training_stop = True
         st.reset()
+
+    def on_save(self, args, state, control, **kw):
+        """TRL wrote checkpoint-N; the harness state goes in last and marks it complete."""
+        ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.ctx.tick()
+        atomic_write_text(ckpt / STATE_FILE, json.dumps(self.ctx.snapshot_state(), indent=1))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    done = [p for p in (run_dir / "trl").glob("checkpoint-*") if (p / STATE_FILE).is_file()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
 
 
 def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
@@ -123,7 +137,8 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
         bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=cfg.device == "cpu",
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         generation_kwargs={"stop": list(s.eval.stop_strings)} if cfg.use_vllm else None,
-        logging_steps=1, save_strategy="no", report_to="none", deepspeed=cfg.deepspeed,
+        logging_steps=1, report_to="none", deepspeed=cfg.deepspeed,
+        save_strategy="steps", save_steps=s.checkpoint_every or max_steps + 1, save_total_limit=s.keep_checkpoints,
         disable_tqdm=False, remove_unused_columns=False, shuffle_dataset=True,
     )
     peft_config = None
@@ -146,7 +161,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, s.checkpoint_every))
+    trainer.add_callback(HarnessCallback(ctx, stats, tokenizer))
     return trainer, tokenizer
 
 
@@ -154,7 +169,9 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     stats = StepStats()
     trainer, tokenizer = build_trainer(cfg, ctx, stats)
     ctx.writer.record.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step")
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
+    if ctx.stop:
+        raise Preempted
     ctx.evaluate_due(HFGenerator(trainer.model, tokenizer))
     out = ctx.run_dir / "model_saves" / "latest_hf"
     trainer.save_model(str(out))

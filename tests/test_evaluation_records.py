@@ -1,0 +1,56 @@
+"""The evaluation contract on the real tiny policy, and the run record's files."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from harness.data import load_prompt_set
+from harness.evaluation import EvalSample, EvalSettings, aggregate, evaluate, quadrant
+from harness.generation import HFGenerator
+from harness.records import EvalPoint, RecordWriter, RunRecord, load_record
+from harness.scoring.builtin import BuiltinScorer, JudgeScorer
+
+
+def sample(r, c):
+    return EvalSample("i", "cat", None, "p", "x", 4, r, c)
+
+
+def test_aggregate_against_hand_counts():
+    samples = [sample(1.0, -1.0), sample(-1.0, -0.5), sample(2.0, 1.0), sample(0.0, 0.0)]
+    m = aggregate(samples, lam=2.0)
+    assert m["reward"] == pytest.approx(0.5) and m["cost"] == pytest.approx(-0.125)
+    assert m["safe_ratio"] == 0.75  # C <= 0 is safe, C = 0 included
+    assert m["helpful_ratio"] == 0.5  # R > 0 is helpful, R = 0 is not
+    assert (m["SH"], m["SU"], m["UH"], m["UU"]) == (0.25, 0.5, 0.25, 0.0)
+    assert m["objective"] == pytest.approx(0.5 + 2.0 * 0.125)
+    assert quadrant(0.0, 0.0) == "SU"
+
+
+def test_evaluate_is_greedy_and_scored_with_judge(policy_path):
+    model = AutoModelForCausalLM.from_pretrained(policy_path)
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    gen = HFGenerator(model, tok)
+    prompts = load_prompt_set().eval_prompts()
+    settings = EvalSettings(max_new_tokens=32, limit=10)
+    a = evaluate(gen, prompts, BuiltinScorer(), settings, lam=1.0, judge=JudgeScorer())
+    b = evaluate(gen, prompts, BuiltinScorer(), settings, lam=1.0, judge=JudgeScorer())
+    assert [s.response for s in a.samples] == [s.response for s in b.samples]  # greedy: reproducible
+    assert len(a.samples) == 10 and all(s.n_tokens <= 32 for s in a.samples)
+    assert all("USER:" not in s.response for s in a.samples)
+    assert "judge_reward" in a.metrics and a.metrics["n"] == 10
+    assert sum(len(s.response.split()) > 3 for s in a.samples) >= 8  # readable text, not empty
+
+
+def test_record_writer_files_tensorboard_and_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    rec = RunRecord(run_id="r", method="es", seed=0, config={"a": 1})
+    w = RecordWriter(tmp_path, rec, tensorboard=True, wandb=True)
+    w.log_eval(EvalPoint(mark=0, step=0, samples=0, tokens=0, seconds=0.0, lam=1.0, metrics={"reward": 1.0},
+                         samples_file="evals/eval-00000000.jsonl"), [{"prompt": "p", "reward": 1.0}])
+    w.finish("completed")
+    back = load_record(tmp_path)
+    assert back.status == "completed" and back.evals[0].metrics == {"reward": 1.0}
+    assert json.loads((tmp_path / "evals" / "eval-00000000.jsonl").read_text())["reward"] == 1.0
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+    assert list((tmp_path / "wandb").glob("offline-run-*"))

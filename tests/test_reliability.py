@@ -1,0 +1,133 @@
+"""Kill -9 at random points, SIGTERM, a scorer outage: nothing lost, and the same result as uninterrupted."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.checkpoint import PREEMPTED_EXIT
+from harness.config import load_config
+from harness.records import load_record
+from harness.run import run_method
+from methods.es.config import ESConfig
+
+ROOT = Path(__file__).parents[1]
+ES_SETS = ["run.budget.completions=540", "run.budget.eval_every_fraction=0.5", "run.eval.limit=12",
+           "run.checkpoint_every=1"]
+
+
+def es_cli(run_dir: Path, extra=()) -> subprocess.Popen:
+    args = [sys.executable, "-m", "harness.cli", "run", "es", "--config", str(ROOT / "configs/es/cpu-default.yaml"),
+            "--run-dir", str(run_dir)]
+    for s in [*ES_SETS, *extra]:
+        args += ["--set", s]
+    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if len(load_record(run_dir).series) >= n:
+                return
+        except (FileNotFoundError, json.JSONDecodeError, ValueError):
+            pass
+        assert proc.poll() is None, f"run ended (code {proc.returncode}) before step {n}"
+        time.sleep(0.05)
+    raise TimeoutError(f"no step {n} in {timeout}s")
+
+
+def trajectory(run_dir: Path) -> list:
+    rec = load_record(run_dir)
+    return [(p.step, p.samples, p.tokens, p.reward, p.cost, p.lam, p.j_c, p.extra) for p in rec.series]
+
+
+def evaluations(run_dir: Path) -> list:
+    return [(e.mark, e.step, e.metrics) for e in load_record(run_dir).evals]
+
+
+@pytest.fixture(scope="module")
+def reference(policy_path, tmp_path_factory):
+    d = tmp_path_factory.mktemp("reference")
+    run_method("es", load_config(ESConfig, ROOT / "configs/es/cpu-default.yaml", ES_SETS), d)
+    return d
+
+
+@pytest.mark.slow
+def test_es_kill9_sigterm_and_resume_match_the_uninterrupted_run(reference, tmp_path):
+    kill_at, term_at = sorted(random.Random(7).sample(range(1, 5), 2))
+    d = tmp_path / "run"
+    p = es_cli(d)
+    wait_for_steps(d, kill_at, p)
+    p.send_signal(signal.SIGKILL)  # no chance to clean up
+    p.wait()
+    assert load_record(d).status == "running"
+    p = es_cli(d)  # same command: resumes from the last complete checkpoint
+    wait_for_steps(d, term_at, p)
+    p.send_signal(signal.SIGTERM)  # what SLURM sends before preemption
+    assert p.wait(120) == PREEMPTED_EXIT
+    rec = load_record(d)
+    assert rec.status == "interrupted" and "SIGTERM" in rec.error
+    steps = sorted(int(c.name.split("-")[1]) for c in (d / "checkpoints").glob("step-*"))
+    assert steps[-1] == rec.series[-1].step and len(steps) <= 2  # newest kept, older pruned
+    assert not list((d / "checkpoints").glob(".tmp-*"))
+    p = es_cli(d)
+    assert p.wait(300) == 0
+    rec = load_record(d)
+    assert rec.status == "completed" and len(rec.notes) >= 3  # two resumes noted
+    assert trajectory(d) == trajectory(reference)
+    assert evaluations(d) == evaluations(reference)
+    assert rec.memory["weights_checksum"] == load_record(reference).memory["weights_checksum"]
+
+
+@pytest.mark.slow
+def test_es_survives_a_scorer_outage(reference, make_scorer_service, tmp_path):
+    srv = make_scorer_service().start()
+    cfg = load_config(ESConfig, ROOT / "configs/es/cpu-default.yaml", ES_SETS + [
+        f"run.scorer={{kind: http, rendezvous: {srv.rendezvous}, deadline_s: 120}}", "run.checkpoint_every=0"])
+
+    def outage():
+        while not (tmp_path / "run" / "record.json").is_file() or not load_record(tmp_path / "run").series:
+            time.sleep(0.05)
+        srv.stop()
+        time.sleep(3)
+        srv.start(wait=False)
+
+    t = threading.Thread(target=outage)
+    t.start()
+    run_method("es", cfg, tmp_path / "run")
+    t.join()
+    rec = load_record(tmp_path / "run")
+    assert rec.status == "completed"
+    assert rec.outages and rec.outages[0]["seconds"] >= 2.5  # noted, with its duration
+    assert trajectory(tmp_path / "run") == trajectory(reference)  # re-scored, never filled in
+
+
+@pytest.mark.slow
+def test_grpo_resumes_to_the_same_step_and_lambda(policy_path, tmp_path):
+    d = tmp_path / "grpo"
+    args = [sys.executable, "-m", "harness.cli", "run", "grpo", "--config", str(ROOT / "configs/grpo/cpu-default.yaml"),
+            "--run-dir", str(d)]
+    for s in ["run.budget.completions=160", "run.budget.eval_every_fraction=0.5", "run.eval.limit=8",
+              "num_generations=4", "prompts_per_step=4", "run.checkpoint_every=2", "run.lambda.eta=0.5"]:
+        args += ["--set", s]
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_steps(d, 5, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    before = {pt.step: pt for pt in load_record(d).series}
+    assert subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    rec = load_record(d)
+    assert rec.status == "completed" and "resumed from checkpoint-4" in " ".join(rec.notes)
+    assert [pt.step for pt in rec.series] == list(range(1, 11))  # 160 / 16 steps, none repeated or lost
+    assert rec.series[-1].samples == 160
+    for pt in rec.series[:4]:  # kept from before the kill, λ included
+        assert (pt.lam, pt.cost, pt.samples) == (before[pt.step].lam, before[pt.step].cost, before[pt.step].samples)
+    assert [e.mark for e in rec.evals] == [0, 80, 160]
