@@ -128,8 +128,10 @@ class RunContext:
         marks = self.budget.evals_due(self.evals_done)
         if not marks:
             return
+        # The objective is taken at the reference λ₀ so that it compares across methods and steps; each
+        # method's own λ at the time is recorded beside it.
         res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval,
-                       self.lam.value, self.judge)
+                       self.settings.lagrangian.lambda_init, self.judge)
         for mark in marks:  # one evaluation stands for every mark passed in a single step
             self.evals_done.add(mark)
             self.writer.log_eval(EvalPoint(mark=mark, step=self.step, samples=self.budget.completions,

@@ -11,7 +11,7 @@ from harness.records import atomic_write_text
 from harness.report.stats import Interval
 
 Table = tuple[list[str], list[list[str]]]
-METRIC_LABELS = {"safe_ratio": "safe ratio", "reward": "reward R", "cost": "cost C", "objective": "objective R−λC",
+METRIC_LABELS = {"safe_ratio": "safe ratio", "reward": "reward R", "cost": "cost C", "objective": "objective R−λ₀C",
                  "helpful_ratio": "helpful ratio", "judge_reward": "judge R", "judge_cost": "judge C",
                  "judge_safe_ratio": "judge safe ratio"}
 

@@ -14,7 +14,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-CHUNK = 1 << 20  # elements
+CHUNK = 1 << 24  # elements: large enough that a GPU pass is not launch-bound (H100: 2^20 -> 20 ms, 2^24 -> 2.5 ms per 359M)
 
 
 def chunk_seed(seed: int, name: str, chunk: int) -> int:
