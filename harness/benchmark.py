@@ -53,12 +53,37 @@ def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int):
     return validate(method.config_model, data, f"{cfg_path} (with {spec_path} shared settings)")
 
 
-def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | None = None) -> Path:
-    spec, raw = load_spec(Path(spec_path))
+def default_locations(spec: BenchmarkSpec) -> tuple[Path, Path]:
     stamp = date.today().isoformat()
-    runs_root = Path(runs_dir or spec.runs_dir) / f"{stamp}-{spec.name}"
-    out = Path(out or Path(spec.results_dir) / f"{stamp}-{spec.name}")
-    configs = {(m, s): method_config(spec, Path(spec_path), m, s) for s in spec.seeds for m in spec.methods}
+    return Path(spec.runs_dir) / f"{stamp}-{spec.name}", Path(spec.results_dir) / f"{stamp}-{spec.name}"
+
+
+def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | None = None,
+                  only: list[str] | None = None, seed_index: int | None = None, report_only: bool = False,
+                  shared_overrides: list[str] | None = None) -> Path | None:
+    """Run the spec's (method, seed) pairs, then the report. ``only``/``seed_index`` select a subset (one
+    SLURM array task); ``report_only`` compares what is there; ``shared_overrides`` (dotted keys of
+    ``shared``, e.g. the scorer a cluster job must use) apply to every run."""
+    spec, raw = load_spec(Path(spec_path))
+    if shared_overrides:
+        shared = apply_overrides(spec.shared.model_dump(mode="json", by_alias=True), shared_overrides)
+        spec = spec.model_copy(update={"shared": validate(RunSettings, shared, f"{spec_path} shared overrides")})
+    default_runs, default_out = default_locations(spec)
+    runs_root, out = Path(runs_dir or default_runs), Path(out or default_out)
+    for m in only or []:
+        if m not in spec.methods:
+            raise UserError(f"{spec_path}: no method {m!r} (it names {', '.join(spec.methods)})")
+    if seed_index is not None and not 0 <= seed_index < len(spec.seeds):
+        raise UserError(f"{spec_path}: seed index {seed_index} outside 0..{len(spec.seeds) - 1}")
+    seeds = spec.seeds if seed_index is None else [spec.seeds[seed_index]]
+    selected = [(m, s) for s in seeds for m in spec.methods if not only or m in only]
+    configs = {} if report_only else {(m, s): method_config(spec, Path(spec_path), m, s) for m, s in selected}
+    if report_only:
+        done = sorted(d for d in runs_root.glob("*-s*") if (d / "record.json").is_file()
+                      and load_record(d).status == "completed")
+        if not done:
+            raise UserError(f"{runs_root}: no completed runs to report")
+        return write_report(done, out, title=spec.name, target=spec.target, spec=raw)
     done, failed = [], []
     for (name, seed), cfg in configs.items():
         run_dir = runs_root / f"{name}-s{seed}"
@@ -75,6 +100,10 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             failed.append(f"{name} seed {seed}: {e}")
     if not done:
         raise UserError("every run failed:\n  " + "\n  ".join(failed))
+    if only or seed_index is not None:  # one part of the benchmark: the report comes once all parts are done
+        if failed:
+            raise UserError("some runs failed:\n  " + "\n  ".join(failed))
+        return None
     report = write_report(done, out, title=spec.name, target=spec.target, spec=raw)
     if failed:
         raise UserError(f"report written to {report}, but some runs failed:\n  " + "\n  ".join(failed))

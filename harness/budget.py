@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from pydantic import Field
 
@@ -13,7 +12,8 @@ from harness.config import StrictModel
 class BudgetConfig(StrictModel):
     completions: int = Field(1500, gt=0)  # completions scored for training: the unit every method shares
     max_tokens: int | None = Field(None, gt=0)
-    max_seconds: float | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, gt=0)  # training wall-clock
+    max_gpu_seconds: float | None = Field(None, gt=0)  # training wall-clock × GPUs the method holds
     eval_every_fraction: float = Field(0.1, gt=0, le=1)  # evaluations at the same budget points for all methods
 
 
@@ -22,12 +22,12 @@ class Budget:
     cfg: BudgetConfig
     completions: int = 0
     tokens: int = 0
-    seconds_before: float = 0.0  # seconds spent in earlier attempts of a resumed run
-    started: float = field(default_factory=time.monotonic)
+    seconds: float = 0.0  # training wall-clock so far (kept current by the run context)
+    gpus: int = 0  # accelerators the method holds (set by the method; 0 on CPU)
 
     @property
-    def seconds(self) -> float:
-        return self.seconds_before + time.monotonic() - self.started
+    def gpu_seconds(self) -> float:
+        return self.seconds * self.gpus
 
     def spend(self, completions: int, tokens: int) -> None:
         self.completions += completions
@@ -38,7 +38,8 @@ class Budget:
         c = self.cfg
         return (self.completions >= c.completions
                 or (c.max_tokens is not None and self.tokens >= c.max_tokens)
-                or (c.max_seconds is not None and self.seconds >= c.max_seconds))
+                or (c.max_seconds is not None and self.seconds >= c.max_seconds)
+                or (c.max_gpu_seconds is not None and self.gpus > 0 and self.gpu_seconds >= c.max_gpu_seconds))
 
     def eval_points(self) -> list[int]:
         """Completions-scored marks at which every method evaluates: 0 (the start) up to the full budget."""

@@ -72,12 +72,17 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories or reco
 @user_errors
 def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec"),
               out: Optional[Path] = typer.Option(None, "--out", help="report folder (default results/<date>-<spec>)"),
-              runs_dir: Optional[Path] = typer.Option(None, "--runs-dir")):
+              runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+              only: List[str] = typer.Option([], "--only", help="run only this method (repeatable)"),
+              seed_index: Optional[int] = typer.Option(None, "--seed-index", help="run only the spec's i-th seed"),
+              report_only: bool = typer.Option(False, "--report-only", help="only compare the completed runs"),
+              set_shared: List[str] = typer.Option([], "--set-shared", help="override KEY=VALUE in `shared`")):
     """Run every method and seed a benchmark spec names, at equal budgets, then compare them."""
     from harness.benchmark import run_benchmark
 
-    path = run_benchmark(spec, out=out, runs_dir=runs_dir)
-    typer.echo(f"report: {path}")
+    path = run_benchmark(spec, out=out, runs_dir=runs_dir, only=only or None, seed_index=seed_index,
+                         report_only=report_only, shared_overrides=set_shared)
+    typer.echo(f"report: {path}" if path else "runs done; the report comes with --report-only")
 
 
 @app.command("serve-scorer")
@@ -98,6 +103,35 @@ def build_policy():
     from harness.policy import builtin_policy_path
 
     typer.echo(builtin_policy_path())
+
+
+slurm_app = typer.Typer(no_args_is_help=True, help="Run a benchmark spec on a SLURM cluster.")
+app.add_typer(slurm_app, name="slurm")
+
+
+@slurm_app.command("submit")
+@user_errors
+def slurm_submit(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec"),
+                 cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster YAML (account, GPUs, runtime)"),
+                 runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+                 out: Optional[Path] = typer.Option(None, "--out")):
+    """Submit the scorer, one array job per method (a task per seed) and the report job."""
+    from harness.slurm import submit
+
+    jobs = submit(spec, cluster, runs_dir, out)
+    for k in ("scorer", *[k for k in jobs if k not in ("scorer", "report", "report_path", "slurm_dir")], "report"):
+        typer.echo(f"{k:>8}: job {jobs[k]}")
+    typer.echo(f"scripts: {jobs['slurm_dir']}\nreport will appear at: {jobs['report_path']}")
+    typer.echo(f"status: esgrpo slurm status --dir {jobs['slurm_dir']}")
+
+
+@slurm_app.command("status")
+@user_errors
+def slurm_status(dir: Path = typer.Option(..., "--dir", help="the slurm folder `submit` printed")):
+    """Show the submitted jobs and where the report goes."""
+    from harness.slurm import status
+
+    typer.echo(status(dir))
 
 
 @app.command()

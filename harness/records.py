@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
 from pydantic import BaseModel, Field
 
 SCHEMA_VERSION = 1
@@ -95,11 +96,35 @@ def load_record(path: str | Path) -> RunRecord:
     return RunRecord.model_validate_json(path.read_text())
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its finished children (Linux reports KiB)."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, kids) / 1024, 1)
+class MemorySampler:
+    """Peak resident memory of this process and all its descendants (Ray actors, engine workers) during
+    one run, sampled every ``interval`` s. Unlike ``ru_maxrss`` it starts from zero for each run, so runs
+    made one after another in one process do not inherit each other's peak."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.peak_mb = interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="memory-sampler")
+        self._thread.start()
+
+    def sample(self) -> float:
+        proc = psutil.Process()
+        total = 0
+        for p in [proc, *proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:  # a child may exit between listing and reading
+                pass
+        self.peak_mb = max(self.peak_mb, round(total / 2**20, 1))
+        return self.peak_mb
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> float:
+        self._stop.set()
+        return self.sample()
 
 
 def peak_gpu_mb() -> dict[str, float]:
@@ -114,6 +139,18 @@ def peak_gpu_mb() -> dict[str, float]:
         return {}
 
 
+def reset_gpu_peaks() -> None:
+    """Each run reports its own peak, not the process's (benchmarks run methods one after another)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            for i in range(torch.cuda.device_count()):
+                torch.cuda.reset_peak_memory_stats(i)
+    except Exception:
+        pass
+
+
 class RecordWriter:
     """Owns a run directory: ``record.json``, ``evals/*.jsonl``, ``tb/`` events, optional W&B."""
 
@@ -121,6 +158,8 @@ class RecordWriter:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.record = record
+        self.memory = MemorySampler()
+        reset_gpu_peaks()
         self._tb = None
         self._wandb = None
         if tensorboard:
@@ -136,7 +175,7 @@ class RecordWriter:
         self.flush()
 
     def flush(self) -> None:
-        self.record.memory["peak_rss_mb"] = max(self.record.memory.get("peak_rss_mb", 0.0), peak_rss_mb())
+        self.record.memory["peak_rss_mb"] = max(self.record.memory.get("peak_rss_mb", 0.0), self.memory.sample())
         gpu = peak_gpu_mb()
         if gpu:
             self.record.memory["peak_gpu_mb"] = gpu
@@ -168,6 +207,7 @@ class RecordWriter:
         self.record.status = status
         self.record.error = error
         self.record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        self.memory.stop()
         self.flush()
         if self._tb:
             self._tb.close()

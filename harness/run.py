@@ -83,7 +83,7 @@ class RunContext:
         self.step = state["step"]
         self.lam = LambdaState(**state["lambda"])
         self.budget.completions, self.budget.tokens = state["completions"], state["tokens"]
-        self.train_seconds = state["train_seconds"]
+        self.train_seconds = self.budget.seconds = state["train_seconds"]
         self.evals_done = set(state["evals_done"])
         rec = self.writer.record
         rec.series = [p for p in rec.series if p.step <= self.step]  # drop steps lost with the kill
@@ -108,6 +108,7 @@ class RunContext:
         now = time.monotonic()
         self.train_seconds += now - self._t_mark
         self._t_mark = now
+        self.budget.seconds = self.train_seconds
         return self.train_seconds
 
     # -- logging -------------------------------------------------------------

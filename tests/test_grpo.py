@@ -36,3 +36,15 @@ def test_grpo_steps_through_the_scorer_service(policy_path, scorer_service, tmp_
     assert "loss" in rec.series[0].extra
     assert rec.scorer["url"].startswith("http://127.0.0.1")
     assert (tmp_path / "model_saves" / "latest_hf" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_with_lora_trains_only_the_adapters(policy_path, tmp_path):
+    cfg = load_config(GRPOSettings, CPU_DEFAULT, [
+        "run.budget.completions=32", "run.budget.eval_every_fraction=1.0", "run.eval.limit=4",
+        "num_generations=4", "prompts_per_step=4", "lora={r: 4, alpha: 8}", "learning_rate=1e-3"])
+    run_method("grpo", cfg, tmp_path)
+    rec = load_record(tmp_path)
+    assert rec.status == "completed" and len(rec.series) == 2
+    saved = tmp_path / "model_saves" / "latest_hf"
+    assert (saved / "adapter_config.json").is_file()  # an adapter, not a full copy of the weights

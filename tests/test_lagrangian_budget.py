@@ -41,9 +41,17 @@ def test_budget_marks_align_and_include_start_and_end():
     assert b.exhausted and b.evals_due(done) == [750, 1000]
 
 
-def test_budget_tokens_and_seconds():
+def test_budget_tokens_seconds_and_gpu_seconds():
     b = Budget(BudgetConfig(completions=10**6, max_tokens=100))
     b.spend(1, 99)
     assert not b.exhausted
     b.spend(1, 1)
     assert b.exhausted
+    g = Budget(BudgetConfig(completions=10**6, max_gpu_seconds=100))
+    g.seconds = 60
+    assert not g.exhausted  # on the CPU, GPU-seconds do not run out
+    g.gpus = 2
+    assert g.gpu_seconds == 120 and g.exhausted
+    w = Budget(BudgetConfig(completions=10**6, max_seconds=30))
+    w.seconds = 30
+    assert w.exhausted

@@ -97,6 +97,7 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
 def train(cfg: ESConfig, ctx: RunContext) -> None:
     s = ctx.settings
     pool = make_pool(cfg, ctx)
+    ctx.budget.gpus = len(pool) if cfg.engine.device == "cuda" else 0
     ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}")
     generator = EngineGenerator(pool, 0)
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")

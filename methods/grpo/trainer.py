@@ -168,6 +168,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
 def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     stats = StepStats()
     trainer, tokenizer = build_trainer(cfg, ctx, stats)
+    ctx.budget.gpus = trainer.accelerator.num_processes if cfg.device == "cuda" else 0
     ctx.writer.record.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step")
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     if ctx.stop:

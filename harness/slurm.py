@@ -1,0 +1,137 @@
+"""Submit a benchmark spec to SLURM: a scorer job, one array job per method (a task per seed) that finds
+the scorer through the rendezvous file, and a report job after them. The rendered scripts are kept beside
+the runs (``<runs>/slurm/*.sbatch``) so they can be read and resubmitted by hand."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+from typing import Literal
+
+from pydantic import Field
+
+from harness.benchmark import default_locations, load_spec
+from harness.config import StrictModel, load_config
+from harness.errors import UserError
+from harness.records import atomic_write_text
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "containers" / "slurm"
+JOBS_FILE = "jobs.json"
+
+
+class JobResources(StrictModel):
+    gpus: int = Field(0, ge=0)
+    cpus: int = Field(2, gt=0)
+    mem: str | None = None  # e.g. "64G"; None: the partition's default per CPU
+    time: str | None = None  # overrides the cluster's time limit
+
+
+class ClusterSettings(StrictModel):
+    account: str | None = None
+    partition: str | None = None
+    time: str = "04:00:00"
+    scorer: JobResources = Field(default_factory=lambda: JobResources(cpus=1))
+    methods: dict[str, JobResources] = Field(default_factory=dict)  # per method; default JobResources()
+    runtime: Literal["native", "apptainer", "docker"] = "native"
+    image: str | None = None  # .sif file (apptainer) or image name (docker)
+    scorer_config: str = "configs/scorer/builtin.yaml"
+    scorer_host: str = "0.0.0.0"  # reachable from the method jobs' nodes; protected by a generated token
+    scorer_wait_s: float = Field(1800, gt=0)
+    grace_s: int = Field(120, gt=0)  # SIGTERM this long before the time limit, for a last checkpoint
+    extra_directives: list[str] = Field(default_factory=list)  # e.g. ["--qos=high"]
+
+
+def directives(c: ClusterSettings, r: JobResources) -> str:
+    lines = [f"--cpus-per-task={r.cpus}"]
+    lines += [f"--account={c.account}"] if c.account else []
+    lines += [f"--partition={c.partition}"] if c.partition else []
+    lines += [f"--gres=gpu:{r.gpus}"] if r.gpus else []
+    lines += [f"--mem={r.mem}"] if r.mem else []
+    lines += [f"--time={r.time}"] if r.time else []
+    lines += c.extra_directives
+    return "\n".join(f"#SBATCH {x}" for x in lines)
+
+
+def wrapper(c: ClusterSettings, r: JobResources, workdir: Path) -> str:
+    """The prefix that runs ``esgrpo`` natively, in an Apptainer image or in a Docker container."""
+    if c.runtime == "native":
+        return ""
+    if not c.image:
+        raise UserError(f"runtime '{c.runtime}' needs 'image'")
+    if c.runtime == "apptainer":
+        return f"apptainer exec {'--nv ' if r.gpus else ''}--bind {workdir} {c.image}"
+    return (f"docker run --rm {'--gpus all ' if r.gpus else ''}--network host -v {workdir}:{workdir} -w {workdir} "
+            f"-e ESGRPO_SCORER_TOKEN --entrypoint '' {c.image}")
+
+
+def executable(c: ClusterSettings) -> str:
+    """Natively, this installation's own ``esgrpo`` (jobs need not have the venv on PATH); in an image, its own."""
+    here = Path(sys.executable).parent / "esgrpo"
+    return str(here) if c.runtime == "native" and here.is_file() else "esgrpo"
+
+
+def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = None,
+           out: Path | None = None) -> tuple[Path, dict[str, Path], dict[str, str]]:
+    spec, _ = load_spec(spec_path)
+    workdir = Path.cwd().resolve()
+    default_runs, default_out = default_locations(spec)
+    runs = (runs_dir or default_runs).resolve()
+    slurm_dir = runs / "slurm"
+    slurm_dir.mkdir(parents=True, exist_ok=True)
+    token_file = slurm_dir / "scorer.token"
+    if not token_file.is_file():
+        atomic_write_text(token_file, secrets.token_urlsafe(32))
+        token_file.chmod(0o600)
+    common = {"name": spec.name, "workdir": workdir, "slurm_dir": slurm_dir, "time": cluster.time,
+              "spec": spec_path.resolve(), "runs_dir": runs, "out": (out or default_out).resolve(),
+              "rendezvous": slurm_dir / "scorer.json", "token_file": token_file,
+              "scorer_config": Path(cluster.scorer_config).resolve(), "scorer_host": cluster.scorer_host,
+              "scorer_wait_s": cluster.scorer_wait_s, "grace_s": cluster.grace_s,
+              "last_seed_index": len(spec.seeds) - 1, "scorer_job": "$SCORER_JOB"}
+    scripts = {}
+    for kind in ("scorer", *spec.methods, "report"):
+        res = cluster.scorer if kind == "scorer" else cluster.methods.get(kind, JobResources())
+        template = "method" if kind in spec.methods else kind
+        values = {**common, "method": kind, "esgrpo": executable(cluster),
+                  f"directives_{template}": directives(cluster, res),
+                  f"wrap_{template}": wrapper(cluster, res, workdir)}
+        path = slurm_dir / f"{kind}.sbatch"
+        path.write_text(Template((TEMPLATES / f"{template}.sbatch").read_text()).substitute(values))
+        scripts[kind] = path
+    return slurm_dir, scripts, {k: str(v) for k, v in common.items()}
+
+
+def sbatch(*args: str) -> str:
+    if not shutil.which("sbatch"):
+        raise UserError("sbatch not found: submit from a SLURM login node (or start containers/slurm/local-cluster.sh)")
+    r = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise UserError(f"sbatch {' '.join(args)} failed: {r.stderr.strip()}")
+    return r.stdout.strip().split(";")[0]
+
+
+def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None,
+           out: Path | None = None) -> dict[str, str]:
+    cluster = load_config(ClusterSettings, cluster_path)
+    slurm_dir, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
+    jobs = {"scorer": sbatch(str(scripts["scorer"]))}
+    method_jobs = [sbatch(str(scripts[m])) for m in scripts if m not in ("scorer", "report")]
+    jobs.update({m: j for m, j in zip([m for m in scripts if m not in ("scorer", "report")], method_jobs)})
+    report = scripts["report"]
+    report.write_text(report.read_text().replace("$SCORER_JOB", jobs["scorer"]))
+    jobs["report"] = sbatch(f"--dependency=afterany:{':'.join(method_jobs)}", str(report))
+    atomic_write_text(slurm_dir / JOBS_FILE, json.dumps({"jobs": jobs, "report": values["out"] + "/report.md"}, indent=1))
+    return {**jobs, "report_path": values["out"] + "/report.md", "slurm_dir": str(slurm_dir)}
+
+
+def status(slurm_dir: Path) -> str:
+    info = json.loads((Path(slurm_dir) / JOBS_FILE).read_text())
+    ids = ",".join(info["jobs"].values())
+    r = subprocess.run(["squeue", "-h", "-t", "all", "-j", ids, "-o", "%.18i %.12j %.10T %.10M %R"],
+                       capture_output=True, text=True)
+    return r.stdout + f"report: {info['report']}"

@@ -1,0 +1,77 @@
+"""The cluster path on a real single-node SLURM: scorer job, method array jobs finding it through the
+rendezvous file, a report job after them — submitted with `make slurm-benchmark`."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.records import load_record
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture(scope="module")
+def local_slurm():
+    if os.geteuid() != 0:
+        pytest.skip("starting a local SLURM needs root")
+    r = subprocess.run(["bash", str(ROOT / "containers/slurm/local-cluster.sh")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def tiny_spec(tmp_path: Path) -> Path:
+    spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
+    spec["shared"]["budget"] = {"completions": 120, "eval_every_fraction": 1.0}
+    spec["shared"]["eval"]["limit"] = 8
+    spec["methods"] = {m: {"config": str(ROOT / e["config"].removeprefix("../"))} for m, e in spec["methods"].items()}
+    spec["methods"]["es"]["set"] = ["population=4", "prompts_per_iteration=8"]
+    spec["methods"]["grpo"]["set"] = ["num_generations=4"]
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_rendered_scripts_are_plain_sbatch(tmp_path):
+    from harness.config import load_config
+    from harness.slurm import ClusterSettings, render
+
+    cluster = load_config(ClusterSettings, ROOT / "containers/slurm/cluster-example.yaml")
+    _, scripts, _ = render(tiny_spec(tmp_path), cluster, runs_dir=tmp_path / "runs")
+    es = scripts["es"].read_text()
+    assert "#SBATCH --array=0-1" in es and "#SBATCH --gres=gpu:4" in es and "#SBATCH --requeue" in es
+    assert "apptainer exec --nv" in es and "--seed-index ${SLURM_ARRAY_TASK_ID}" in es
+    assert "scontrol requeue" in es and "rendezvous:" in es and "$" not in es.replace("${", "").replace("$(", "") \
+        .replace("$child", "").replace("$rc", "").replace("$!", "").replace("$?", "")
+    assert "#SBATCH --account=my-account" in scripts["scorer"].read_text()
+    if shutil.which("bash"):
+        for s in scripts.values():
+            assert subprocess.run(["bash", "-n", str(s)]).returncode == 0  # valid shell
+
+
+@pytest.mark.slow
+def test_make_slurm_benchmark_end_to_end(local_slurm, policy_path, tmp_path):
+    spec = tiny_spec(tmp_path)
+    runs, out = tmp_path / "runs", tmp_path / "report"
+    r = subprocess.run(["make", "-s", "slurm-benchmark", f"CONFIG={spec}", f"CLUSTER={ROOT}/containers/slurm/local.yaml",
+                        f"SLURM_ARGS=--runs-dir {runs} --out {out}"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "report will appear at" in r.stdout and "job" in r.stdout
+    jobs = json.loads((runs / "slurm" / "jobs.json").read_text())["jobs"]
+    deadline = time.time() + 600
+    while time.time() < deadline and not (out / "report.md").is_file():
+        time.sleep(2)
+    logs = "\n".join(p.read_text()[-2000:] for p in (runs / "slurm").glob("*.log"))
+    assert (out / "report.md").is_file(), logs
+    time.sleep(3)
+    for name in ("es-s0", "es-s1", "grpo-s0", "grpo-s1"):
+        rec = load_record(runs / name)
+        assert rec.status == "completed" and rec.scorer["url"].startswith("http://"), logs
+        assert rec.environment["slurm_job_id"]
+    assert "es − grpo" in (out / "report.md").read_text()
+    q = subprocess.run(["squeue", "-h", "-j", jobs["scorer"]], capture_output=True, text=True).stdout
+    assert "R " not in q  # the report job stopped the scorer
