@@ -4,6 +4,8 @@ optional target; every method runs at the same budget on the same prompts, score
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -92,12 +94,21 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             done.append(run_dir)
             continue
         log.info("running %s seed %d -> %s", name, seed, run_dir)
-        try:
+        if only or seed_index is not None:  # this process is the one (method, seed) part: run it here
             run_method(name, cfg, run_dir, spec=raw)
             done.append(run_dir)
-        except Exception as e:  # keep going: the other runs are still worth their compute
-            log.error("%s seed %d failed: %s", name, seed, e)
-            failed.append(f"{name} seed {seed}: {e}")
+            continue
+        # Each run gets its own process: its peak memory is its own, and a crash cannot take the others down.
+        cmd = [sys.executable, "-m", "harness.cli", "benchmark", "--spec", str(spec_path), "--runs-dir",
+               str(runs_root), "--only", name, "--seed-index", str(spec.seeds.index(seed))]
+        for o in shared_overrides or []:
+            cmd += ["--set-shared", o]
+        rc = subprocess.run(cmd).returncode
+        if rc == 0:
+            done.append(run_dir)
+        else:  # keep going: the other runs are still worth their compute
+            log.error("%s seed %d failed (exit %d); see %s", name, seed, rc, run_dir / "record.json")
+            failed.append(f"{name} seed {seed}: exit code {rc}")
     if not done:
         raise UserError("every run failed:\n  " + "\n  ".join(failed))
     if only or seed_index is not None:  # one part of the benchmark: the report comes once all parts are done

@@ -77,7 +77,7 @@ def main(tokenizer_dir: str, out_json: str) -> None:
     hf.restore(7, 0.001)
     figures.update(perturb_seconds=perturb_s, bandwidth_bound_seconds=2 * nbytes / (figures["copy_GBps"] * 1e9),
                    perturb_vs_bound=perturb_s / (2 * nbytes / (figures["copy_GBps"] * 1e9)))
-    del big, dst
+    big = dst = None  # free the copy buffers before vLLM reserves memory
 
     from methods.es.vllm_engine import VLLMEngine
 

@@ -4,7 +4,6 @@ same pairs (`make bench-scorer` prints the figures; in the normal suite it runs 
 import time
 
 import pytest
-import yaml
 
 from conftest import ScorerProcess
 from harness.scoring import ScorerSpec, make_scorer

@@ -1,7 +1,6 @@
 """Kill -9 at random points, SIGTERM, a scorer outage: nothing lost, and the same result as uninterrupted."""
 
 import json
-import os
 import random
 import signal
 import subprocess

@@ -6,7 +6,6 @@ import time
 
 import httpx
 import pytest
-import torch
 
 from harness.errors import ScorerUnavailable, UserError
 from harness.scoring import ScorerSpec, make_scorer
