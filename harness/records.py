@@ -9,7 +9,6 @@ import json
 import os
 import tempfile
 import threading
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -214,6 +213,3 @@ class RecordWriter:
         if self._wandb:
             self._wandb.finish()
 
-
-def now() -> float:
-    return time.monotonic()

@@ -87,9 +87,10 @@ def make_scorer_service(tmp_path):
     made = []
 
     def make(**kw) -> ScorerProcess:
-        srv = ScorerProcess(tmp_path / f"s{len(made)}", **kw) if (tmp_path / f"s{len(made)}").mkdir() is None else None
-        made.append(srv)
-        return srv
+        folder = tmp_path / f"s{len(made)}"
+        folder.mkdir()
+        made.append(ScorerProcess(folder, **kw))
+        return made[-1]
 
     yield make
     for s in made:

@@ -134,18 +134,9 @@ class HttpScorer:
         return check_finite(Scores(rewards, costs), "scorer response")
 
     def wait_ready(self) -> dict[str, Any]:
-        """Block until ``/health`` says ready (or the deadline passes); returns ``/info``."""
-        deadline = time.time() + self.spec.deadline_s
-        while True:
-            try:
-                health = self._call("GET", "/health")
-                if health.get("ready"):
-                    break
-            except ScorerUnavailable:
-                raise
-            if time.time() > deadline:
-                raise ScorerUnavailable(f"scorer not ready after {self.spec.deadline_s:.0f}s")
-            time.sleep(0.5)
+        """Block until ``/health`` answers 200 (it answers 503 while models load; retried until the
+        deadline like any 5xx); returns ``/info``."""
+        self._call("GET", "/health")
         return self.info()
 
     def info(self) -> dict[str, Any]:
