@@ -116,9 +116,10 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 ctx.step = it + 1
                 t_iter = time.perf_counter()
                 members = algorithm.iteration_members(s.seed, it, cfg.population, cfg.antithetic)
-                prompts = [p.prompt for p in ctx.prompts.sample_train(k, seed=s.seed * 1_000_003 + it)]
+                it_seed = s.seed * 1_000_003 + it  # prompts and rollout sampling: functions of (seed, iteration)
+                prompts = [p.prompt for p in ctx.prompts.sample_train(k, seed=it_seed)]
                 sampling = SamplingSettings(max_new_tokens=s.eval.max_new_tokens, temperature=cfg.temperature,
-                                            stop_strings=s.eval.stop_strings, seed=s.seed * 1_000_003 + it)
+                                            stop_strings=s.eval.stop_strings, seed=it_seed)
                 jobs = [(seed, sign * cfg.sigma) for seed, sign in members] + [(0, 0.0)]  # last: unperturbed
                 t_pop = time.perf_counter()
                 results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling)
