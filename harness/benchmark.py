@@ -37,11 +37,17 @@ class BenchmarkSpec(StrictModel):
     results_dir: str = "results"
 
 
+def config_path(spec_path: Path, entry: MethodEntry) -> Path:
+    """A method config named in a spec: as given, or relative to the spec's folder."""
+    given = Path(entry.config)
+    return given if given.is_file() else Path(spec_path).parent / entry.config
+
+
 def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
     raw = read_yaml(path)
     spec = validate(BenchmarkSpec, raw, str(path))
     for name, entry in spec.methods.items():
-        if not (path.parent / entry.config).is_file() and not Path(entry.config).is_file():
+        if not config_path(path, entry).is_file():
             raise UserError(f"{path}: methods.{name}.config: {entry.config} not found")
     return spec, raw
 
@@ -49,7 +55,7 @@ def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
 def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int):
     entry = spec.methods[name]
     method = get_method(name)
-    cfg_path = Path(entry.config) if Path(entry.config).is_file() else spec_path.parent / entry.config
+    cfg_path = config_path(spec_path, entry)
     data = apply_overrides(read_yaml(cfg_path), entry.set)
     data["run"] = spec.shared.model_copy(update={"seed": seed}).model_dump(mode="json", by_alias=True)
     return validate(method.config_model, data, f"{cfg_path} (with {spec_path} shared settings)")

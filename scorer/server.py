@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from harness.errors import UserError
 from harness.records import atomic_write_text
+from harness.scoring.client import resolve_token
 from harness.template import split_conversation
 from scorer.backends import build_scorer
 from scorer.batcher import DynamicBatcher
@@ -48,16 +49,8 @@ class ScoreResponse(BaseModel):
     costs: list[float]
 
 
-def resolve_token(cfg: ScorerServiceConfig) -> str | None:
-    if cfg.token:
-        return cfg.token
-    if cfg.token_file:
-        return Path(cfg.token_file).read_text().strip()
-    return os.environ.get("ESGRPO_SCORER_TOKEN")
-
-
 def check_security(cfg: ScorerServiceConfig) -> str | None:
-    token = resolve_token(cfg)
+    token = resolve_token(cfg.token, cfg.token_file)
     if cfg.host not in LOOPBACK and not token and not cfg.insecure_no_token:
         raise UserError(f"binding {cfg.host} exposes the scorer to the network: set a token (ESGRPO_SCORER_TOKEN, "
                         "token or token_file) or set insecure_no_token: true on a trusted network")

@@ -50,11 +50,13 @@ def read_rendezvous(path: str | Path) -> str:
         raise _RendezvousMissing(f"{p}: rendezvous file not readable yet") from None
 
 
-def resolve_token(spec: ScorerSpec) -> str | None:
-    if spec.token:
-        return spec.token
-    if spec.token_file:
-        return Path(spec.token_file).read_text().strip()
+def resolve_token(token: str | None, token_file: str | None) -> str | None:
+    """The shared scorer token: given inline, read from a file, or from $ESGRPO_SCORER_TOKEN (client and
+    service resolve it the same way)."""
+    if token:
+        return token
+    if token_file:
+        return Path(token_file).read_text().strip()
     return os.environ.get(TOKEN_ENV)
 
 
@@ -73,7 +75,7 @@ class HttpScorer:
     def __post_init__(self) -> None:
         if not (self.spec.url or self.spec.rendezvous):
             raise UserError("scorer kind 'http' needs 'url' or 'rendezvous'")
-        token = resolve_token(self.spec)
+        token = resolve_token(self.spec.token, self.spec.token_file)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         limits = httpx.Limits(max_connections=self.spec.concurrency, max_keepalive_connections=self.spec.concurrency)
         self._http = httpx.Client(headers=headers, limits=limits, timeout=self.spec.request_timeout_s)
