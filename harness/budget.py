@@ -48,7 +48,8 @@ class Budget:
 
     def evals_due(self, done: set[int]) -> list[int]:
         """Eval marks passed by the spend so far and not yet evaluated (the final one once exhausted)."""
-        due = [p for p in self.eval_points() if p <= self.completions and p not in done]
-        if self.exhausted and self.eval_points()[-1] not in done and self.eval_points()[-1] not in due:
-            due.append(self.eval_points()[-1])
+        marks = self.eval_points()
+        due = [p for p in marks if p <= self.completions and p not in done]
+        if self.exhausted and marks[-1] not in done and marks[-1] not in due:  # stopped by tokens or seconds
+            due.append(marks[-1])
         return due
