@@ -9,6 +9,7 @@ An engine holds one copy of the policy weights and does, in place:
 from __future__ import annotations
 
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -19,7 +20,11 @@ from pydantic import Field
 from harness.config import StrictModel
 from harness.generation import Completion, SamplingSettings
 from methods.es.noise import add_combination_, add_noise_
+from methods.es.noise_cuda import FusedNoise
+from methods.es.noise_cuda import available as fused_available
 
+PROBE_COPY_BYTES = 256 << 20
+PROBE_SEED = 2**31 - 1  # outside the trainer's member seeds; the probe restores exactly (snapshot) anyway
 HF_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "chat_template.jinja")
 
@@ -52,29 +57,44 @@ class InPlaceES:
         views = self.named_views()
         if self.restore_mode == "snapshot" and self._snapshot is None:
             self._snapshot = [v.detach().clone() for _, v in views]
-        for name, v in views:
-            add_noise_(v, name, seed, scale)
+        self._add_noise(views, [(seed, scale)])
 
     def restore(self, seed: int, scale: float) -> None:
         views = self.named_views()
         if self.restore_mode == "snapshot":
             assert self._snapshot is not None, "restore() without perturb()"
             with torch.no_grad():
-                for (_, v), s in zip(views, self._snapshot):
-                    v.copy_(s)
+                torch._foreach_copy_([v for _, v in views], self._snapshot)  # one launch, not one per tensor
         else:
-            for name, v in views:
-                add_noise_(v, name, seed, -scale)
+            self._add_noise(views, [(seed, -scale)])
 
     def apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
-        for name, v in self.named_views():
-            add_combination_(v, name, terms)
+        self._add_noise(self.named_views(), list(terms))
         if self._snapshot is not None:
             with torch.no_grad():
-                for (_, v), s in zip(self.named_views(), self._snapshot):
-                    s.copy_(v)
+                torch._foreach_copy_(self._snapshot, [v for _, v in self.named_views()])
         self._sync()
         return self.checksum()
+
+    def _add_noise(self, views: list[tuple[str, torch.Tensor]], terms: list[tuple[int, float]]) -> None:
+        """θ += Σ c·ε(seed): one fused kernel over all tensors on CUDA, tensor by tensor elsewhere."""
+        fused = self._fused_noise(views)
+        if fused is not None:
+            fused.add_(terms)
+        elif len(terms) == 1:
+            for name, v in views:
+                add_noise_(v, name, terms[0][0], terms[0][1])
+        else:
+            for name, v in views:
+                add_combination_(v, name, terms)
+
+    def _fused_noise(self, views: list[tuple[str, torch.Tensor]]) -> FusedNoise | None:
+        if not views or not views[0][1].is_cuda or not fused_available():
+            return None
+        key = tuple(v.data_ptr() for _, v in views)
+        if getattr(self, "_fused_key", None) != key:  # the launch tables hold the tensors' addresses
+            self._fused, self._fused_key = FusedNoise(views), key
+        return self._fused
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
@@ -92,6 +112,45 @@ class InPlaceES:
 
     def count_elements(self) -> int:
         return sum(v.numel() for _, v in self.named_views())
+
+    def probe(self, repeat: int = 5) -> dict[str, float]:
+        """One perturbation pass over all weights, timed against its memory-bandwidth bound: 2 × weight bytes
+        (read + write) ÷ a device-to-device copy measured here (256 MiB at most: enough to saturate it)."""
+        views = self.named_views()
+        weight_bytes = sum(v.numel() * v.element_size() for _, v in views)
+        probe_bytes = min(weight_bytes, PROBE_COPY_BYTES)
+        src = torch.empty(probe_bytes, dtype=torch.uint8, device=views[0][1].device)
+        dst = torch.empty_like(src)
+        copy_s = self._median_seconds(lambda: dst.copy_(src), repeat)
+        del src, dst
+        if torch.cuda.is_available():  # hand the buffers back: they must not count in the run's memory peak
+            torch.cuda.empty_cache()
+        copy_bps = 2 * probe_bytes / copy_s
+        seed, passes = PROBE_SEED, []
+        for _ in range(repeat + 1):  # the first pass warms up (and takes the snapshot)
+            t = time.perf_counter()
+            self.perturb(seed, 1e-3)
+            self._sync()
+            passes.append(time.perf_counter() - t)
+            self.restore(seed, 1e-3)
+        bound = 2 * weight_bytes / copy_bps
+        perturb_s = statistics.median(passes[1:])
+        return {"weight_bytes": weight_bytes, "copy_GBps": copy_bps / 1e9, "perturb_pass_s": perturb_s,
+                "bandwidth_bound_s": bound, "perturb_vs_bound": perturb_s / bound}
+
+    def _median_seconds(self, fn, repeat: int) -> float:
+        fn()
+        times = []
+        for _ in range(repeat):
+            self._sync()
+            t = time.perf_counter()
+            fn()
+            self._sync()
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    def kv_cache_bytes(self) -> int:
+        return 0  # engines that preallocate a KV cache (vLLM) report it
 
     def export_state_dict(self) -> dict[str, torch.Tensor]:
         return {name: v.detach().to("cpu", copy=True).contiguous() for name, v in self.named_views()}
