@@ -56,6 +56,7 @@ class RunRecord(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
     method: str
+    label: str | None = None  # the benchmark entry it ran as (es-vllm, es-hf...); reports group by it
     seed: int
     status: Literal["running", "completed", "failed", "interrupted"] = "running"
     started: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -102,19 +103,25 @@ class MemorySampler:
 
     def __init__(self, interval: float = 0.25):
         self.interval, self.peak_mb = interval, 0.0
+        self.gpu_peak_mb: float | None = None  # NVML: device memory of this process tree (None: no NVML GPU)
+        self._gpus = nvml_handles()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="memory-sampler")
         self._thread.start()
 
     def sample(self) -> float:
         proc = psutil.Process()
+        tree = [proc, *proc.children(recursive=True)]
         total = 0
-        for p in [proc, *proc.children(recursive=True)]:
+        for p in tree:
             try:
                 total += p.memory_info().rss
             except psutil.Error:  # a child may exit between listing and reading
                 pass
         self.peak_mb = max(self.peak_mb, round(total / 2**20, 1))
+        if self._gpus:
+            used = nvml_used_bytes(self._gpus, {p.pid for p in tree})
+            self.gpu_peak_mb = max(self.gpu_peak_mb or 0.0, round(used / 2**20, 1))
         return self.peak_mb
 
     def _loop(self) -> None:
@@ -124,6 +131,32 @@ class MemorySampler:
     def stop(self) -> float:
         self._stop.set()
         return self.sample()
+
+
+def nvml_handles() -> list:
+    """NVML device handles (nvidia-ml-py, which vLLM brings), or [] where there is no NVIDIA GPU."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:  # no library, no driver, no GPU: GPU memory is then simply not reported
+        return []
+
+
+def nvml_used_bytes(handles: list, pids: set[int]) -> int:
+    """Device memory the driver charges to ``pids`` on all GPUs: what the allocator peak misses (CUDA
+    context, NCCL buffers, memory outside torch's allocator)."""
+    import pynvml
+
+    total = 0
+    for h in handles:
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+        except pynvml.NVMLError:
+            continue
+        total += sum(p.usedGpuMemory or 0 for p in procs if p.pid in pids)
+    return total
 
 
 def peak_gpu_mb() -> dict[str, float]:
@@ -178,6 +211,9 @@ class RecordWriter:
         gpu = peak_gpu_mb()
         if gpu:
             self.record.memory["peak_gpu_mb"] = gpu
+        if self.memory.gpu_peak_mb is not None:
+            self.record.memory["peak_gpu_nvml_mb"] = max(self.record.memory.get("peak_gpu_nvml_mb", 0.0),
+                                                         self.memory.gpu_peak_mb)
         atomic_write_text(self.run_dir / RECORD_FILE, self.record.model_dump_json(indent=1, by_alias=True))
 
     def _scalars(self, prefix: str, values: dict[str, float], step: int) -> None:

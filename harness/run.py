@@ -44,8 +44,15 @@ class RunSettings(StrictModel):
     keep_checkpoints: int = Field(2, gt=0)
     tensorboard: bool = True
     wandb: bool = False
+    # Training rollouts generate exactly eval.max_new_tokens tokens, EOS and stop strings ignored, so every
+    # method generates the same token counts (throughput benchmarks). Evaluation decodes as usual.
+    fixed_length: bool = False
 
     model_config = {"populate_by_name": True, "extra": "forbid"}
+
+    @property
+    def rollout_stops(self) -> list[str]:
+        return [] if self.fixed_length else list(self.eval.stop_strings)
 
 
 class MethodConfig(StrictModel):
@@ -153,7 +160,7 @@ class RunContext:
                 split[k] = split.get(k, 0.0) + v
         secs = max(self.train_seconds, 1e-9)
         rec.timing = {"train_seconds": round(secs, 3), **{f"{k}_seconds": round(v, 3) for k, v in split.items()}}
-        rec.throughput = {"tokens_per_s": self.budget.tokens / secs, "completions_per_s": self.budget.completions / secs}
+        rec.throughput.update(tokens_per_s=self.budget.tokens / secs, completions_per_s=self.budget.completions / secs)
         if split.get("scoring"):
             rec.throughput["scorer_pairs_per_s"] = self.budget.completions / split["scoring"]
         rec.outages = [vars(o) for o in getattr(self.scorer, "outages", [])]
@@ -176,7 +183,7 @@ def existing_record(run_dir: Path, config: MethodConfig, method: str) -> RunReco
 
 
 def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[str, Any] | None = None,
-                   progress: bool = True, resume_from: Path | None = None) -> RunContext:
+                   progress: bool = True, resume_from: Path | None = None, label: str | None = None) -> RunContext:
     s = config.run
     prompts = load_prompt_set(s.data)
     scorer = make_scorer(s.scorer)
@@ -184,7 +191,7 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
     scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
     policy_path = resolve_policy(s.policy, progress=progress)
     record = RunRecord(
-        run_id=run_dir.name, method=method, seed=s.seed, config=config.model_dump(mode="json", by_alias=True),
+        run_id=run_dir.name, method=method, label=label or method, seed=s.seed, config=config.model_dump(mode="json", by_alias=True),
         spec=spec, environment=environment.capture(),
         data={"name": prompts.name, "hash": prompts.content_hash, "n_train": len(prompts.train),
               "n_eval": len(prompts.eval), "source": s.data.model_dump(mode="json")},
@@ -213,14 +220,15 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
 
 
 def run_method(method_name: str, config: MethodConfig | str | Path | None, run_dir: Path,
-               overrides: list[str] | None = None, spec: dict[str, Any] | None = None) -> Path:
+               overrides: list[str] | None = None, spec: dict[str, Any] | None = None,
+               label: str | None = None) -> Path:
     """Run one method to its budget; the record is written whatever happens. Returns the run directory."""
     method = get_method(method_name)
     if not isinstance(config, MethodConfig):
         config = load_config(method.config_model, config, overrides)
     run_dir = Path(run_dir)
     resume_from = method.latest_checkpoint(run_dir) if (run_dir / "record.json").is_file() else None
-    ctx = create_context(method_name, config, run_dir, spec, resume_from=resume_from)
+    ctx = create_context(method_name, config, run_dir, spec, resume_from=resume_from, label=label)
     ctx.stop.install()
     try:
         method.run(config, ctx)

@@ -26,3 +26,4 @@ class ESConfig(MethodConfig):
     pool: Literal["ray", "local"] = "ray"  # local: one in-process engine (no Ray), for quick runs
     ray_address: str | None = None  # join an existing cluster on purpose; default: a private local Ray
     update: Literal["seed_replay"] = "seed_replay"
+    probe_engine: bool = True  # time one perturbation pass against the bandwidth bound at the start

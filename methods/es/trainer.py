@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.checkpoint import CheckpointManager, Preempted
 from harness.generation import Completion, SamplingSettings
+from harness.records import reset_gpu_peaks
 from harness.run import RunContext
 from methods.es import algorithm
 from methods.es.config import ESConfig
@@ -99,7 +100,9 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     pool = make_pool(cfg, ctx)
     ctx.budget.gpus = len(pool) if cfg.engine.device == "cuda" else 0
     ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}")
+    record_engine_figures(pool, cfg, ctx)
     generator = EngineGenerator(pool, 0)
+    speed = MemberSpeed()
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
     k = cfg.prompts_per_iteration
     try:
@@ -119,7 +122,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 it_seed = s.seed * 1_000_003 + it  # prompts and rollout sampling: functions of (seed, iteration)
                 prompts = [p.prompt for p in ctx.prompts.sample_train(k, seed=it_seed)]
                 sampling = SamplingSettings(max_new_tokens=s.eval.max_new_tokens, temperature=cfg.temperature,
-                                            stop_strings=s.eval.stop_strings, seed=it_seed)
+                                            stop_strings=s.rollout_stops, ignore_eos=s.fixed_length, seed=it_seed)
                 jobs = [(seed, sign * cfg.sigma) for seed, sign in members] + [(0, 0.0)]  # last: unperturbed
                 t_pop = time.perf_counter()
                 results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling)
@@ -150,6 +153,9 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                          "population_cost": float(np.mean([m.costs for m in population]))}
                 point = ctx.log_point(base.rewards, base.costs, times, extra)
                 ctx.writer.record.memory["weights_checksum"] = checksums[0]
+                if it > 0 or ctx.budget.exhausted:  # the first iteration warms the engine up (new batch shapes)
+                    speed.add(population, base)
+                    ctx.writer.record.throughput.update(speed.figures())
                 bar.update(task, completed=min(ctx.budget.completions, s.budget.completions),
                            description=f"it {it + 1} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
                 ctx.evaluate_due(generator)
@@ -162,6 +168,39 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     finally:
         scorer_threads.shutdown(wait=False)
         pool.shutdown()
+
+
+def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> None:
+    """Engine 0's perturbation pass against the bandwidth bound, and its preallocated KV cache (vLLM)."""
+    rec = ctx.writer.record
+    kv = pool.submit(0, "kv_cache_bytes").result()
+    if kv:
+        rec.memory["kv_cache_mb"] = round(kv / 2**20, 1)
+    if cfg.probe_engine and cfg.engine.restore == "snapshot":  # snapshot restore leaves no trace
+        rec.throughput.update({f"probe_{k}": v for k, v in pool.submit(0, "probe").result().items()})
+        reset_gpu_peaks()  # the probe's copy buffers are not the run's memory
+
+
+@dataclass
+class MemberSpeed:
+    """Generated tokens/s of perturbed members (perturb + generate + restore) and of the unperturbed job
+    (a plain generate on the same prompts): how close ES's engine comes to its raw generation speed."""
+
+    member_tokens: int = 0
+    member_seconds: float = 0.0
+    raw_tokens: int = 0
+    raw_seconds: float = 0.0
+
+    def add(self, population: list[MemberResult], base: MemberResult) -> None:
+        self.member_tokens += sum(c.n_tokens for m in population for c in m.completions)
+        self.member_seconds += sum(m.generation + m.perturb_restore for m in population)
+        self.raw_tokens += sum(c.n_tokens for c in base.completions)
+        self.raw_seconds += base.generation
+
+    def figures(self) -> dict[str, float]:
+        member = self.member_tokens / self.member_seconds
+        raw = self.raw_tokens / self.raw_seconds
+        return {"member_tokens_per_s": member, "raw_generate_tokens_per_s": raw, "member_vs_raw": member / raw}
 
 
 def save_checkpoint(pool, ctx: RunContext) -> Path:

@@ -80,6 +80,12 @@ class VLLMEngine(InPlaceES):
     def export_state_dict(self):
         return self._rpc("es_export")
 
+    def probe(self, repeat: int = 5) -> dict[str, float]:
+        return self._rpc("es_probe")
+
+    def kv_cache_bytes(self) -> int:
+        return self._rpc("es_kv_cache_bytes")
+
     def _sync(self) -> None:  # the worker synchronizes inside each RPC
         pass
 

@@ -105,3 +105,13 @@ class ESWorkerExtension:
 
     def es_export(self) -> dict[str, torch.Tensor]:
         return self._es.export_state_dict()
+
+    def es_probe(self) -> dict[str, float]:
+        return self._es.probe()
+
+    def es_kv_cache_bytes(self) -> int:
+        """The KV cache vLLM preallocated (caches may share storage: count each storage once)."""
+        caches = getattr(self.model_runner, "kv_caches", None) or []  # type: ignore[attr-defined]
+        tensors = [t for c in caches for t in (c if isinstance(c, (list, tuple)) else [c]) if t is not None]
+        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+        return int(sum(storages.values()))

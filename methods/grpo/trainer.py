@@ -21,7 +21,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from harness.checkpoint import STATE_FILE, Preempted
 from harness.generation import HFGenerator
 from harness.records import atomic_write_text
-from harness.run import RunContext
+from harness.run import RunContext, RunSettings
 from harness.template import cut_at_stop, format_prompt
 from methods.grpo.config import GRPOSettings
 
@@ -136,7 +136,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
         scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
         bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=cfg.device == "cpu",
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        generation_kwargs={"stop": list(s.eval.stop_strings)} if cfg.use_vllm else None,
+        generation_kwargs=generation_kwargs(cfg, s),
         logging_steps=1, report_to="none", deepspeed=cfg.deepspeed,
         save_strategy="steps", save_steps=s.checkpoint_every or max_steps + 1, save_total_limit=s.keep_checkpoints,
         disable_tqdm=False, remove_unused_columns=False, shuffle_dataset=True,
@@ -156,13 +156,21 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
             return out
 
     trainer = TimedGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                               reward_funcs=make_reward_fn(ctx, stats, list(s.eval.stop_strings)),
+                               reward_funcs=make_reward_fn(ctx, stats, s.rollout_stops),
                                peft_config=peft_config)
     # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(HarnessCallback(ctx, stats, tokenizer))
     return trainer, tokenizer
+
+
+def generation_kwargs(cfg: GRPOSettings, s: RunSettings) -> dict | None:
+    """Stops for vLLM rollouts (TRL's transformers generation cannot stop on strings: completions are cut
+    before scoring instead); fixed-length rollouts ignore EOS on either path."""
+    if cfg.use_vllm:
+        return {"stop": s.rollout_stops, "ignore_eos": s.fixed_length}
+    return {"min_new_tokens": s.eval.max_new_tokens} if s.fixed_length else None
 
 
 def train(cfg: GRPOSettings, ctx: RunContext) -> None:
