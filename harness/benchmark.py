@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 class MethodEntry(StrictModel):
     config: str  # the method's YAML config (its `run:` section is replaced by the spec's `shared:`)
+    method: str | None = None  # the registered method; default: the entry's name (es-vllm: {method: es, ...})
     set: list[str] = Field(default_factory=list)  # KEY=VALUE overrides of method hyperparameters
 
 
@@ -54,7 +55,7 @@ def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
 
 def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int):
     entry = spec.methods[name]
-    method = get_method(name)
+    method = get_method(entry.method or name)
     cfg_path = config_path(spec_path, entry)
     data = apply_overrides(read_yaml(cfg_path), entry.set)
     data["run"] = spec.shared.model_copy(update={"seed": seed}).model_dump(mode="json", by_alias=True)
@@ -100,8 +101,8 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             done.append(run_dir)
             continue
         log.info("running %s seed %d -> %s", name, seed, run_dir)
-        if only or seed_index is not None:  # this process is the one (method, seed) part: run it here
-            run_method(name, cfg, run_dir, spec=raw)
+        if len(selected) == 1 and seed_index is not None:  # this process is the one (method, seed) part
+            run_method(spec.methods[name].method or name, cfg, run_dir, spec=raw, label=name)
             done.append(run_dir)
             continue
         # Each run gets its own process: its peak memory is its own, and a crash cannot take the others down.

@@ -6,6 +6,7 @@ import functools
 import logging
 import sys
 from datetime import datetime
+from enum import Enum
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -23,12 +24,18 @@ def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scorer request otherwise
         try:
             return fn(*args, **kwargs)
         except (UserError, ScorerUnavailable) as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
+
+
+class Runtime(str, Enum):
+    native = "native"
+    docker = "docker"
 
 
 def default_run_dir(method: str, seed: int | None = None) -> Path:
@@ -42,12 +49,23 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="method YAML config"),
         set_: List[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE (dotted keys), repeatable"),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="where the record and checkpoints go; "
-                                               "an unfinished run there is resumed from its last checkpoint")):
+                                               "an unfinished run there is resumed from its last checkpoint"),
+        runtime: Runtime = typer.Option(Runtime.native, help="native: this process; docker: the scorer and the "
+                                        "method in their images (make containers)"),
+        image: Optional[str] = typer.Option(None, help="docker: the method's image (default esgrpo-METHOD:latest)"),
+        scorer_image: Optional[str] = typer.Option(None, help="docker: the scorer's image (default esgrpo-scorer:latest)")):
     """Train one method to its budget and write its run record (resuming an unfinished one)."""
     from harness.checkpoint import PREEMPTED_EXIT, Preempted
     from harness.run import run_method
 
     out = run_dir or default_run_dir(method)
+    if runtime is Runtime.docker:
+        from harness.docker_runtime import run_in_docker
+
+        code = run_in_docker(method, config, out, set_, image=image, scorer_image=scorer_image)
+        if code == 0:
+            typer.echo(f"run record: {out / 'record.json'}")
+        raise typer.Exit(code)
     try:
         run_method(method, config, out, set_)
     except Preempted:
@@ -103,6 +121,28 @@ def build_policy():
     from harness.policy import builtin_policy_path
 
     typer.echo(builtin_policy_path())
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Hardware benchmarks.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("gpu")
+@user_errors
+def bench_gpu(spec: Path = typer.Option(Path("benchmarks") / "gpu-1x.yaml", "--spec"),
+              out: Optional[Path] = typer.Option(None, "--out", help="default results/gpu-<device>-<date>"),
+              runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+              policy: Optional[str] = typer.Option(None, help="a local HF model (default: a random model of --shape)"),
+              shape: str = typer.Option("qwen2-0.5b", help="random policy shape: qwen2-0.5b, tiny"),
+              scorer_shape: str = typer.Option("llama-200m", help="random Beaver scorer shape: llama-200m, tiny"),
+              only: List[str] = typer.Option([], "--only", help="run only this spec entry, or 'scorer' (repeatable)"),
+              report_only: bool = typer.Option(False, "--report-only", help="only the figures and the report")):
+    """ES (vLLM and transformers engines) and GRPO on one GPU: memory, throughput, ES overhead, scorer."""
+    from harness.gpu_bench import run_gpu_bench
+
+    path = run_gpu_bench(spec, out=out, runs_dir=runs_dir, policy=policy, shape=shape, scorer_shape=scorer_shape,
+                         only=only or None, report_only=report_only)
+    typer.echo(f"{'runs' if only else 'figures'}: {path}")
 
 
 slurm_app = typer.Typer(no_args_is_help=True, help="Run a benchmark spec on a SLURM cluster.")

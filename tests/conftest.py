@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -100,34 +99,15 @@ def make_scorer_service(tmp_path):
 def tiny_llama_config():
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256)
+    from harness.random_models import MAX_POSITIONS, SCORER_SHAPES
+
+    return LlamaConfig(**SCORER_SHAPES["tiny"], max_position_embeddings=MAX_POSITIONS)
 
 
 @pytest.fixture
 def beaver_dir(tmp_path, policy_path):
     """A Beaver score checkpoint: LlamaForScore config, backbone under model.*, score_head with bias,
     normalizer buffers; tokenizer from the built-in policy."""
-    import torch
-    from safetensors.torch import save_file
-    from transformers import LlamaModel
+    from harness.random_models import build_random_beaver
 
-    torch.manual_seed(0)
-    cfg = tiny_llama_config()
-    backbone = LlamaModel(cfg)
-    d = tmp_path / "beaver-tiny-cost"
-    d.mkdir()
-    raw = cfg.to_dict()
-    raw.update(architectures=["LlamaForScore"], score_dim=1, score_bias=True, score_type="cost",
-               do_normalize=False, normalizer_type="ExponentialMovingAverage", momentum=0.9, mean=0.0, var=1.0,
-               bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    (d / "config.json").write_text(json.dumps(raw))
-    state = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
-    state["score_head.weight"] = torch.randn(1, cfg.hidden_size)
-    state["score_head.bias"] = torch.tensor([0.5])
-    state.update({"normalizer.mean": torch.zeros(1), "normalizer.var": torch.ones(1),
-                  "normalizer.count": torch.zeros(1, dtype=torch.long)})
-    save_file(state, str(d / "model.safetensors"))
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(policy_path / f, d / f)
-    return d
+    return build_random_beaver("tiny", tmp_path / "beaver-tiny-cost", "cost", seed=0, bias=0.5)

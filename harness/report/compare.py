@@ -38,7 +38,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        return self.record.method
+        return self.record.label or self.record.method
 
     def final_samples(self) -> list[dict[str, Any]]:
         if not self.record.evals:

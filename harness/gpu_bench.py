@@ -1,0 +1,218 @@
+"""``esgrpo bench gpu``: ES (vLLM and transformers engines) and GRPO on one GPU, side by side, in one command.
+
+1. Models: a random Qwen2-0.5B-shaped policy (or ``--policy``) and random Beaver-format reward and cost
+   models, built here and cached under ``$ESGRPO_HOME/models``.
+2. The scorer: ``esgrpo serve-scorer`` in a second process on the same GPU, found through a rendezvous file.
+   Its memory is its own process's, so it is not in any method's figures.
+3. The spec's runs (benchmarks/gpu-1x.yaml), each in its own process, at equal budgets with fixed-length
+   rollouts; their records carry the torch allocator peak, the NVML peak of the process tree, vLLM's KV-cache
+   reservation, tokens/s, the ES time split, the perturbation pass against the bandwidth bound, and member
+   against raw generation speed.
+4. The scorer's pairs/s through HTTP against a raw forward of its models.
+5. ``figures.json`` and ``README.md`` (headline ratios against the targets) beside the comparison report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.benchmark import default_locations, load_spec, run_benchmark
+from harness.errors import UserError
+from harness.random_models import random_policy, random_scorer_models
+from harness.records import atomic_write_text, load_record
+from harness.scoring.client import read_rendezvous
+
+SCORER_FIGURES = "scorer_figures.json"
+TARGETS = {"es_overhead_share": ("≤", 0.03), "perturb_vs_bound": ("≤", 2.0), "member_vs_raw": ("≥", 0.95),
+           "es_vs_grpo_peak_gpu": ("≤", 0.35)}
+
+
+def device_name(runs: Path | None = None) -> str:
+    """The GPU the runs ran on (from their records: the report may be written elsewhere), else this one's."""
+    for d in sorted(runs.glob("*-s*/record.json")) if runs and runs.is_dir() else []:
+        gpus = load_record(d).environment.get("gpus") or []
+        if gpus:
+            return gpus[0]["name"]
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def default_out(device: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower().replace("nvidia", "")).strip("-")
+    return Path("results") / f"gpu-{slug}-{date.today().isoformat()}"
+
+
+class ScorerService:
+    """``esgrpo serve-scorer`` in a child process; the context manager stops it."""
+
+    def __init__(self, config: dict[str, Any], workdir: Path, wait_s: float = 600):
+        self.config, self.workdir, self.wait_s = config, workdir, wait_s
+        self.rendezvous = workdir / "scorer.json"
+        self.token_file = workdir / "scorer.token"
+        self.token = secrets.token_urlsafe(16)
+
+    def __enter__(self) -> "ScorerService":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cfg_path = self.workdir / "scorer.yaml"
+        atomic_write_text(cfg_path, yaml.safe_dump(self.config))
+        atomic_write_text(self.token_file, self.token)
+        self.token_file.chmod(0o600)
+        self.rendezvous.unlink(missing_ok=True)
+        self.log = open(self.workdir / "scorer.log", "a")
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve-scorer", "--config", str(cfg_path),
+                                      "--rendezvous", str(self.rendezvous)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "ESGRPO_SCORER_TOKEN": self.token})
+        deadline = time.monotonic() + self.wait_s
+        while not self.rendezvous.is_file():
+            if self.proc.poll() is not None:
+                raise UserError(f"the scorer exited with code {self.proc.returncode}; see {self.log.name}")
+            if time.monotonic() > deadline:
+                raise UserError(f"the scorer did not come up in {self.wait_s:.0f} s; see {self.log.name}")
+            time.sleep(0.5)
+        self.url = read_rendezvous(self.rendezvous)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def scorer_config(shape: str, device: str) -> dict[str, Any]:
+    reward, cost = random_scorer_models(shape)
+    backend = {"kind": "beaver", "device": device, "batch_size": 64, "max_length": 512}
+    return {"reward": {**backend, "path": str(reward)}, "cost": {**backend, "path": str(cost)},
+            "host": "127.0.0.1", "port": 0, "max_batch": 64}
+
+
+def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | None = None, policy: str | None = None,
+                  shape: str = "qwen2-0.5b", scorer_shape: str = "llama-200m", only: list[str] | None = None,
+                  report_only: bool = False, scorer_pairs: int = 512) -> Path:
+    import torch
+
+    spec, _ = load_spec(spec_path)
+    runs = Path(runs_dir or default_locations(spec)[0])
+    device = device_name(runs)
+    out = Path(out or default_out(device))
+    methods = [m for m in only or [] if m != "scorer"]
+    report = None
+    if not report_only:
+        policy_path = policy or str(random_policy(shape))
+        cfg = scorer_config(scorer_shape, "cuda" if torch.cuda.is_available() else "cpu")
+        with ScorerService(cfg, runs / "scorer") as scorer:
+            shared = [f"policy={policy_path}",
+                      f"scorer={{kind: http, url: {scorer.url}, token_file: {scorer.token_file}}}"]
+            if methods or not only:
+                report = run_benchmark(spec_path, out=out, runs_dir=runs, only=methods or None,
+                                       shared_overrides=shared)
+            if not only or "scorer" in only:
+                from scorer.bench import measure
+                from scorer.service_config import ScorerServiceConfig
+
+                figures = measure(ScorerServiceConfig.model_validate(cfg), scorer.url, scorer_pairs, scorer.token)
+                atomic_write_text(runs / SCORER_FIGURES, json.dumps({**figures, "models": scorer_shape}, indent=1))
+        if only:  # one part of the benchmark (e.g. one device call): the figures come with --report-only
+            return runs
+    if report is None:
+        report = run_benchmark(spec_path, out=out, runs_dir=runs, report_only=True)
+    figures = collect_figures(runs, device_name(runs))
+    atomic_write_text(out / "figures.json", json.dumps(figures, indent=1))
+    atomic_write_text(out / "README.md", render_readme(figures, spec.name, report.name if report else None))
+    return out
+
+
+def collect_figures(runs: Path, device: str) -> dict[str, Any]:
+    per: dict[str, dict[str, Any]] = {}
+    for d in sorted(runs.glob("*-s*")):
+        if not (d / "record.json").is_file():
+            continue
+        rec = load_record(d)
+        if rec.status != "completed":
+            continue
+        torch_peak = max((rec.memory.get("peak_gpu_mb") or {}).values(), default=None)
+        kv = rec.memory.get("kv_cache_mb")
+        split = {k: sum(p.times.get(k, 0.0) for p in rec.series)
+                 for k in ("generation", "scoring", "perturb_restore", "update_sync", "iteration_wall")}
+        f: dict[str, Any] = {
+            "method": rec.method, "engine": rec.config.get("engine", {}).get("kind"),
+            "peak_gpu_torch_mb": torch_peak, "peak_gpu_nvml_mb": rec.memory.get("peak_gpu_nvml_mb"),
+            "kv_cache_mb": kv, "peak_gpu_torch_excl_kv_mb": None if torch_peak is None else torch_peak - (kv or 0),
+            "peak_rss_mb": rec.memory.get("peak_rss_mb"), "tokens_per_s": rec.throughput.get("tokens_per_s"),
+            "completions": rec.series[-1].samples if rec.series else 0, "tokens": rec.series[-1].tokens if rec.series else 0,
+        }
+        if rec.method == "es":
+            wall = split["iteration_wall"] or 1.0
+            f.update(time_split_s=split, es_overhead_share=(split["perturb_restore"] + split["update_sync"]) / wall,
+                     member_vs_raw=rec.throughput.get("member_vs_raw"),
+                     perturb_vs_bound=rec.throughput.get("probe_perturb_vs_bound"),
+                     probe={k.removeprefix("probe_"): v for k, v in rec.throughput.items() if k.startswith("probe_")})
+        per[rec.label or rec.method] = f
+    figures: dict[str, Any] = {"device": device, "runs": per}
+    scorer_file = runs / SCORER_FIGURES
+    if scorer_file.is_file():
+        figures["scorer"] = json.loads(scorer_file.read_text())
+    grpo = per.get("grpo", {}).get("peak_gpu_torch_mb")
+    for label, f in per.items():
+        if f["method"] == "es" and grpo and f["peak_gpu_torch_excl_kv_mb"] is not None:
+            f["es_vs_grpo_peak_gpu"] = f["peak_gpu_torch_excl_kv_mb"] / grpo
+    return figures
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def render_readme(figures: dict[str, Any], name: str, report: str | None) -> str:
+    runs = figures["runs"]
+    lines = [f"# {name}: ES vs GRPO on one {figures['device']}", "",
+             "Command: `esgrpo bench gpu` (`make benchmark-gpu`); every figure below is read from the run records "
+             "in this folder's runs (see figures.json). The comparison report: "
+             f"[report.md](report.md){' / [report.html](report.html)' if report else ''}.", "",
+             "| run | peak GPU, torch allocator (MB) | vLLM KV cache (MB) | peak excl. KV (MB) | NVML peak of the "
+             "process tree (MB) | generated tokens/s |", "| --- | --- | --- | --- | --- | --- |"]
+    for label, f in runs.items():
+        lines.append(f"| {label} | {_fmt(f['peak_gpu_torch_mb'], 0)} | {_fmt(f['kv_cache_mb'], 0)} | "
+                     f"{_fmt(f['peak_gpu_torch_excl_kv_mb'], 0)} | {_fmt(f['peak_gpu_nvml_mb'], 0)} | "
+                     f"{_fmt(f['tokens_per_s'], 0)} |")
+    lines += ["", "| figure | run | value | target | met |", "| --- | --- | --- | --- | --- |"]
+    for label, f in runs.items():
+        for key, (op, target) in TARGETS.items():
+            v = f.get(key)
+            if v is None:
+                continue
+            met = v <= target if op == "≤" else v >= target
+            lines.append(f"| {key} | {label} | {v:.3f} | {op} {target} | {'yes' if met else 'no'} |")
+    for label, f in runs.items():
+        if f["method"] == "es":
+            s = f["time_split_s"]
+            wall = s["iteration_wall"] or 1.0
+            parts = ", ".join(f"{k} {100 * s[k] / wall:.1f} %" for k in ("generation", "scoring", "perturb_restore",
+                                                                           "update_sync"))
+            p = f.get("probe") or {}
+            lines += ["", f"**{label}** iteration time split (sum over iterations {wall:.1f} s): {parts}. "
+                      f"Perturbation pass {1e3 * p.get('perturb_pass_s', float('nan')):.2f} ms vs bound "
+                      f"{1e3 * p.get('bandwidth_bound_s', float('nan')):.2f} ms "
+                      f"({_fmt(p.get('weight_bytes'), 0)} weight bytes, copy {_fmt(p.get('copy_GBps'), 0)} GB/s)."]
+    if "scorer" in figures:
+        s = figures["scorer"]
+        lines += ["", f"Scorer ({s['models']} reward + cost, second process, same device): "
+                  f"{s['service_pairs_per_s']:.0f} pairs/s through HTTP vs {s['raw_pairs_per_s']:.0f} raw forward "
+                  f"({s['service_vs_raw']:.2f})."]
+    return "\n".join(lines) + "\n"

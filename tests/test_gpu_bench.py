@@ -1,0 +1,47 @@
+"""`esgrpo bench gpu` end to end on the CPU (tiny random models): the scorer in a second process, each spec
+entry in its own process, figures read back from the run records, README with the targets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.random_models import build_random_policy, padded_tokenizer
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_random_policy_has_the_architecture_vocabulary(policy_path, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = build_random_policy("tiny", tmp_path / "p")
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert len(tok) == model.config.vocab_size == 2048 and model.config.model_type == "qwen2"
+    assert tok.decode([2047]) == "<|x1022|>"  # every id a random model samples decodes
+    assert len(padded_tokenizer(1024)) == 1024
+
+
+@pytest.mark.slow
+def test_bench_gpu_pipeline_on_cpu(policy_path, tmp_path):
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "gpu", "--spec",
+                        str(ROOT / "tests" / "fixtures" / "bench-cpu.yaml"), "--shape", "tiny",
+                        "--scorer-shape", "tiny", "--out", str(out), "--runs-dir", str(runs)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    figures = json.loads((out / "figures.json").read_text())
+    assert figures["device"] == "cpu" and set(figures["runs"]) == {"es-hf", "grpo"}
+    es, grpo = figures["runs"]["es-hf"], figures["runs"]["grpo"]
+    assert es["completions"] >= 48 and grpo["completions"] >= 48
+    # fixed-length rollouts: every completion is exactly eval.max_new_tokens (8) tokens, for both methods
+    assert es["tokens"] == 8 * es["completions"] and grpo["tokens"] == 8 * grpo["completions"]
+    assert 0 < es["es_overhead_share"] < 1 and es["member_vs_raw"] > 0
+    assert es["probe"]["weight_bytes"] > 0 and es["perturb_vs_bound"] > 0
+    assert figures["scorer"]["service_pairs_per_s"] > 0 and figures["scorer"]["raw_pairs_per_s"] > 0
+    readme = (out / "README.md").read_text()
+    assert "| perturb_vs_bound | es-hf |" in readme and "Scorer (tiny reward + cost" in readme
+    assert {"es-hf", "grpo"} <= set(json.loads((out / "summary.json").read_text())["methods"])
+    assert not (runs / "scorer" / "scorer.json").exists()  # the scorer was stopped (its rendezvous removed)
