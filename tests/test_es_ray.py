@@ -25,3 +25,27 @@ def test_two_ray_engines_stay_identical(policy_path, tmp_path):
             assert sums[0] == sums[1] != start[0]
     finally:
         pool.shutdown()
+
+
+@pytest.mark.slow
+def test_broadcast_update_equals_seed_replay(policy_path, tmp_path):
+    """The broadcast update (engine 0 applies it, a gloo group sends its weights; NCCL on GPU) leaves every
+    engine bit-identical to what seed replay gives."""
+    from methods.es.config import ESConfig
+    from methods.es.trainer import update_engines
+
+    pool = RayPool(EngineConfig(kind="hf", model_path=str(policy_path)), 2, str(tmp_path))
+    try:
+        address = pool.submit(0, "sync_address").result()
+        [f.result() for f in [pool.submit(i, "sync_init", address, i, 2) for i in range(2)]]
+        start = pool.submit(0, "checksum").result()
+        terms = [(3, 0.001), (9, -0.002)]
+        replayed_on_0 = pool.submit(0, "apply_update", terms).result()  # what seed replay gives
+        assert replayed_on_0 != start and pool.submit(1, "checksum").result() == start
+        received = [f.result() for f in [pool.submit(i, "broadcast_weights", 0) for i in range(2)]]
+        assert received == [replayed_on_0, replayed_on_0]
+        # the trainer's path: both engines move together again, by broadcast
+        sent = update_engines(pool, ESConfig(update="broadcast", engines=2), terms)
+        assert sent[0] == sent[1] not in (start, replayed_on_0)
+    finally:
+        pool.shutdown()

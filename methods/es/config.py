@@ -25,5 +25,7 @@ class ESConfig(MethodConfig):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     pool: Literal["ray", "local"] = "ray"  # local: one in-process engine (no Ray), for quick runs
     ray_address: str | None = None  # join an existing cluster on purpose; default: a private local Ray
-    update: Literal["seed_replay"] = "seed_replay"
+    # seed_replay: every engine regenerates the update from the seeds; broadcast: engine 0 applies it and sends
+    # its weights to the others (NCCL on GPU, gloo on CPU). Both leave the engines bit-identical.
+    update: Literal["seed_replay", "broadcast"] = "seed_replay"
     probe_engine: bool = True  # time one perturbation pass against the bandwidth bound at the start

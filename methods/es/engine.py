@@ -149,6 +149,47 @@ class InPlaceES:
             times.append(time.perf_counter() - t)
         return statistics.median(times)
 
+    # -- the broadcast update: engine 0 applies it, every engine receives its weights (NCCL on GPU, gloo on CPU)
+
+    def sync_address(self) -> str:
+        """Where engine 0 hosts the rendezvous store of the engines' weight-sync group."""
+        import socket
+
+        try:
+            import ray
+
+            host = ray.util.get_node_ip_address()
+        except Exception:  # noqa: BLE001 - no Ray: one machine
+            host = "127.0.0.1"
+        with socket.socket() as s:
+            s.bind(("", 0))
+            return f"{host}:{s.getsockname()[1]}"
+
+    def sync_init(self, address: str, rank: int, world: int) -> None:
+        """Join the weight-sync group: its own process group (vLLM holds the default one in its workers)."""
+        import datetime
+
+        import torch.distributed as dist
+
+        host, port = address.rsplit(":", 1)
+        store = dist.TCPStore(host, int(port), world, is_master=rank == 0, timeout=datetime.timedelta(minutes=10))
+        store = dist.PrefixStore("esgrpo-weights", store)
+        device = self.named_views()[0][1].device
+        self._group = (dist.ProcessGroupNCCL(store, rank, world) if device.type == "cuda"
+                       else dist.ProcessGroupGloo(store, rank, world, datetime.timedelta(minutes=10)))
+        self._store = store  # the store must outlive the group
+
+    def broadcast_weights(self, src: int = 0) -> str:
+        """Every weight from engine ``src`` (which applied the update) to this engine, in place."""
+        views = [v for _, v in self.named_views()]
+        with torch.no_grad():
+            for v in views:
+                self._group.broadcast(v, src).wait()
+            if self._snapshot is not None:
+                torch._foreach_copy_(self._snapshot, views)
+        self._sync()
+        return self.checksum()
+
     def kv_cache_bytes(self) -> int:
         return 0  # engines that preallocate a KV cache (vLLM) report it
 

@@ -23,6 +23,9 @@ def make_engine(cfg: EngineConfig, scratch: str | None = None):
     return HFEngine(cfg)
 
 
+PASSED_ENV_PREFIXES = ("NCCL_", "TORCH_SYMM_MEM", "NVSHMEM_", "CUDA_", "VLLM_")
+
+
 class EngineHost:
     """What a Ray actor (or the local pool) holds: one engine; ``call`` dispatches by method name."""
 
@@ -71,7 +74,11 @@ class RayPool:
             ray.init(address=address, num_cpus=None if address else max(n * cfg.threads, os.cpu_count() or 1),
                      include_dashboard=False, _temp_dir=None if address else tmp, namespace=f"esgrpo-{os.getpid()}",
                      log_to_driver=False, configure_logging=False)
-        actor = ray.remote(num_cpus=cfg.threads, num_gpus=1 if gpu else 0)(EngineHost)
+        # Actors start from Ray's environment, not this process's: hand them the NCCL/PyTorch settings set here
+        # (e.g. NVLink multicast off: NCCL_NVLS_ENABLE=0 on hosts that require it).
+        env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
+        actor = ray.remote(num_cpus=cfg.threads, num_gpus=1 if gpu else 0,
+                           runtime_env={"env_vars": env} if env else None)(EngineHost)
         self.actors = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}")) for i in range(n)]
         ray.get([a.call.remote("count_elements") for a in self.actors])  # wait until every engine is up
 

@@ -101,6 +101,9 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     ctx.budget.gpus = len(pool) if cfg.engine.device == "cuda" else 0
     ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}")
     record_engine_figures(pool, cfg, ctx)
+    if cfg.update == "broadcast" and len(pool) > 1:
+        address = pool.submit(0, "sync_address").result()
+        [f.result() for f in [pool.submit(i, "sync_init", address, i, len(pool)) for i in range(len(pool))]]
     generator = EngineGenerator(pool, 0)
     speed = MemberSpeed()
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
@@ -136,7 +139,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 terms = algorithm.update_coefficients(members, f_hat, cfg.alpha)
 
                 t_up = time.perf_counter()
-                checksums = [fut.result() for fut in [pool.submit(i, "apply_update", terms) for i in range(len(pool))]]
+                checksums = update_engines(pool, cfg, terms)
                 t_up = time.perf_counter() - t_up
                 if len(set(checksums)) != 1:
                     raise RuntimeError(f"engines diverged after iteration {it + 1}: checksums {checksums}")
@@ -168,6 +171,14 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     finally:
         scorer_threads.shutdown(wait=False)
         pool.shutdown()
+
+
+def update_engines(pool, cfg: ESConfig, terms: list[tuple[int, float]]) -> list[str]:
+    """Apply one update on every engine; returns their weight checksums (which must agree)."""
+    if cfg.update == "broadcast" and len(pool) > 1:
+        pool.submit(0, "apply_update", terms).result()
+        return [f.result() for f in [pool.submit(i, "broadcast_weights", 0) for i in range(len(pool))]]
+    return [f.result() for f in [pool.submit(i, "apply_update", terms) for i in range(len(pool))]]
 
 
 def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> None:

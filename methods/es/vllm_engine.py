@@ -80,6 +80,15 @@ class VLLMEngine(InPlaceES):
     def export_state_dict(self):
         return self._rpc("es_export")
 
+    def sync_address(self) -> str:
+        return self._rpc("es_sync_address")
+
+    def sync_init(self, address: str, rank: int, world: int) -> None:
+        self._rpc("es_sync_init", address, rank, world)
+
+    def broadcast_weights(self, src: int = 0) -> str:
+        return self._rpc("es_broadcast_weights", src)
+
     def probe(self, repeat: int = 5) -> dict[str, float]:
         return self._rpc("es_probe")
 

@@ -106,6 +106,15 @@ class ESWorkerExtension:
     def es_export(self) -> dict[str, torch.Tensor]:
         return self._es.export_state_dict()
 
+    def es_sync_address(self) -> str:
+        return self._es.sync_address()
+
+    def es_sync_init(self, address: str, rank: int, world: int) -> None:
+        self._es.sync_init(address, rank, world)
+
+    def es_broadcast_weights(self, src: int) -> str:
+        return self._es.broadcast_weights(src)
+
     def es_probe(self) -> dict[str, float]:
         return self._es.probe()
 
