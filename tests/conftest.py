@@ -21,6 +21,34 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 SHARED = ROOT.parent / "shared"
 
 
+class BackgroundImageBuild:
+    """The CPU images for tests/test_docker.py, built by `make containers-local` while the other tests run
+    (mostly downloads, unpacking and layer copies: it would add minutes to the suite if done in line)."""
+
+    proc: subprocess.Popen | None = None
+    log = ROOT / ".cache" / "docker-build.log"
+
+    @classmethod
+    def start(cls) -> None:
+        cls.log.parent.mkdir(parents=True, exist_ok=True)
+        cls.proc = subprocess.Popen(["make", "-C", str(ROOT), "containers-local", "IMAGES=scorer es"],
+                                    stdout=open(cls.log, "w"), stderr=subprocess.STDOUT)
+
+    @classmethod
+    def wait(cls) -> None:
+        if cls.proc is None:
+            cls.start()
+        assert cls.proc.wait() == 0, cls.log.read_text()[-3000:]
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Docker tests last, with their images building in the background from the start."""
+    docker = [i for i in items if i.module.__name__.endswith("test_docker")]
+    if os.geteuid() == 0 and any("cpu_images" in getattr(i, "fixturenames", ()) for i in docker):
+        BackgroundImageBuild.start()
+    items[:] = [i for i in items if i not in docker] + docker
+
+
 @pytest.fixture(scope="session")
 def policy_path() -> Path:
     from harness.policy import builtin_policy_path
