@@ -22,10 +22,11 @@ if ! docker info >/dev/null 2>&1; then
   docker info >/dev/null 2>&1 || { echo "dockerd did not start; see /var/log/docker/dockerd.log" >&2; exit 1; }
 fi
 if ! docker image inspect "$base" >/dev/null 2>&1; then
-  mirror=$(grep -rhoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d 2>/dev/null \
-           | head -1 | awk '{print $2}')
+  mirror=$( (grep -rhoE '^(URIs:|deb) +https?://[^ ]+/debian/?( |$)' /etc/apt/sources.list /etc/apt/sources.list.d \
+             2>/dev/null || true) | head -1 | awk '{print $2}')
   rootfs=$(mktemp -d)
   trap 'rm -rf "$rootfs"' EXIT
+  echo "building $base from a debootstrap rootfs (${mirror:-http://deb.debian.org/debian})" >&2
   debootstrap --variant=minbase bookworm "$rootfs" "${mirror:-http://deb.debian.org/debian}" >/dev/null
   tar -C "$rootfs" -c . | docker import - "$base" >/dev/null
 fi
