@@ -73,7 +73,7 @@ def validate_items(cfg: ScorerServiceConfig, **fields: list[str]) -> None:
                 raise HTTPException(422, f"{name}[{i}] has {len(v)} characters; at most {cfg.max_chars}")
 
 
-def create_app(cfg: ScorerServiceConfig, on_ready=None) -> FastAPI:
+def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None) -> FastAPI:
     token = check_security(cfg)
     state: dict[str, Any] = {"ready": False, "error": None, "scorer": None, "batcher": None}
 
@@ -99,6 +99,8 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None) -> FastAPI:
         task = loop.create_task(batcher.run())
         yield
         task.cancel()
+        if on_shutdown:  # here, not after the server returns: uvicorn re-raises SIGTERM once shut down
+            on_shutdown()
 
     app = FastAPI(title="esgrpo scorer", lifespan=lifespan)
 
@@ -190,14 +192,17 @@ def serve(config: str | Path | None = None, host: str | None = None, port: int |
             atomic_write_text(Path(cfg.rendezvous), json.dumps(
                 {"url": url, "pid": os.getpid(), "host": socket.getfqdn(), "started": time.time()}))
 
-    app = create_app(cfg, on_ready=announce)
-    print(f"esgrpo scorer listening on {url}", flush=True)
-    try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=30)).run(sockets=[sock])
-    finally:
+    def withdraw() -> None:
         if cfg.rendezvous and Path(cfg.rendezvous).is_file():
             try:
                 if json.loads(Path(cfg.rendezvous).read_text()).get("pid") == os.getpid():
                     Path(cfg.rendezvous).unlink()
             except (OSError, json.JSONDecodeError):
                 pass
+
+    app = create_app(cfg, on_ready=announce, on_shutdown=withdraw)
+    print(f"esgrpo scorer listening on {url}", flush=True)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=30)).run(sockets=[sock])
+    finally:
+        withdraw()
