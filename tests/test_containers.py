@@ -28,11 +28,11 @@ def test_dockerfile_passes_hadolint():
 
 def test_dockerfile_targets_entrypoint_and_user():
     stages = DockerParser(str(DOCKERFILE)).recipe
-    assert list(stages) == ["system", "build", "base", "scorer", "es", "grpo"]  # wheels stay in "build"
+    assert list(stages) == ["base", "scorer", "es", "grpo"]
     base = stages["base"]
     assert base.entrypoint == ["esgrpo"]  # JSON form: signals reach esgrpo, which checkpoints on SIGTERM
     text = DOCKERFILE.read_text()
-    assert re.search(r"^ARG BASE=", text, re.M) and "FROM ${BASE} AS system" in text
+    assert re.search(r"^ARG BASE=", text, re.M) and "FROM ${BASE} AS base" in text
     assert re.search(r"^USER 1000$", text, re.M)  # not root
     assert all(stages[t].cmd for t in ("scorer", "es", "grpo"))
 
