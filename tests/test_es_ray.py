@@ -4,7 +4,7 @@ import pytest
 
 from harness.generation import SamplingSettings
 from methods.es.engine import EngineConfig
-from methods.es.pool import RayPool
+from methods.es.pool import RayPool, call_all
 
 
 @pytest.mark.slow
@@ -42,7 +42,7 @@ def test_broadcast_update_equals_seed_replay(policy_path, tmp_path):
         terms = [(3, 0.001), (9, -0.002)]
         replayed_on_0 = pool.submit(0, "apply_update", terms).result()  # what seed replay gives
         assert replayed_on_0 != start and pool.submit(1, "checksum").result() == start
-        received = [f.result() for f in [pool.submit(i, "broadcast_weights", 0) for i in range(2)]]
+        received = call_all(pool, "broadcast_weights", 0)
         assert received == [replayed_on_0, replayed_on_0]
         # the trainer's path: both engines move together again, by broadcast
         sent = update_engines(pool, ESConfig(update="broadcast", engines=2), terms)

@@ -57,7 +57,9 @@ class InPlaceES:
         views = self.named_views()
         if self.restore_mode == "snapshot" and self._snapshot is None:
             self._snapshot = [v.detach().clone() for _, v in views]
-        self._add_noise(views, [(seed, scale)])
+        if not self._fused_add(views, [(seed, scale)]):
+            for name, v in views:
+                add_noise_(v, name, seed, scale)
 
     def restore(self, seed: int, scale: float) -> None:
         views = self.named_views()
@@ -65,36 +67,30 @@ class InPlaceES:
             assert self._snapshot is not None, "restore() without perturb()"
             with torch.no_grad():
                 torch._foreach_copy_([v for _, v in views], self._snapshot)  # one launch, not one per tensor
-        else:
-            self._add_noise(views, [(seed, -scale)])
+        elif not self._fused_add(views, [(seed, -scale)]):
+            for name, v in views:
+                add_noise_(v, name, seed, -scale)
 
     def apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
-        self._add_noise(self.named_views(), list(terms))
+        views = self.named_views()
+        if not self._fused_add(views, list(terms)):
+            for name, v in views:
+                add_combination_(v, name, terms)
         if self._snapshot is not None:
             with torch.no_grad():
-                torch._foreach_copy_(self._snapshot, [v for _, v in self.named_views()])
+                torch._foreach_copy_(self._snapshot, [v for _, v in views])
         self._sync()
         return self.checksum()
 
-    def _add_noise(self, views: list[tuple[str, torch.Tensor]], terms: list[tuple[int, float]]) -> None:
-        """θ += Σ c·ε(seed): one fused kernel over all tensors on CUDA, tensor by tensor elsewhere."""
-        fused = self._fused_noise(views)
-        if fused is not None:
-            fused.add_(terms)
-        elif len(terms) == 1:
-            for name, v in views:
-                add_noise_(v, name, terms[0][0], terms[0][1])
-        else:
-            for name, v in views:
-                add_combination_(v, name, terms)
-
-    def _fused_noise(self, views: list[tuple[str, torch.Tensor]]) -> FusedNoise | None:
+    def _fused_add(self, views: list[tuple[str, torch.Tensor]], terms: list[tuple[int, float]]) -> bool:
+        """θ += Σ c·ε(seed) in one fused kernel over all tensors, where that runs (CUDA + Triton); False elsewhere."""
         if not views or not views[0][1].is_cuda or not fused_available():
-            return None
+            return False
         key = tuple(v.data_ptr() for _, v in views)
         if getattr(self, "_fused_key", None) != key:  # the launch tables hold the tensors' addresses
             self._fused, self._fused_key = FusedNoise(views), key
-        return self._fused
+        self._fused.add_(terms)
+        return True
 
     def _sync(self) -> None:
         if torch.cuda.is_available():

@@ -3,8 +3,8 @@
 Per tensor, a generator and a few kernels cost ~60 µs whatever the tensor's size; over the ~300 tensors of a
 0.5B model that made a perturbation pass 25-30× its memory-bandwidth bound (H100). Here ε for tensor ``name``
 and seed ``s`` is counter-based Philox keyed by hash(s, name) (four normals per counter, laid out by
-block: see the kernel), so each block of each tensor draws its own noise with no state, and one launch covers all tensors through a table of their
-addresses. ε is still a pure function of (seed, HF name, element), so every CUDA engine that names its
+block: see the kernel), so each block of each tensor draws its own noise with no state, and one launch
+covers all tensors through a table of their addresses. ε is still a pure function of (seed, HF name, element), so every CUDA engine that names its
 tensors the same (transformers or vLLM) perturbs identically; it differs from the CPU path's ε, as torch's
 CPU and CUDA generators already do.
 """
@@ -90,6 +90,7 @@ class FusedNoise:
             start = (torch.arange(int(blocks.sum()), dtype=torch.int32)
                      - torch.repeat_interleave(first_block.to(torch.int32), blocks)) * BLOCK
             self.groups.append({
+                # "tensors" keeps them alive: the kernel reaches them only through their addresses
                 "names": [n for n, _ in group], "dtype": dtype, "tensors": [v for _, v in group],
                 "ptrs": torch.tensor([v.data_ptr() for _, v in group], dtype=torch.int64, device=device),
                 "numels": numels.to(device), "block_tensor": tensor_of_block.to(device),

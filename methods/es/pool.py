@@ -36,6 +36,11 @@ class EngineHost:
         return getattr(self.engine, method)(*args)
 
 
+def call_all(pool, method: str, *args: Any) -> list[Any]:
+    """``method`` on every engine of ``pool`` at once; the results in engine order."""
+    return [f.result() for f in [pool.submit(i, method, *args) for i in range(len(pool))]]
+
+
 class LocalPool:
     def __init__(self, cfg: EngineConfig, n: int, scratch: str):
         if n != 1:

@@ -24,7 +24,7 @@ from harness.records import reset_gpu_peaks
 from harness.run import RunContext
 from methods.es import algorithm
 from methods.es.config import ESConfig
-from methods.es.pool import LocalPool, RayPool
+from methods.es.pool import LocalPool, RayPool, call_all
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,8 @@ def update_engines(pool, cfg: ESConfig, terms: list[tuple[int, float]]) -> list[
     """Apply one update on every engine; returns their weight checksums (which must agree)."""
     if cfg.update == "broadcast" and len(pool) > 1:
         pool.submit(0, "apply_update", terms).result()
-        return [f.result() for f in [pool.submit(i, "broadcast_weights", 0) for i in range(len(pool))]]
-    return [f.result() for f in [pool.submit(i, "apply_update", terms) for i in range(len(pool))]]
+        return call_all(pool, "broadcast_weights", 0)
+    return call_all(pool, "apply_update", terms)
 
 
 def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> None:

@@ -90,7 +90,7 @@ class VLLMEngine(InPlaceES):
         return self._rpc("es_broadcast_weights", src)
 
     def probe(self, repeat: int = 5) -> dict[str, float]:
-        return self._rpc("es_probe")
+        return self._rpc("es_probe", repeat)
 
     def kv_cache_bytes(self) -> int:
         return self._rpc("es_kv_cache_bytes")

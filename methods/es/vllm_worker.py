@@ -115,8 +115,8 @@ class ESWorkerExtension:
     def es_broadcast_weights(self, src: int) -> str:
         return self._es.broadcast_weights(src)
 
-    def es_probe(self) -> dict[str, float]:
-        return self._es.probe()
+    def es_probe(self, repeat: int) -> dict[str, float]:
+        return self._es.probe(repeat)
 
     def es_kv_cache_bytes(self) -> int:
         """The KV cache vLLM preallocated (caches may share storage: count each storage once)."""
