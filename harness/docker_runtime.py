@@ -100,10 +100,11 @@ class ContainerRun:
                 pass
 
 
-def stream(container, sink, prefix: str = "") -> threading.Thread:
+def stream(container, sink) -> threading.Thread:
+    """Copy the container's output to ``sink`` as it comes, in a thread."""
     def pump():
         for chunk in container.logs(stream=True, follow=True):
-            sink.write(prefix + chunk.decode(errors="replace") if prefix else chunk.decode(errors="replace"))
+            sink.write(chunk.decode(errors="replace"))
             sink.flush()
     t = threading.Thread(target=pump, daemon=True)
     t.start()

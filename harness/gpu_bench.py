@@ -146,7 +146,7 @@ def collect_figures(runs: Path, device: str) -> dict[str, Any]:
             continue
         torch_peak = max((rec.memory.get("peak_gpu_mb") or {}).values(), default=None)
         kv = rec.memory.get("kv_cache_mb")
-        split = {k: sum(p.times.get(k, 0.0) for p in rec.series)
+        split = {k: rec.timing.get(f"{k}_seconds", 0.0)  # summed over the run's steps by the harness
                  for k in ("generation", "scoring", "perturb_restore", "update_sync", "iteration_wall")}
         f: dict[str, Any] = {
             "method": rec.method, "engine": rec.config.get("engine", {}).get("kind"),
