@@ -9,7 +9,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.config import StrictModel
@@ -25,6 +25,13 @@ class EvalSettings(StrictModel):
     max_new_tokens: int = Field(48, gt=0)
     stop_strings: list[str] = Field(default_factory=lambda: list(STOP_STRINGS))
     limit: int | None = Field(None, gt=0)  # first N held-out prompts (None: all)
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _no_empty_stop(cls, v: list[str]) -> list[str]:
+        if any(not s for s in v):
+            raise ValueError("an empty stop string would cut every completion to nothing")
+        return v
 
     def sampling(self) -> SamplingSettings:
         return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0,
@@ -105,5 +112,5 @@ def evaluate(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scor
     rewards, costs = scorer.score(raw, texts)
     jr, jc = judge.score(raw, texts) if judge else ([None] * len(raw), [None] * len(raw))
     samples = [EvalSample(p.id, p.category, p.expected_safe, p.prompt, c.text, c.n_tokens, r, k, a, b)
-               for p, c, r, k, a, b in zip(prompts, completions, rewards, costs, jr, jc)]
+               for p, c, r, k, a, b in zip(prompts, completions, rewards, costs, jr, jc, strict=True)]
     return EvalResult(aggregate(samples, lam), samples)

@@ -18,8 +18,11 @@ class BackendSpec(StrictModel):
     path: str | None = None
     max_length: int = Field(512, gt=8)
     device: str = "auto"  # auto: cuda if available
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # auto: on a GPU the checkpoint's own dtype (bf16 if it names none), fp32 on the CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     batch_size: int = Field(16, gt=0)
+    # response: cut the text, keep the EOS the score is read at; end: cut text+EOS (the published scorer)
+    truncate: Literal["response", "end"] = "response"
 
 
 class ScorerServiceConfig(StrictModel):
@@ -34,7 +37,7 @@ class ScorerServiceConfig(StrictModel):
     max_chars: int = Field(20_000, gt=0)
     max_body_bytes: int = Field(16 * 2**20, gt=0)
     max_batch: int = Field(32, gt=0)  # dynamic batcher: run when this many pairs are waiting ...
-    max_wait_ms: float = Field(5.0, ge=0)  # ... or when the oldest has waited this long
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)  # ... or when the oldest has waited this long
     rendezvous: str | None = None
 
 

@@ -33,7 +33,7 @@ def test_scores_through_http_equal_in_process(scorer_service):
     ({"prompts": [], "responses": []}, "'prompts' is empty"),
     ({"prompts": [" "], "responses": ["x"]}, "prompts[0] is an empty string"),
     ({"prompts": ["a" * 20001], "responses": ["x"]}, "at most 20000"),
-    ({"prompts": ["a"] * 1025, "responses": ["x"] * 1025}, "at most 1024 per request"),
+    ({"prompts": ["a"] * 1025, "responses": ["x"] * 1025}, "at most 1024 items"),
     ({"prompts": "a", "responses": ["x"]}, "list"),
     ({"responses": ["x"]}, "prompts"),
 ])

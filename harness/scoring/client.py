@@ -1,7 +1,9 @@
 """HTTP client for ``esgrpo serve-scorer``; implements the ``Scorer`` protocol.
 
 Retries connection errors, timeouts, 429 and 5xx with exponential backoff and jitter until a total
-deadline, then raises ``ScorerUnavailable``. 4xx fails at once. It never invents a score.
+deadline (a request in flight is cut off at the deadline too), then raises ``ScorerUnavailable``. 4xx, a bad
+URL, and a 5xx the service marks permanent (its models failed to load) fail at once. Every reply is checked:
+one finite reward and cost per pair sent, or ``BadScorerReply``. It never invents, drops or pads a score.
 """
 
 from __future__ import annotations
@@ -19,18 +21,30 @@ import httpx
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_delay,
                       wait_exponential_jitter)
 
-from harness.errors import ScorerUnavailable, UserError
-from harness.scoring.protocol import Scores, ScorerSpec, check_finite
+from harness.errors import BadScorerReply, ScorerError, ScorerUnavailable, UserError
+from harness.scoring.protocol import Scores, ScorerSpec, parse_scores
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "ESGRPO_SCORER_TOKEN"
 
 
+def _permanent(response: httpx.Response) -> bool:
+    """The service marks failures that no retry can mend (models that failed to load) with ``permanent``."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("permanent") is True
+
+
 def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, (httpx.UnsupportedProtocol, httpx.LocalProtocolError)):
+        return False  # a malformed URL or request: retrying sends the same thing
     if isinstance(exc, (httpx.TransportError, _RendezvousMissing)):
         return True
     if isinstance(exc, httpx.HTTPStatusError):
-        return exc.response.status_code == 429 or exc.response.status_code >= 500
+        code = exc.response.status_code
+        return code == 429 or (code >= 500 and not _permanent(exc.response))
     return False
 
 
@@ -52,12 +66,26 @@ def read_rendezvous(path: str | Path) -> str:
 
 def resolve_token(token: str | None, token_file: str | None) -> str | None:
     """The shared scorer token: given inline, read from a file, or from $ESGRPO_SCORER_TOKEN (client and
-    service resolve it the same way)."""
-    if token:
-        return token
+    service resolve it the same way). A token that is set must be usable: an empty token file would silently
+    turn authentication off, and a non-ASCII one cannot travel in an HTTP header."""
+    source = "token"
     if token_file:
-        return Path(token_file).read_text().strip()
-    return os.environ.get(TOKEN_ENV)
+        source = token_file
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise UserError(f"{token_file}: token file not found") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"{token_file}: cannot read the token file ({e})") from None
+        if not token:
+            raise UserError(f"{token_file}: the token file is empty")
+    elif token is None:
+        token, source = os.environ.get(TOKEN_ENV), TOKEN_ENV
+    if token is None:
+        return None
+    if not token.strip() or not token.isascii() or not token.isprintable() or any(c.isspace() for c in token):
+        raise UserError(f"{source}: the scorer token must be printable ASCII without spaces")
+    return token
 
 
 @dataclass
@@ -87,16 +115,21 @@ class HttpScorer:
         return url.rstrip("/")
 
     def _call(self, method: str, path: str, body: dict | None = None) -> Any:
-        """One request with retries until the deadline; records how long the scorer was unreachable."""
+        """One request with retries until the deadline; records how long the scorer was unreachable. Returns
+        the decoded JSON reply."""
         first_failure: float | None = None
         last_error = ""
+        deadline = time.monotonic() + self.spec.deadline_s
+        url = path
 
         def attempt() -> Any:
-            nonlocal first_failure, last_error
+            nonlocal first_failure, last_error, url
             try:
-                r = self._http.request(method, self.base_url() + path, json=body)
+                url = self.base_url() + path
+                # never past the deadline, not even with a request in flight
+                left = max(0.05, min(self.spec.request_timeout_s, deadline - time.monotonic()))
+                r = self._http.request(method, url, json=body, timeout=left)
                 r.raise_for_status()
-                return r.json()
             except Exception as e:
                 if _retryable(e):
                     if first_failure is None:
@@ -104,6 +137,10 @@ class HttpScorer:
                         log.warning("waiting for scorer (%s); retrying until %.0fs deadline", e, self.spec.deadline_s)
                     last_error = str(e)
                 raise
+            try:
+                return r.json()
+            except ValueError:
+                raise BadScorerReply(f"scorer {url}: {r.status_code} reply is not JSON: {r.text[:200]!r}") from None
 
         try:
             for att in Retrying(retry=retry_if_exception(_retryable), reraise=False,
@@ -114,26 +151,37 @@ class HttpScorer:
         except RetryError:
             raise ScorerUnavailable(f"scorer unreachable for {self.spec.deadline_s:.0f}s: {last_error}") from None
         except httpx.HTTPStatusError as e:
-            raise UserError(f"scorer rejected the request ({e.response.status_code}): {e.response.text}") from None
+            detail = e.response.text[:300]
+            if e.response.status_code >= 500:
+                raise ScorerError(f"scorer {url} failed ({e.response.status_code}): {detail}") from None
+            raise UserError(f"scorer rejected the request ({e.response.status_code}): {detail}") from None
+        except (httpx.UnsupportedProtocol, httpx.LocalProtocolError) as e:
+            raise UserError(f"scorer {url}: {e}") from None
         if first_failure is not None:
             self.outages.append(Outage(first_failure, time.time() - first_failure, last_error))
             log.warning("scorer back after %.1fs", time.time() - first_failure)
         return out
 
+    def _score_chunk(self, prompts: list[str], responses: list[str]) -> Scores:
+        reply = self._call("POST", "/score_batch", {"prompts": prompts, "responses": responses})
+        try:
+            return parse_scores(reply, len(prompts))
+        except ValueError as e:
+            raise BadScorerReply(f"scorer {self.base_url()}/score_batch, request of {len(prompts)} pairs: {e}") from None
+
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Scores:
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         n = self.spec.max_batch
-        chunks = [(list(prompts[i : i + n]), list(responses[i : i + n])) for i in range(0, len(prompts), n)]
-        futures = [self._pool.submit(self._call, "POST", "/score_batch", {"prompts": p, "responses": r})
-                   for p, r in chunks]
+        futures = [self._pool.submit(self._score_chunk, list(prompts[i : i + n]), list(responses[i : i + n]))
+                   for i in range(0, len(prompts), n)]
         rewards: list[float] = []
         costs: list[float] = []
         for fut in futures:
-            out = fut.result()
-            rewards += out["rewards"]
-            costs += out["costs"]
-        return check_finite(Scores(rewards, costs), "scorer response")
+            r, c = fut.result()
+            rewards += r
+            costs += c
+        return Scores(rewards, costs)
 
     def wait_ready(self) -> dict[str, Any]:
         """Block until ``/health`` answers 200 (it answers 503 while models load; retried until the
@@ -143,7 +191,10 @@ class HttpScorer:
 
     def info(self) -> dict[str, Any]:
         if self._info is None:
-            self._info = self._call("GET", "/info")
+            info = self._call("GET", "/info")
+            if not isinstance(info, dict):
+                raise BadScorerReply(f"scorer {self.base_url()}/info: expected a JSON object, got {info!r:.200}")
+            self._info = info
         return dict(self._info, url=self.base_url())
 
     def close(self) -> None:

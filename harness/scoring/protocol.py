@@ -57,3 +57,23 @@ def check_finite(scores: Scores, source: str) -> Scores:
         if bad:
             raise ValueError(f"{source}: non-finite {name} at positions {bad[:5]}")
     return scores
+
+
+def parse_scores(reply: Any, n: int) -> Scores:
+    """``{"rewards": [...], "costs": [...]}`` with exactly ``n`` finite numbers each, or ValueError saying what
+    is wrong. A reply is never trimmed or padded: a short list would silently drop samples downstream."""
+    if not isinstance(reply, dict):
+        raise ValueError(f"expected a JSON object with 'rewards' and 'costs', got {type(reply).__name__}")
+    out = []
+    for key in ("rewards", "costs"):
+        values = reply.get(key)
+        if not isinstance(values, list):
+            raise ValueError(f"'{key}' is {'missing' if values is None else type(values).__name__}, expected a list")
+        if len(values) != n:
+            raise ValueError(f"'{key}' has {len(values)} values for {n} pairs")
+        for i, v in enumerate(values):
+            # bool is an int in Python, and JSON true is not a score
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"'{key}'[{i}] is {v!r}, not a finite number")
+        out.append([float(v) for v in values])
+    return Scores(*out)
