@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-import torch
 from pydantic import Field
 
 from harness.config import StrictModel
@@ -43,8 +42,13 @@ class HFGenerator:
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         tokenizer.padding_side = "left"
 
-    @torch.inference_mode()
     def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
+        import torch  # here, not at import: the settings and the protocol are imported where torch is not needed
+
+        with torch.inference_mode():
+            return self._generate(torch, prompts, sampling)
+
+    def _generate(self, torch, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
         out: list[Completion] = []
         device = next(self.model.parameters()).device
         greedy = sampling.temperature == 0.0

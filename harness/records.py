@@ -55,6 +55,8 @@ class EvalPoint(BaseModel):
 class RunRecord(BaseModel):
     schema_version: int = SCHEMA_VERSION
     run_id: str
+    # "run": a method trained to its budget; "eval": `esgrpo eval` of a fixed policy (a reference row in reports)
+    kind: Literal["run", "eval"] = "run"
     method: str
     label: str | None = None  # the benchmark entry it ran as (es-vllm, es-hf...); reports group by it
     seed: int
@@ -90,10 +92,22 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def load_record(path: str | Path) -> RunRecord:
+    """A run record, or a UserError naming the file (missing, not JSON, not a record)."""
+    from pydantic import ValidationError
+
+    from harness.config import read_text
+    from harness.errors import UserError
+
     path = Path(path)
     if path.is_dir():
         path = path / RECORD_FILE
-    return RunRecord.model_validate_json(path.read_text())
+    text = read_text(path, "run record")
+    try:
+        return RunRecord.model_validate_json(text)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "<root>"
+        raise UserError(f"{path}: not a valid run record ({where}: {first['msg']})") from None
 
 
 class MemorySampler:

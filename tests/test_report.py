@@ -24,12 +24,13 @@ def test_bootstrap_interval_on_known_data():
     assert d.mean == pytest.approx(1.0) and d.low == pytest.approx(1.0) and d.excludes_zero()
 
 
-def fake_run(root, method, seed, shift, data_hash="h1", completions=100):
-    rec = RunRecord(run_id=f"{method}-{seed}", method=method, seed=seed, config={}, data={"hash": data_hash},
-                    scorer={"backend": "builtin"}, evaluation={"max_new_tokens": 8}, budget={"completions": completions})
+def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="run", marks=(0, 50, 100)):
+    rec = RunRecord(run_id=f"{method}-{seed}", kind=kind, method=method, seed=seed, config={},
+                    data={"hash": data_hash, "eval_hash": "e1"}, scorer={"backend": "builtin"},
+                    evaluation={"max_new_tokens": 8}, budget={"completions": completions} if kind == "run" else {})
     w = RecordWriter(root / f"{method}-s{seed}", rec, tensorboard=False)
     rng = np.random.default_rng(seed)
-    for step, mark in enumerate([0, 50, 100]):
+    for step, mark in enumerate(marks):
         samples = [{"id": f"p{i}", "prompt": "p", "response": "r", "reward": float(rng.normal(shift * step, 1)),
                     "cost": float(rng.normal(-shift * step, 1)), "n_tokens": 8} for i in range(30)]
         metrics = {"reward": float(np.mean([s["reward"] for s in samples])),
@@ -50,7 +51,7 @@ def test_report_with_seeds_intervals_paired_difference_and_target(tmp_path):
     runs = [fake_run(tmp_path, m, s, shift) for m, shift in (("es", 1.0), ("grpo", 0.0)) for s in (0, 1)]
     md = write_report(runs, tmp_path / "out", target={"safe_ratio": 0.7})
     text = md.read_text()
-    assert "±" in text and "Paired difference es − grpo" in text and "**Verdict:** ES ahead of GRPO" in text
+    assert "±" in text and "Paired difference es − grpo" in text and "**Verdict:** es ahead of grpo" in text
     assert "Time to target" in text
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["methods"]["es"]["final"]["reward"]["n"] == 2
@@ -74,4 +75,59 @@ def test_compare_refuses_mismatched_runs(tmp_path):
     shutil.rmtree(b / "evals")
     (b / "record.json").unlink()
     with pytest.raises(UserError, match="not a run directory"):
+        write_report([a, b], tmp_path / "out")
+
+
+def test_every_label_is_paired_against_the_named_baseline_and_references_are_never_paired(tmp_path):
+    runs = [fake_run(tmp_path, m, s, shift) for m, shift in (("es", 1.0), ("es-lowrank", 0.5), ("grpo", 0.0))
+            for s in (0, 1)]
+    base = fake_run(tmp_path / "ref", "base-model", 0, 0.0, kind="eval", marks=(0,))
+    md = write_report([*runs, base], tmp_path / "out", baseline="grpo")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [("es", "grpo"), ("es-lowrank", "grpo")]
+    assert list(summary["references"]) == ["base-model"] and "base-model" not in summary["methods"]
+    text = md.read_text()
+    assert "base-model (reference)" in text and "baseline **grpo**" in text
+    # no baseline among three labels: tables, no paired differences
+    write_report(runs, tmp_path / "out2")
+    assert json.loads((tmp_path / "out2" / "summary.json").read_text())["comparisons"] == []
+    with pytest.raises(UserError, match="baseline 'nope'"):
+        write_report(runs, tmp_path / "out3", baseline="nope")
+    with pytest.raises(UserError, match="only evaluation records"):
+        write_report([base], tmp_path / "out4")
+
+
+def test_compare_refuses_what_would_skew_the_statistics(tmp_path):
+    a = fake_run(tmp_path, "es", 0, 1.0)
+    b = fake_run(tmp_path, "grpo", 0, 0.0)
+    with pytest.raises(UserError, match="given twice"):
+        write_report([a, b, a / "record.json"], tmp_path / "out")
+    failed = fake_run(tmp_path / "f", "grpo", 1, 0.0)
+    rec = json.loads((failed / "record.json").read_text())
+    (failed / "record.json").write_text(json.dumps({**rec, "status": "failed", "error": "boom"}))
+    with pytest.raises(UserError, match="failed \\(boom\\); only completed runs"):
+        write_report([a, failed], tmp_path / "out")
+    nan = fake_run(tmp_path / "n", "grpo", 1, 0.0)
+    rec = json.loads((nan / "record.json").read_text())
+    rec["evals"][-1]["metrics"]["reward"] = float("nan")
+    (nan / "record.json").write_text(json.dumps(rec))  # as a writer with allow_nan would: NaN
+    with pytest.raises(UserError, match="non-finite"):
+        write_report([a, nan], tmp_path / "out")
+    dup = fake_run(tmp_path / "d", "grpo", 1, 0.0)
+    f = dup / "evals" / "eval-00000100.jsonl"
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join(lines + [lines[0]]) + "\n")
+    with pytest.raises(UserError, match="eval-00000100.jsonl:31: sample id 'p0' repeats line 1"):
+        write_report([a, dup], tmp_path / "out")
+    escape = fake_run(tmp_path / "e", "grpo", 1, 0.0)
+    rec = json.loads((escape / "record.json").read_text())
+    rec["evals"][-1]["samples_file"] = "../../../../etc/passwd"
+    (escape / "record.json").write_text(json.dumps(rec))
+    with pytest.raises(UserError, match="must be a path inside the run folder"):
+        write_report([a, escape], tmp_path / "out")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        write_report([a, b], tmp_path / "afile")
+    (b / "record.json").write_text("{not json")
+    with pytest.raises(UserError, match="not a valid run record"):
         write_report([a, b], tmp_path / "out")

@@ -11,18 +11,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from harness.evaluation import quadrant  # noqa: E402
 from harness.report.stats import bootstrap_mean  # noqa: E402
 
 if TYPE_CHECKING:
     from harness.report.compare import MethodSummary
 
-COLORS = {"es": "#1f77b4", "grpo": "#d62728", "baseline": "#7f7f7f"}
+REFERENCE_COLORS = ("0.35", "0.55", "#8c564b", "#bcbd22")
 EVAL_METRICS = (("reward", "eval reward R"), ("cost", "eval cost C"), ("safe_ratio", "safe ratio (C ≤ 0)"),
                 ("judge_reward", "judge reward (held-out)"))
 
 
-def _color(method: str, i: int) -> str:
-    return COLORS.get(method, f"C{i + 2}")
+def _color(i: int) -> str:
+    return f"C{i}"
+
+
+def quadrant_of(sample: dict) -> str:
+    return quadrant(sample["reward"], sample["cost"])
 
 
 def _band(ax, xs_per_run, ys_per_run, color, label):
@@ -36,7 +41,7 @@ def _band(ax, xs_per_run, ys_per_run, color, label):
         ax.fill_between(x, [i.low for i in ivs], [i.high for i in ivs], color=color, alpha=0.2, lw=0)
 
 
-def curves(summaries: list["MethodSummary"], out: Path) -> str:
+def curves(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
     fig, axes = plt.subplots(3, len(EVAL_METRICS), figsize=(4.2 * len(EVAL_METRICS), 9.5), squeeze=False)
     xkeys = (("mark", "completions scored"), ("tokens", "generated tokens"), ("seconds", "training seconds"))
     for row, (xkey, xlabel) in enumerate(xkeys):
@@ -46,8 +51,13 @@ def curves(summaries: list["MethodSummary"], out: Path) -> str:
                 runs = [r for r in s.runs if r.record.evals and m in r.record.evals[0].metrics]
                 if runs:
                     _band(ax, [[getattr(e, xkey) for e in r.record.evals] for r in runs],
-                          [[e.metrics[m] for e in r.record.evals] for r in runs], _color(s.method, i),
-                          f"{s.method} (n={len(runs)})")
+                          [[e.metrics[m] for e in r.record.evals] for r in runs], _color(i),
+                          f"{s.label} (n={len(runs)})")
+            for j, ref in enumerate(references):  # a fixed policy: one level across the whole budget
+                iv = ref.final.get(m)
+                if iv is not None and not np.isnan(iv.mean):
+                    ax.axhline(iv.mean, color=REFERENCE_COLORS[j % len(REFERENCE_COLORS)], ls="--", lw=1.2,
+                               label=f"{ref.label} (reference)")
             ax.set_title(title, fontsize=10)
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
@@ -66,7 +76,7 @@ def training(summaries: list["MethodSummary"], out: Path) -> str:
             for j, r in enumerate(s.runs):
                 xs = [p.samples for p in r.record.series]
                 ys = [getattr(p, k) for p in r.record.series]
-                ax.plot(xs, ys, color=_color(s.method, i), alpha=0.8, lw=1, label=s.method if j == 0 else None)
+                ax.plot(xs, ys, color=_color(i), alpha=0.8, lw=1, label=s.label if j == 0 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("completions scored")
         ax.grid(alpha=0.3)
@@ -77,18 +87,21 @@ def training(summaries: list["MethodSummary"], out: Path) -> str:
     return "training.png"
 
 
-def scatter(summaries: list["MethodSummary"], out: Path) -> str:
-    fig, axes = plt.subplots(1, len(summaries), figsize=(4.6 * len(summaries), 4.2), squeeze=False)
-    for ax, (i, s) in zip(axes[0], enumerate(summaries)):
-        samples = [x for r in s.runs for x in r.final_samples()]
-        ax.scatter([x["reward"] for x in samples], [x["cost"] for x in samples], s=14, alpha=0.6,
-                   color=_color(s.method, i))
+def scatter(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
+    panels = [(s, _color(i)) for i, s in enumerate(summaries)]
+    panels += [(s, REFERENCE_COLORS[j % len(REFERENCE_COLORS)]) for j, s in enumerate(references)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for ax, (s, color) in zip(axes[0], panels):
+        samples = [x for r in s.runs for x in r.final_samples]
+        ax.scatter([x["reward"] for x in samples], [x["cost"] for x in samples], s=14, alpha=0.6, color=color)
         ax.axhline(0, color="k", lw=0.8)
         ax.axvline(0, color="k", lw=0.8)
         for (tx, ty, label) in ((0.98, 0.02, "SH"), (0.02, 0.02, "SU"), (0.98, 0.97, "UH"), (0.02, 0.97, "UU")):
             ax.text(tx, ty, label, transform=ax.transAxes, ha="right" if tx > 0.5 else "left",
                     va="bottom" if ty < 0.5 else "top", fontsize=11, color="0.35", weight="bold")
-        ax.set_title(f"{s.method}: final evaluation", fontsize=10)
+        shares = "  ".join(f"{q} {sum(quadrant_of(x) == q for x in samples) / len(samples):.2f}"
+                           for q in ("SH", "SU", "UH", "UU"))
+        ax.set_title(f"{s.label}{' (reference)' if s.reference else ''}: final evaluation\n{shares}", fontsize=10)
         ax.set_xlabel("reward R (helpful > 0)")
         ax.set_ylabel("cost C (safe ≤ 0)")
         ax.grid(alpha=0.3)
@@ -103,12 +116,12 @@ def resources(summaries: list["MethodSummary"], out: Path) -> str:
               ("tokens_per_s", "generated tokens / s"), ("completions_per_s", "completions scored / s")]
     panels = [p for p in panels if any(p[0] in s.resources for s in summaries)]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.6 * (len(panels) + 1), 3.6))
-    names = [s.method for s in summaries]
+    names = [s.label for s in summaries]
     for ax, (k, title) in zip(axes, panels):
         ivs = [s.resources.get(k) for s in summaries]
         means = [iv.mean if iv else 0 for iv in ivs]
         errs = [((iv.high - iv.low) / 2 if iv and iv.n > 1 else 0) for iv in ivs]
-        ax.bar(names, means, yerr=errs, color=[_color(n, i) for i, n in enumerate(names)], capsize=4)
+        ax.bar(names, means, yerr=errs, color=[_color(i) for i in range(len(names))], capsize=4)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3, axis="y")
     ax = axes[-1]
@@ -119,15 +132,16 @@ def resources(summaries: list["MethodSummary"], out: Path) -> str:
         ax.bar(names, vals, bottom=bottom, label=part, color=f"C{j}")
         bottom += vals
     ax.set_title("time split (s, summed per step)", fontsize=10)
-    ax.legend(fontsize=7)
+    if parts:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "resources.png", dpi=110)
     plt.close(fig)
     return "resources.png"
 
 
-def make_all(summaries: list["MethodSummary"], out: Path) -> dict[str, str]:
-    return {"Evaluation curves (mean over seeds, 95 % band)": curves(summaries, out),
+def make_all(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> dict[str, str]:
+    return {"Evaluation curves (mean over seeds, 95 % band; references dashed)": curves(summaries, references, out),
             "Training curves (every run)": training(summaries, out),
-            "Final reward–cost scatter with quadrants": scatter(summaries, out),
+            "Final reward–cost scatter with quadrant shares": scatter(summaries, references, out),
             "Memory, throughput and time split": resources(summaries, out)}

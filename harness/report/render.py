@@ -20,24 +20,27 @@ def _fmt(iv: Interval | None, digits: int = 3) -> str:
     return "—" if iv is None else iv.fmt(digits)
 
 
-def tables(summary: dict[str, Any], summaries, comparisons, runs) -> list[tuple[str, Table]]:
+def tables(summary: dict[str, Any], summaries, references, comparisons, runs) -> list[tuple[str, Table]]:
     out = []
-    metrics = [m for m in METRIC_LABELS if any(m in s.final for s in summaries)]
+    rows_of = [*summaries, *references]
+    name = lambda s: f"{s.label} (reference)" if s.reference else s.label  # noqa: E731
+    metrics = [m for m in METRIC_LABELS if any(m in s.final for s in rows_of)]
     out.append(("Final evaluation (mean ± 95 % CI half-width)",
                 (["method", "seeds", *[METRIC_LABELS[m] for m in metrics]],
-                 [[s.method, str(len(s.runs)), *[_fmt(s.final.get(m)) for m in metrics]] for s in summaries])))
+                 [[name(s), "–" if s.reference else str(len(s.runs)), *[_fmt(s.final.get(m)) for m in metrics]]
+                  for s in rows_of])))
     q_rows = []
-    for s in summaries:
+    for s in rows_of:
         q = [sum(r.record.evals[-1].metrics.get(k, 0) for r in s.runs) / len(s.runs) for k in ("SH", "SU", "UH", "UU")]
-        q_rows.append([s.method, *[f"{v:.2f}" for v in q]])
+        q_rows.append([name(s), *[f"{v:.2f}" for v in q]])
     out.append(("Quadrants of the final evaluation (share of prompts)", (["method", "SH", "SU", "UH", "UU"], q_rows)))
     res_keys = [k for k in ("peak_rss_mb", "peak_gpu_mb", "tokens_per_s", "completions_per_s", "scorer_pairs_per_s",
                             "train_seconds") if any(k in s.resources for s in summaries)]
     out.append(("Resources", (["method", *res_keys],
-                              [[s.method, *[_fmt(s.resources.get(k), 1) for k in res_keys]] for s in summaries])))
+                              [[s.label, *[_fmt(s.resources.get(k), 1) for k in res_keys]] for s in summaries])))
     if summary.get("target"):
         tgt = ", ".join(f"{k} {'≤' if k.endswith('cost') else '≥'} {v}" for k, v in summary["target"].items())
-        rows = [[s.method, f"{s.target['reached']}/{s.target['runs']}",
+        rows = [[s.label, f"{s.target['reached']}/{s.target['runs']}",
                  "not reached" if s.target["samples"] is None else f"{s.target['samples']:.0f}",
                  "not reached" if s.target["seconds"] is None else f"{s.target['seconds']:.1f}"] for s in summaries]
         out.append((f"Time to target ({tgt})", (["method", "runs reaching it", "completions", "seconds"], rows)))
@@ -46,8 +49,8 @@ def tables(summary: dict[str, Any], summaries, comparisons, runs) -> list[tuple[
                 for m, iv in c["diffs"].items()]
         out.append((f"Paired difference {c['a']} − {c['b']} (same seeds and prompts)",
                     (["metric", "difference", "95 % CI", "pairs"], rows)))
-    out.append(("Runs", (["method", "seed", "status", "path", "git"],
-                         [[r.label, str(r.record.seed), r.record.status, str(r.path),
+    out.append(("Runs", (["method", "kind", "seed", "status", "path", "git"],
+                         [[r.label, r.record.kind, str(r.record.seed), r.record.status, str(r.path),
                            (r.record.environment.get("git_sha") or "")[:10]] for r in runs])))
     return out
 
@@ -66,11 +69,23 @@ def _html_table(t: Table) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
-def write_markdown_and_html(out: Path, summary: dict[str, Any], summaries, comparisons, figures: dict[str, str],
-                            runs) -> None:
-    ts = tables(summary, summaries, comparisons, runs)
+def baseline_note(summary: dict[str, Any], summaries, references) -> str:
+    parts = []
+    if summary.get("baseline"):
+        parts.append(f"Every method is paired against the baseline **{summary['baseline']}**.")
+    elif len(summaries) > 2:
+        parts.append("No baseline named (spec `compare: {baseline: LABEL}` or `--baseline`): no paired differences.")
+    if references:
+        parts.append("Reference rows are evaluations of fixed policies (`esgrpo eval`): shown, never paired.")
+    return " ".join(parts)
+
+
+def write_markdown_and_html(out: Path, summary: dict[str, Any], summaries, references, comparisons,
+                            figures: dict[str, str], runs) -> None:
+    ts = tables(summary, summaries, references, comparisons, runs)
     title = f"esgrpo comparison: {summary['title']}"
-    md = [f"# {title}", "", f"Generated {summary['generated']}."]
+    note = baseline_note(summary, summaries, references)
+    md = [f"# {title}", "", f"Generated {summary['generated']}." + (f" {note}" if note else "")]
     for p in summary["problems"]:
         md.append(f"\n> **Warning: not a like-for-like comparison.** {p}")
     for c in comparisons:
@@ -87,7 +102,8 @@ def write_markdown_and_html(out: Path, summary: dict[str, Any], summaries, compa
            "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;"
            "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
            ".warn{background:#fff3cd;padding:.6em;border-left:4px solid #e0a800}.verdict{font-size:1.1em}")
-    body = [f"<h1>{html.escape(title)}</h1>", f"<p>Generated {html.escape(summary['generated'])}.</p>"]
+    body = [f"<h1>{html.escape(title)}</h1>",
+            f"<p>Generated {html.escape(summary['generated'])}. {html.escape(note.replace('**', ''))}</p>"]
     body += [f"<p class='warn'><b>Warning: not a like-for-like comparison.</b> {html.escape(p)}</p>"
              for p in summary["problems"]]
     body += [f"<p class='verdict'><b>Verdict:</b> {html.escape(c['verdict'])}</p>" for c in comparisons]
