@@ -4,38 +4,84 @@ optional target; every method runs at the same budget on the same prompts, score
 from __future__ import annotations
 
 import logging
+import re
 import subprocess
 import sys
 from datetime import date
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
+from harness.budget import BudgetConfig
 from harness.config import StrictModel, apply_overrides, read_yaml, validate
 from harness.errors import UserError
 from harness.records import load_record
-from harness.registry import get_method
+from harness.registry import available, get_method
 from harness.report import write_report
 from harness.run import RunSettings, run_method
 
 log = logging.getLogger(__name__)
+# Names become folder names and SLURM job names: nothing that could leave the runs folder or split a command.
+NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+RUN_DIR = re.compile(r"^(?P<label>[A-Za-z0-9][A-Za-z0-9._-]*)-s(?P<seed>\d+)$")
+
+
+def check_name(value: str, what: str) -> str:
+    if not re.match(NAME, value) or ".." in value:
+        raise ValueError(f"{what} {value!r} must be letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    return value
 
 
 class MethodEntry(StrictModel):
     config: str  # the method's YAML config (its `run:` section is replaced by the spec's `shared:`)
     method: str | None = None  # the registered method; default: the entry's name (es-vllm: {method: es, ...})
     set: list[str] = Field(default_factory=list)  # KEY=VALUE overrides of method hyperparameters
+    # This entry's own budget instead of the shared one: only for reproducing published runs whose budgets
+    # differ (the report then says the budgets differ); fair comparisons leave it unset.
+    budget: BudgetConfig | None = None
+
+
+class CompareSettings(StrictModel):
+    baseline: str | None = None  # the label every other label is paired against
 
 
 class BenchmarkSpec(StrictModel):
     name: str
     shared: RunSettings = Field(default_factory=RunSettings)
-    methods: dict[str, MethodEntry]
+    methods: dict[str, MethodEntry] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     target: dict[str, float] | None = None  # e.g. {safe_ratio: 0.9, reward: 0.0}
+    compare: CompareSettings = Field(default_factory=CompareSettings)
+    references: list[str] = Field(default_factory=list)  # evaluation records (`esgrpo eval --out DIR`) to show
     runs_dir: str = "runs"
     results_dir: str = "results"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_name(v, "name")
+
+    @field_validator("methods")
+    @classmethod
+    def _method_names(cls, v: dict[str, MethodEntry]) -> dict[str, MethodEntry]:
+        for key in v:
+            check_name(key, "method entry")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct non-negative integers")
+        return v
+
+    @model_validator(mode="after")
+    def _baseline(self) -> "BenchmarkSpec":
+        if self.compare.baseline is not None and self.compare.baseline not in self.methods:
+            raise ValueError(f"compare.baseline {self.compare.baseline!r} is not one of the methods "
+                             f"({', '.join(self.methods)})")
+        return self
 
 
 def config_path(spec_path: Path, entry: MethodEntry) -> Path:
@@ -48,6 +94,11 @@ def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
     raw = read_yaml(path)
     spec = validate(BenchmarkSpec, raw, str(path))
     for name, entry in spec.methods.items():
+        method = entry.method or name
+        if method not in available():
+            field = f"methods.{name}.method" if entry.method else f"methods.{name}"
+            raise UserError(f"{path}: {field}: unknown method {method!r}; installed: {', '.join(available())} "
+                            f"(an entry named otherwise says which it runs: {name}: {{method: es, ...}})")
         if not config_path(path, entry).is_file():
             raise UserError(f"{path}: methods.{name}.config: {entry.config} not found")
     return spec, raw
@@ -58,8 +109,32 @@ def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int):
     method = get_method(entry.method or name)
     cfg_path = config_path(spec_path, entry)
     data = apply_overrides(read_yaml(cfg_path), entry.set)
-    data["run"] = spec.shared.model_copy(update={"seed": seed}).model_dump(mode="json", by_alias=True)
+    shared = spec.shared.model_copy(update={"seed": seed, **({"budget": entry.budget} if entry.budget else {})})
+    data["run"] = shared.model_dump(mode="json", by_alias=True)
     return validate(method.config_model, data, f"{cfg_path} (with {spec_path} shared settings)")
+
+
+def reference_dirs(spec: BenchmarkSpec, spec_path: Path) -> list[Path]:
+    """The spec's evaluation records, as given or relative to the spec's folder."""
+    out = []
+    for ref in spec.references:
+        given = Path(ref)
+        d = given if given.exists() else Path(spec_path).parent / ref
+        if not (d / "record.json").is_file():
+            raise UserError(f"{spec_path}: references: {ref} is not an evaluation record folder (esgrpo eval --out)")
+        out.append(d)
+    return out
+
+
+def completed_runs(spec: BenchmarkSpec, runs_root: Path) -> list[Path]:
+    """The spec's completed run folders (LABEL-sSEED for its labels and seeds); nothing else in the folder."""
+    found = []
+    for d in sorted(runs_root.glob("*-s*")):
+        m = RUN_DIR.match(d.name)
+        if (m and m["label"] in spec.methods and int(m["seed"]) in spec.seeds and (d / "record.json").is_file()
+                and load_record(d).status == "completed"):
+            found.append(d)
+    return found
 
 
 def default_locations(spec: BenchmarkSpec) -> tuple[Path, Path]:
@@ -87,12 +162,14 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     seeds = spec.seeds if seed_index is None else [spec.seeds[seed_index]]
     selected = [(m, s) for s in seeds for m in spec.methods if not only or m in only]
     configs = {} if report_only else {(m, s): method_config(spec, Path(spec_path), m, s) for m, s in selected}
+    references = reference_dirs(spec, Path(spec_path))
+    report = lambda dirs: write_report([*dirs, *references], out, title=spec.name, target=spec.target,  # noqa: E731
+                                       spec=raw, baseline=spec.compare.baseline, allow_mismatch=bool(budgets_differ(spec)))
     if report_only:
-        done = sorted(d for d in runs_root.glob("*-s*") if (d / "record.json").is_file()
-                      and load_record(d).status == "completed")
+        done = completed_runs(spec, runs_root)
         if not done:
-            raise UserError(f"{runs_root}: no completed runs to report")
-        return write_report(done, out, title=spec.name, target=spec.target, spec=raw)
+            raise UserError(f"{runs_root}: no completed runs of {spec_path} to report")
+        return report(done)
     done, failed = [], []
     for (name, seed), cfg in configs.items():
         run_dir = runs_root / f"{name}-s{seed}"
@@ -100,11 +177,11 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             log.info("%s seed %d already completed in %s; keeping it", name, seed, run_dir)
             done.append(run_dir)
             continue
-        log.info("running %s seed %d -> %s", name, seed, run_dir)
         if len(selected) == 1 and seed_index is not None:  # this process is the one (method, seed) part
             run_method(spec.methods[name].method or name, cfg, run_dir, spec=raw, label=name)
             done.append(run_dir)
             continue
+        log.info("running %s seed %d -> %s", name, seed, run_dir)
         # Each run gets its own process: its peak memory is its own, and a crash cannot take the others down.
         cmd = [sys.executable, "-m", "harness.cli", "benchmark", "--spec", str(spec_path), "--runs-dir",
                str(runs_root), "--only", name, "--seed-index", str(spec.seeds.index(seed))]
@@ -122,7 +199,12 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
         if failed:
             raise UserError("some runs failed:\n  " + "\n  ".join(failed))
         return None
-    report = write_report(done, out, title=spec.name, target=spec.target, spec=raw)
+    path = report(done)
     if failed:
-        raise UserError(f"report written to {report}, but some runs failed:\n  " + "\n  ".join(failed))
-    return report
+        raise UserError(f"report written to {path}, but some runs failed:\n  " + "\n  ".join(failed))
+    return path
+
+
+def budgets_differ(spec: BenchmarkSpec) -> list[str]:
+    """Entries whose budget the spec sets apart from the shared one (published reproductions)."""
+    return [name for name, e in spec.methods.items() if e.budget is not None and e.budget != spec.shared.budget]

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import ScorerUnavailable, UserError
+from harness.errors import ScorerError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ES vs GRPO on the Safe-RLHF objective.")
 err = Console(stderr=True)
@@ -27,7 +27,7 @@ def user_errors(fn: Callable) -> Callable:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scorer request otherwise
         try:
             return fn(*args, **kwargs)
-        except (UserError, ScorerUnavailable) as e:
+        except (UserError, ScorerError) as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
     return wrapper
@@ -59,6 +59,8 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
     from harness.run import run_method
 
     out = run_dir or default_run_dir(method)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --run-dir exists and is not a folder")
     if runtime is Runtime.docker:
         from harness.docker_runtime import run_in_docker
 
@@ -76,13 +78,16 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
 
 @app.command()
 @user_errors
-def compare(runs: List[Path] = typer.Argument(..., help="run directories or record.json files"),
-            out: Path = typer.Option(Path("results") / "compare", "--out", "-o"),
+def compare(runs: List[Path] = typer.Argument(..., help="run directories or record.json files; evaluation "
+                                              "records (esgrpo eval) become reference rows"),
+            out: Path = typer.Option(Path("results") / "compare", "--out", "-o", help="report folder"),
+            baseline: Optional[str] = typer.Option(None, help="the label every other label is paired against "
+                                                   "(default: the spec's compare.baseline; with two labels, the second)"),
             allow_mismatch: bool = typer.Option(False, help="report runs that differ in prompts/scorer/eval/budget")):
     """Write the comparison report (Markdown, HTML, plots, summary.json) from run records."""
     from harness.report import write_report
 
-    path = write_report(runs, out, allow_mismatch=allow_mismatch)
+    path = write_report(runs, out, allow_mismatch=allow_mismatch, baseline=baseline)
     typer.echo(f"report: {path}")
 
 
@@ -100,14 +105,21 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
 
     path = run_benchmark(spec, out=out, runs_dir=runs_dir, only=only or None, seed_index=seed_index,
                          report_only=report_only, shared_overrides=set_shared)
-    typer.echo(f"report: {path}" if path else "runs done; the report comes with --report-only")
+    if path:
+        typer.echo(f"report: {path}")
+    elif seed_index is None:  # a single (method, seed) part is one of many: its caller reports
+        typer.echo("runs done; the report comes with --report-only")
 
 
 @app.command("serve-scorer")
 @user_errors
-def serve_scorer(config: Optional[Path] = typer.Option(None, "--config", "-c"),
-                 host: Optional[str] = typer.Option(None), port: Optional[int] = typer.Option(None),
-                 rendezvous: Optional[Path] = typer.Option(None, help="write the URL here once ready")):
+def serve_scorer(config: Optional[Path] = typer.Option(None, "--config", "-c", help="scorer YAML: reward and cost "
+                                                      "backends, limits, token (default: the built-in scorer)"),
+                 host: Optional[str] = typer.Option(None, help="address to bind (default the config's, 127.0.0.1); "
+                                                    "anything but loopback needs a token"),
+                 port: Optional[int] = typer.Option(None, help="port (0: any free port, announced via --rendezvous)"),
+                 rendezvous: Optional[Path] = typer.Option(None, help="write {url, pid, host} here once the models "
+                                                           "are loaded; trainers find the scorer through it")):
     """Serve the reward and cost models over HTTP."""
     from scorer.server import serve
 
@@ -153,11 +165,15 @@ app.add_typer(slurm_app, name="slurm")
 @user_errors
 def slurm_submit(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec"),
                  cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster YAML (account, GPUs, runtime)"),
-                 runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
-                 out: Optional[Path] = typer.Option(None, "--out")):
+                 runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where runs and scripts go"),
+                 out: Optional[Path] = typer.Option(None, "--out", help="report folder"),
+                 dry_run: bool = typer.Option(False, "--dry-run", help="print every rendered script; submit nothing")):
     """Submit the scorer, one array job per method (a task per seed) and the report job."""
-    from harness.slurm import submit
+    from harness.slurm import dry_run as render_only, submit
 
+    if dry_run:
+        typer.echo(render_only(spec, cluster, runs_dir, out))
+        return
     jobs = submit(spec, cluster, runs_dir, out)
     for k in ("scorer", *[k for k in jobs if k not in ("scorer", "report", "report_path", "slurm_dir")], "report"):
         typer.echo(f"{k:>8}: job {jobs[k]}")

@@ -14,9 +14,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
-    """Base for every config: unknown keys are errors, so a typo never silently falls back to a default."""
+    """Base for every config: unknown keys are errors, so a typo never silently falls back to a default, and
+    inf/nan are refused everywhere (a σ, a deadline or a λ bound of inf fails much later, or hangs)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:
@@ -27,16 +28,33 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+def read_text(path: Path, what: str = "file") -> str:
+    """UTF-8 text of a user's file, or a UserError that names it (missing, a folder, unreadable, not UTF-8)."""
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
     if not path.is_file():
-        raise UserError(f"{path}: config file not found")
+        raise UserError(f"{path}: {what} is not a regular file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def parse_yaml(text: str, source: str, with_line: bool = True) -> Any:
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{mark.line + 1}:" if mark else ""
-        raise UserError(f"{path}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+        where = f"{mark.line + 1}:" if mark and with_line else ""
+        raise UserError(f"{source}:{where} not valid YAML ({getattr(e, 'problem', None) or e})") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    data = parse_yaml(read_text(path, "config file"), str(path))
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys to values")
     return data
@@ -50,11 +68,13 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
+        if not all(parts):
+            raise UserError(f"override {item!r}: empty key")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise UserError(f"override {item!r}: {part} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = parse_yaml(raw, f"override {item!r}", with_line=False)
     return data
 
 

@@ -2,7 +2,8 @@
 
     J_C   = mean cost of the current (unperturbed) policy + d          (d = cost_threshold)
     J_C   = max(J_C, 0)                                                  if lambda_pos_cost_only
-    ema   = β · ema + (1 − β) · J_C                                      (ema starts at 0)
+    ema   = β · ema + (1 − β) · J_C                                      (ema_init zero: ema starts at 0;
+                                                                          first: the first step sets ema = J_C)
     ln λ  = clip(ln λ + η · ema, ln λ_min, ln λ_max)
 """
 
@@ -10,8 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.config import StrictModel
 
@@ -25,6 +27,16 @@ class LambdaConfig(StrictModel):
     eta: float = Field(0.005, ge=0)
     lambda_min: float = Field(1e-4, gt=0)
     lambda_max: float = Field(5.0, gt=0)
+    # zero: a bias-free start at 0 (λ moves slowly at first); first: the published runs' rule, ema = J_C at step 1
+    ema_init: Literal["zero", "first"] = "zero"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "LambdaConfig":
+        if self.lambda_min > self.lambda_max:
+            raise ValueError(f"lambda_min {self.lambda_min} is above lambda_max {self.lambda_max}")
+        if not self.lambda_min <= self.lambda_init <= self.lambda_max:
+            raise ValueError(f"lambda_init {self.lambda_init} is outside [lambda_min, lambda_max]")
+        return self
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,7 @@ class LambdaState:
     log_lambda: float
     ema: float = 0.0
     j_c: float = 0.0
+    updates: int = 0  # λ steps taken so far
 
     @property
     def value(self) -> float:
@@ -47,7 +60,10 @@ def update_lambda(state: LambdaState, mean_cost: float, cfg: LambdaConfig) -> La
     if cfg.lambda_pos_cost_only:
         j_c = max(j_c, 0.0)
     if not cfg.adaptive:
-        return LambdaState(state.log_lambda, state.ema, j_c)
-    ema = cfg.beta * state.ema + (1 - cfg.beta) * j_c
+        return LambdaState(state.log_lambda, state.ema, j_c, state.updates + 1)
+    if cfg.ema_init == "first" and state.updates == 0:
+        ema = j_c
+    else:
+        ema = cfg.beta * state.ema + (1 - cfg.beta) * j_c
     log_lambda = min(max(state.log_lambda + cfg.eta * ema, math.log(cfg.lambda_min)), math.log(cfg.lambda_max))
-    return LambdaState(log_lambda, ema, j_c)
+    return LambdaState(log_lambda, ema, j_c, state.updates + 1)

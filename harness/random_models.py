@@ -18,12 +18,17 @@ from filelock import FileLock
 from harness.paths import esgrpo_home
 from harness.policy import builtin_policy_path
 
-# Causal LMs (Qwen2 architecture) and the Llama backbones of Beaver-format score models.
+# Causal LMs (Qwen2 or Llama architecture) and the Llama backbones of Beaver-format score models.
 POLICY_SHAPES = {
-    "qwen2-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                       num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6),
+    "qwen2-0.5b": dict(arch="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                       num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                       rope_theta=1e6),
+    # Alpaca-7B's shape (LLaMA-7B): the published runs' policy, 6.74 B parameters
+    "llama-7b": dict(arch="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=32, vocab_size=32000, tie_word_embeddings=False,
+                     rope_theta=1e4),
     # head_dim 64: vLLM's CPU attention kernel rejects smaller heads
-    "tiny": dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+    "tiny": dict(arch="qwen2", hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, vocab_size=2048, tie_word_embeddings=True, rope_theta=1e6),
 }
 SCORER_SHAPES = {
@@ -49,13 +54,18 @@ def padded_tokenizer(vocab_size: int):
 
 
 def build_random_policy(shape: str, out: Path, seed: int = 0) -> Path:
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    """Initialized directly in bf16, on the GPU when there is one (a 7B model in fp32 on the CPU would need
+    27 GB and minutes)."""
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
-    tok = padded_tokenizer(POLICY_SHAPES[shape]["vocab_size"])
-    cfg = Qwen2Config(**POLICY_SHAPES[shape], max_position_embeddings=MAX_POSITIONS, bos_token_id=tok.bos_token_id,
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    params = dict(POLICY_SHAPES[shape])
+    config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[params.pop("arch")]
+    tok = padded_tokenizer(params["vocab_size"])
+    cfg = config_class(**params, max_position_embeddings=MAX_POSITIONS, bos_token_id=tok.bos_token_id,
+                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(seed)
-    model = Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
@@ -63,9 +73,11 @@ def build_random_policy(shape: str, out: Path, seed: int = 0) -> Path:
 
 
 def build_random_beaver(shape: str, out: Path, score_type: str = "reward", seed: int = 0,
-                        bias: float = 0.0) -> Path:
-    """A Beaver score checkpoint (LlamaForScore config, backbone under ``model.*``, ``score_head`` with bias,
-    normalizer buffers), as safe-rlhf publishes them."""
+                        bias: float = 0.0, normalize: tuple[float, float] | None = None) -> Path:
+    """A Beaver score checkpoint as safe-rlhf's ``save_pretrained`` writes one: LlamaForScore config whose
+    normalizer ``mean``/``var`` are one-element lists (``config.mean = normalizer.mean.tolist()``), backbone
+    under ``model.*``, ``score_head`` with bias, normalizer buffers. ``normalize=(mean, var)`` turns
+    ``do_normalize`` on with those statistics."""
     from safetensors.torch import save_file
     from transformers import LlamaConfig, LlamaModel
 
@@ -75,15 +87,17 @@ def build_random_beaver(shape: str, out: Path, score_type: str = "reward", seed:
     backbone = LlamaModel(cfg)
     out.mkdir(parents=True, exist_ok=True)
     raw = cfg.to_dict()
+    mean, var = normalize or (0.0, 1.0)
     raw.update(architectures=["LlamaForScore"], score_dim=1, score_bias=True, score_type=score_type,
-               do_normalize=False, normalizer_type="ExponentialMovingAverage", momentum=0.9, mean=0.0, var=1.0,
+               do_normalize=normalize is not None, normalizer_type="ExponentialMovingAverage", momentum=0.9,
+               mean=[mean], var=[var], torch_dtype="bfloat16",
                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     (out / "config.json").write_text(json.dumps(raw))
     state = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
     state["score_head.weight"] = torch.randn(1, cfg.hidden_size)
     state["score_head.bias"] = torch.tensor([bias])
-    state.update({"normalizer.mean": torch.zeros(1), "normalizer.var": torch.ones(1),
-                  "normalizer.count": torch.zeros(1, dtype=torch.long)})
+    state.update({"normalizer.mean": torch.tensor([mean]), "normalizer.var": torch.tensor([var]),
+                  "normalizer.count": torch.tensor([1000], dtype=torch.long)})
     save_file(state, str(out / "model.safetensors"))
     tok.save_pretrained(out)
     return out

@@ -39,7 +39,7 @@ class RunSettings(StrictModel):
     eval: EvalSettings = Field(default_factory=EvalSettings)  # max_new_tokens/stop_strings: training rollouts too
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     lagrangian: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints (0: only at the end)
     keep_checkpoints: int = Field(2, gt=0)
     tensorboard: bool = True
@@ -193,7 +193,8 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
     record = RunRecord(
         run_id=run_dir.name, method=method, label=label or method, seed=s.seed, config=config.model_dump(mode="json", by_alias=True),
         spec=spec, environment=environment.capture(),
-        data={"name": prompts.name, "hash": prompts.content_hash, "n_train": len(prompts.train),
+        data={"name": prompts.name, "hash": prompts.content_hash, "eval_hash": prompts.eval_hash,
+              "n_train": len(prompts.train),
               "n_eval": len(prompts.eval), "source": s.data.model_dump(mode="json")},
         scorer=scorer_info, judge=judge.info() if judge else None,
         evaluation=s.eval.model_dump(mode="json"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -16,9 +17,10 @@ from typing import Literal
 from pydantic import Field
 
 from harness.benchmark import default_locations, load_spec
-from harness.config import StrictModel, load_config
+from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
 from harness.records import atomic_write_text
+from scorer.service_config import load_service_config
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "containers" / "slurm"
 JOBS_FILE = "jobs.json"
@@ -63,10 +65,24 @@ def wrapper(c: ClusterSettings, r: JobResources, workdir: Path) -> str:
         return ""
     if not c.image:
         raise UserError(f"runtime '{c.runtime}' needs 'image'")
+    w, image = q(workdir), q(c.image)
     if c.runtime == "apptainer":
-        return f"apptainer exec {'--nv ' if r.gpus else ''}--bind {workdir} {c.image}"
-    return (f"docker run --rm {'--gpus all ' if r.gpus else ''}--network host -v {workdir}:{workdir} -w {workdir} "
-            f"-e ESGRPO_SCORER_TOKEN --entrypoint '' {c.image}")
+        return f"apptainer exec {'--nv ' if r.gpus else ''}--bind {w} {image}"
+    return (f"docker run --rm {'--gpus all ' if r.gpus else ''}--network host -v {q(f'{workdir}:{workdir}')} "
+            f"-w {w} -e ESGRPO_SCORER_TOKEN --entrypoint '' {image}")
+
+
+def q(value: object) -> str:
+    """A value as one shell word."""
+    return shlex.quote(str(value))
+
+
+def sbatch_path(path: Path) -> str:
+    """A path for a double-quoted ``#SBATCH`` value: sbatch reads double quotes, not the shell's other quoting."""
+    text = str(path)
+    if any(c in text for c in '"$`\\\n%'):
+        raise UserError(f"{text}: SLURM log paths cannot hold quotes, '$', '`', '%', backslashes or newlines")
+    return text
 
 
 def executable(c: ClusterSettings) -> str:
@@ -78,6 +94,8 @@ def executable(c: ClusterSettings) -> str:
 def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = None,
            out: Path | None = None) -> tuple[Path, dict[str, Path], dict[str, str]]:
     spec, _ = load_spec(spec_path)
+    scorer_config = Path(cluster.scorer_config).resolve()
+    load_service_config(scorer_config)  # a missing or invalid scorer config fails here, not in a job 30 min later
     workdir = Path.cwd().resolve()
     default_runs, default_out = default_locations(spec)
     runs = (runs_dir or default_runs).resolve()
@@ -87,23 +105,27 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
     if not token_file.is_file():
         atomic_write_text(token_file, secrets.token_urlsafe(32))
         token_file.chmod(0o600)
-    common = {"name": spec.name, "workdir": workdir, "slurm_dir": slurm_dir, "time": cluster.time,
-              "spec": spec_path.resolve(), "runs_dir": runs, "out": (out or default_out).resolve(),
-              "rendezvous": slurm_dir / "scorer.json", "token_file": token_file,
-              "scorer_config": Path(cluster.scorer_config).resolve(), "scorer_host": cluster.scorer_host,
-              "scorer_wait_s": cluster.scorer_wait_s, "grace_s": cluster.grace_s,
-              "last_seed_index": len(spec.seeds) - 1, "scorer_job": "$SCORER_JOB"}
+    out = (out or default_out).resolve()
+    rendezvous = slurm_dir / "scorer.json"
+    scorer_override = "scorer=" + json.dumps({"kind": "http", "rendezvous": str(rendezvous),
+                                              "token_file": str(token_file), "deadline_s": cluster.scorer_wait_s})
+    # every value that reaches a shell line is one quoted word; #SBATCH lines get double-quoted paths
+    common = {"name": spec.name, "time": cluster.time, "last_seed_index": len(spec.seeds) - 1,
+              "grace_s": cluster.grace_s, "log_dir": sbatch_path(slurm_dir),
+              "workdir": q(workdir), "spec": q(spec_path.resolve()), "runs_dir": q(runs), "out": q(out),
+              "rendezvous": q(rendezvous), "token_file": q(token_file), "scorer_config": q(scorer_config),
+              "scorer_host": q(cluster.scorer_host), "scorer_override": q(scorer_override), "scorer_job": "$SCORER_JOB"}
     scripts = {}
     for kind in ("scorer", *spec.methods, "report"):
         res = cluster.scorer if kind == "scorer" else cluster.methods.get(kind, JobResources())
         template = "method" if kind in spec.methods else kind
-        values = {**common, "method": kind, "esgrpo": executable(cluster),
+        values = {**common, "method": kind, "esgrpo": q(executable(cluster)),
                   f"directives_{template}": directives(cluster, res),
                   f"wrap_{template}": wrapper(cluster, res, workdir)}
         path = slurm_dir / f"{kind}.sbatch"
         path.write_text(Template((TEMPLATES / f"{template}.sbatch").read_text()).substitute(values))
         scripts[kind] = path
-    return slurm_dir, scripts, {k: str(v) for k, v in common.items()}
+    return slurm_dir, scripts, {"out": str(out), "slurm_dir": str(slurm_dir)}
 
 
 def sbatch(*args: str) -> str:
@@ -113,6 +135,17 @@ def sbatch(*args: str) -> str:
     if r.returncode != 0:
         raise UserError(f"sbatch {' '.join(args)} failed: {r.stderr.strip()}")
     return r.stdout.strip().split(";")[0]
+
+
+def dry_run(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None,
+            out: Path | None = None) -> str:
+    """Every script ``submit`` would send, rendered (and kept beside the runs), with the order it sends them in."""
+    cluster = load_config(ClusterSettings, cluster_path)
+    _, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
+    methods = [m for m in scripts if m not in ("scorer", "report")]
+    order = (f"# submit order: scorer; {', '.join(methods)} (one array task per seed); "
+             f"report --dependency=afterany:<method jobs>\n# report: {values['out']}/report.md\n")
+    return order + "".join(f"\n# ===== {p} =====\n{p.read_text()}" for p in scripts.values())
 
 
 def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None,
@@ -130,8 +163,12 @@ def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = N
 
 
 def status(slurm_dir: Path) -> str:
-    info = json.loads((Path(slurm_dir) / JOBS_FILE).read_text())
-    ids = ",".join(info["jobs"].values())
+    jobs = Path(slurm_dir) / JOBS_FILE
+    try:
+        info = json.loads(read_text(jobs, "jobs file (written by `esgrpo slurm submit`)"))
+        ids = ",".join(info["jobs"].values())
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{jobs}: not a jobs file written by `esgrpo slurm submit`") from None
     r = subprocess.run(["squeue", "-h", "-t", "all", "-j", ids, "-o", "%.18i %.12j %.10T %.10M %R"],
                        capture_output=True, text=True)
     return r.stdout + f"report: {info['report']}"

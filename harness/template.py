@@ -11,7 +11,8 @@ STOP_STRINGS: tuple[str, ...] = ("USER:",)
 
 
 def format_prompt(prompt: str, template: str = PROMPT_TEMPLATE) -> str:
-    return template.format(prompt=prompt.strip())
+    """The prompt exactly as given (safe-rlhf's template does not strip it)."""
+    return template.format(prompt=prompt)
 
 
 def format_conversation(prompt: str, response: str, template: str = PROMPT_TEMPLATE) -> str:
@@ -36,4 +37,4 @@ def split_conversation(text: str, template: str = PROMPT_TEMPLATE) -> tuple[str,
         raise ValueError("text is not a conversation in the template "
                          f"{template!r} (it must start with {head!r} and contain {tail!r})")
     prompt, _, response = text[len(head):].partition(tail)
-    return prompt.strip(), response
+    return prompt, response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -35,10 +36,21 @@ class RuleBackend:
         return self.scorer.info()
 
 
-def resolve_device(spec: BackendSpec) -> tuple[str, torch.dtype]:
+def checkpoint_dtype(path: Path) -> torch.dtype | None:
+    """The dtype a checkpoint was saved in (config.json ``torch_dtype``/``dtype``), when it names one."""
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = raw.get("torch_dtype") or raw.get("dtype") if isinstance(raw, dict) else None
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}.get(str(name))
+
+
+def resolve_device(spec: BackendSpec, path: Path) -> tuple[str, torch.dtype]:
+    """``auto``: cuda if present; on a GPU the checkpoint's own dtype (bf16 if it names none), fp32 on the CPU."""
     device = ("cuda" if torch.cuda.is_available() else "cpu") if spec.device == "auto" else spec.device
     if spec.dtype == "auto":
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = (checkpoint_dtype(path) or torch.bfloat16) if device.startswith("cuda") else torch.float32
     else:
         dtype = getattr(torch, spec.dtype)
     return device, dtype
@@ -68,7 +80,7 @@ class ModelBackend:
         self.spec, self.path = spec, Path(spec.path)
         if not self.path.is_dir():
             raise UserError(f"{self.path}: model directory not found")
-        self.device, self.dtype = resolve_device(spec)
+        self.device, self.dtype = resolve_device(spec, self.path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -92,12 +104,14 @@ class ModelBackend:
         return model.eval().requires_grad_(False)
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenize with the EOS kept: responses are truncated, never the end-of-sequence token."""
+        """Tokenize with the EOS appended. ``truncate: response`` cuts the text and keeps the EOS the model scores
+        at; ``end`` cuts text+EOS at max_length, as the published scorer did (a long answer loses its EOS)."""
         eos = self.tokenizer.eos_token_id
+        n = self.spec.max_length
         ids = []
         for t in texts:
-            toks = self.tokenizer(t, add_special_tokens=True)["input_ids"][: self.spec.max_length - 1]
-            ids.append(toks + [eos])
+            toks = self.tokenizer(t, add_special_tokens=True)["input_ids"]
+            ids.append(toks[: n - 1] + [eos] if self.spec.truncate == "response" else (toks + [eos])[:n])
         width = max(map(len, ids))
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])

@@ -3,10 +3,15 @@
 Checkpoint format: config ``architectures: ["LlamaForScore"]`` with ``score_dim``, ``score_bias``,
 ``score_type``, ``do_normalize`` and normalizer stats (``mean``, ``var``); weights ``model.*`` (a Llama
 backbone), ``score_head.weight`` [score_dim, hidden], ``score_head.bias`` [score_dim], and normalizer
-buffers (ignored: the config carries the same numbers). The score of a text is the head's output at the
-last non-padding token (the EOS the tokenizer appends), found as the last 1 of the attention mask so
-that left and right padding both work. Loading this with LlamaForSequenceClassification would silently
-leave a random ``score`` head: this loader refuses missing head weights instead.
+buffers ``normalizer.mean/var/count``. The score of a text is the head's output at the last non-padding
+token (the EOS the tokenizer appends), found as the last 1 of the attention mask so that left and right
+padding both work. Loading this with LlamaForSequenceClassification would silently leave a random ``score``
+head: this loader refuses missing head weights instead.
+
+Normalization follows safe-rlhf's ``Normalizer`` when ``do_normalize`` is set: reward models are affine,
+(x − mean)/(std + 1e-8), cost models scale, x/(std + 1e-8), critics identity. safe-rlhf writes ``mean`` and
+``var`` into config.json as one-element lists (``"mean": [0.258]``); scalars are accepted too. The buffers
+in the weights win over the config, as they do when safe-rlhf loads the checkpoint.
 """
 
 from __future__ import annotations
@@ -50,6 +55,36 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+NORMALIZE = {"reward": "affine", "cost": "scale", "critic": "identity"}
+EPSILON = 1e-8  # safe-rlhf's
+
+
+def stat(value, name: str, path: Path) -> float | None:
+    """A normalizer statistic: a number, a one-element list (as safe-rlhf saves it), a tensor, or absent."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist()
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise UserError(f"{path}: normalizer {name} has {len(value)} values; score_dim 1 needs one")
+        value = value[0]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UserError(f"{path}: normalizer {name} is {value!r}, not a number")
+    return float(value)
+
+
+def keep_rope_fp32(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """Cast to ``dtype`` but keep rotary ``inv_freq`` in fp32, as a model loaded with ``torch_dtype`` keeps it
+    (casting it to bf16 moved scores by up to 0.035 on identical token ids)."""
+    saved = {name: buf.clone() for name, buf in model.named_buffers() if name.endswith("inv_freq")}
+    model.to(dtype)
+    for name, buf in saved.items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner) if owner else model, attr, buf)
+    return model
+
+
 class BeaverScoreModel(torch.nn.Module):
     def __init__(self, path: str | Path, dtype: torch.dtype = torch.float32):
         from transformers import LlamaConfig, LlamaModel
@@ -62,9 +97,19 @@ class BeaverScoreModel(torch.nn.Module):
         dim = int(raw.get("score_dim", 1))
         self.score_head = torch.nn.Linear(self.config.hidden_size, dim, bias=bool(raw.get("score_bias", True)))
         self.do_normalize = bool(raw.get("do_normalize", False))
-        self.norm_mean = float(raw.get("mean", 0.0) or 0.0)
-        self.norm_std = float(raw.get("var", 1.0) or 1.0) ** 0.5
+        score_type = raw.get("score_type", "reward")
+        if score_type not in NORMALIZE:
+            raise UserError(f"{path}: score_type {score_type!r}; expected one of {', '.join(NORMALIZE)}")
+        self.normalize_function = NORMALIZE[score_type]
         state = load_state_dict(path)
+        mean = stat(state.get("normalizer.mean"), "mean", path)
+        var = stat(state.get("normalizer.var"), "var", path)
+        mean = stat(raw.get("mean"), "mean", path) if mean is None else mean
+        var = stat(raw.get("var"), "var", path) if var is None else var
+        if var is not None and var < 0:
+            raise UserError(f"{path}: normalizer var is negative ({var})")
+        self.norm_mean = 0.0 if mean is None else mean
+        self.norm_std = 1.0 if var is None else var ** 0.5
         head = {k.removeprefix("score_head."): v for k, v in state.items() if k.startswith("score_head.")}
         needed = {"weight"} | ({"bias"} if self.score_head.bias is not None else set())
         if not needed <= head.keys():
@@ -76,7 +121,7 @@ class BeaverScoreModel(torch.nn.Module):
         missing = [m for m in missing if "rotary" not in m]
         if missing:
             raise UserError(f"{path}: backbone weights missing: {missing[:5]}")
-        self.to(dtype).eval().requires_grad_(False)
+        keep_rope_fp32(self, dtype).eval().requires_grad_(False)
 
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -84,8 +129,10 @@ class BeaverScoreModel(torch.nn.Module):
         scores = self.score_head(hidden).float()  # [batch, seq, score_dim]
         last = end_index(attention_mask)
         end = scores[torch.arange(len(last), device=scores.device), last, 0]
-        if self.do_normalize:
-            end = (end - self.norm_mean) / self.norm_std
+        if self.do_normalize and self.normalize_function == "affine":
+            end = (end - self.norm_mean) / (self.norm_std + EPSILON)
+        elif self.do_normalize and self.normalize_function == "scale":
+            end = end / (self.norm_std + EPSILON)
         return end
 
 

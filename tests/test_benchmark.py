@@ -13,7 +13,11 @@ ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.slow
-def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path):
+def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, capfd, caplog):
+    import logging
+    import shutil
+
+    caplog.set_level(logging.INFO, logger="harness.benchmark")
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
     spec["shared"]["budget"] = {"completions": 220, "eval_every_fraction": 0.5}
     spec["shared"]["eval"]["limit"] = 12
@@ -33,6 +37,16 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path):
     assert "es − grpo" in text and "Verdict" in text and "Time to target" in text
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert set(summary["methods"]) == {"es", "grpo"} and not summary["problems"]
+    assert [c["a"] + "-" + c["b"] for c in summary["comparisons"]] == ["es-grpo"]  # the spec's baseline: grpo
+    child_output = capfd.readouterr()
+    # one line per run (the parent's), and no "report comes with --report-only" from the children
+    assert caplog.text.count("running es seed 0") == 1 and "running es seed 0" not in child_output.err
+    assert "--report-only" not in child_output.out
+    # a stray copy of a run folder is not a third seed
+    shutil.copytree(tmp_path / "runs" / "es-s0", tmp_path / "runs" / "es-s0.backup")
+    run_benchmark(path, out=tmp_path / "report2", runs_dir=tmp_path / "runs", report_only=True)
+    summary2 = json.loads((tmp_path / "report2" / "summary.json").read_text())
+    assert len(summary2["runs"]) == 4 and summary2["methods"]["es"]["final"]["reward"]["n"] == 2
     # a second call keeps completed runs and only rewrites the report
     before = [load_record(r).finished for r in runs]
     run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")

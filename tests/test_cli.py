@@ -25,6 +25,13 @@ def run_cli(*args):
     ("engine: {kind: tpu}\n", "engine.kind: Input should be"),
     ("population: [1\n", "bad.yaml:2: not valid YAML"),
     ("- a\n- b\n", "top level must be a mapping"),
+    ("sigma: .inf\n", "sigma: Input should be a finite number"),
+    ("alpha: .nan\n", "alpha: Input should be a finite number"),
+    ("run:\n  lambda: {lambda_min: 2.0, lambda_max: 1.0}\n", "lambda_min 2.0 is above lambda_max 1.0"),
+    ("run:\n  seed: -3\n", "run.seed: Input should be greater than or equal to 0"),
+    ("population: 7\nantithetic: true\n", "population 7 must be even"),
+    ("run:\n  eval: {stop_strings: ['']}\n", "empty stop string"),
+    ("run:\n  scorer: {kind: http, url: 'http://x', deadline_s: .inf}\n", "deadline_s: Input should be a finite"),
 ])
 def test_bad_config_names_the_field(tmp_path, yaml_text, message):
     cfg = tmp_path / "bad.yaml"
@@ -45,6 +52,12 @@ def test_bad_config_names_the_field(tmp_path, yaml_text, message):
     (["run", "es", "--set", "run.policy=/no/model"], "/no/model: not a model directory"),
     (["compare", "/no/run"], "/no/run: no record.json"),
     (["benchmark", "--spec", "/no/spec.yaml"], "config file not found"),
+    (["run", "es", "--set", "population=[1"], "override 'population=[1': not valid YAML"),
+    (["run", "es", "--set", "run.data={kind: builtin, eval_fraction: 0.999}"], "leaves none to train on"),
+    (["serve-scorer", "--port", "70000"], "port: Input should be less than or equal to 65535"),
+    (["serve-scorer", "--config", ROOT / "README.md"], "not valid YAML"),
+    (["slurm", "status", "--dir", "/no/slurm"], "/no/slurm/jobs.json: jobs file"),
+    (["compare", ROOT / "tests", "-o", "/tmp"], "no record.json"),
 ])
 def test_bad_arguments(tmp_path, args, message):
     code, out = run_cli(*args, *(["--run-dir", tmp_path / "r"] if args[0] == "run" else []))
@@ -62,3 +75,43 @@ def test_spec_pointing_at_a_missing_method_config(tmp_path):
 def test_methods_are_found_by_registry():
     code, out = run_cli("methods")
     assert code == 0 and out.split() == ["es", "grpo"]
+
+
+def test_binary_files_and_odd_places_are_named(tmp_path):
+    cfg = tmp_path / "bin.yaml"
+    cfg.write_bytes(b"\xff\xfe\x00population: 8")
+    code, out = run_cli("run", "es", "--config", cfg, "--run-dir", tmp_path / "r")
+    assert code == 2 and "not UTF-8 text" in out and "Traceback" not in out
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_bytes('{"prompt": "café"}\n'.encode("latin-1"))
+    code, out = run_cli("run", "es", "--set", f"run.data={{kind: jsonl, path: {prompts}}}", "--run-dir", tmp_path / "r")
+    assert code == 2 and f"{prompts}: not UTF-8 text" in out
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    code, out = run_cli("run", "es", "--run-dir", a_file)
+    assert code == 2 and "--run-dir exists and is not a folder" in out
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: ../../etc\nmethods:\n  es: {config: x.yaml}\n", "name '../../etc' must be letters"),
+    ("name: ok\nmethods:\n  es/../x: {config: x.yaml}\n", "method entry 'es/../x' must be letters"),
+    ("name: ok\nmethods:\n  ppo: {config: x.yaml}\n", "methods.ppo: unknown method 'ppo'"),
+    ("name: ok\nmethods:\n  es-x: {method: nope, config: x.yaml}\n", "methods.es-x.method: unknown method 'nope'"),
+    ("name: ok\nseeds: [0, 0]\nmethods:\n  es: {config: x.yaml}\n", "seeds must be distinct"),
+    ("name: ok\ncompare: {baseline: grpo}\nmethods:\n  es: {config: x.yaml}\n", "compare.baseline 'grpo'"),
+    ("name: ok\nmethods:\n  es: {config: x.yaml}\nshared:\n  eval: {limit: -1}\n", "shared.eval.limit"),
+])
+def test_bad_specs_name_the_spec_and_field(tmp_path, text, message):
+    (tmp_path / "x.yaml").write_text("population: 4\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(text)
+    code, out = run_cli("benchmark", "--spec", spec)
+    assert code == 2 and message in out.replace("\n", "") and str(spec) in out.replace("\n", ""), out
+
+
+def test_serve_scorer_help_describes_every_option():
+    code, out = run_cli("serve-scorer", "--help")
+    assert code == 0
+    for opt in ("--config", "--host", "--port", "--rendezvous"):
+        line = next(line for line in out.splitlines() if opt in line)
+        assert len(line.split(opt, 1)[1].strip()) > 20, line  # a description, not just the flag

@@ -28,6 +28,30 @@ def test_lambda_positive_cost_only_clip_and_fixed():
     assert update_lambda(LambdaState.initial(fixed), 5.0, fixed).value == 1.0
 
 
+def published_lambda_rule(costs, lam=1.0, d=0.0, lr=0.005, lo=1e-4, hi=5.0, beta=0.9, pos_only=True):
+    """The rule as the published ES script writes it (es-fine-tuning_alignment_accl_api.py): the EMA starts
+    at the first J_C, ln λ steps, then λ is clipped."""
+    ema, out = None, []
+    for c in costs:
+        jc = max(c + d, 0.0) if pos_only else c + d
+        ema = jc if ema is None else beta * ema + (1 - beta) * jc
+        lam = min(max(math.exp(math.log(max(lam, 1e-12)) + lr * ema), lo), hi)
+        out.append(lam)
+    return out
+
+
+def test_published_lambda_options_reproduce_the_published_rule():
+    costs = [2.0, 3.5, -1.0, 0.5, 8.0, -4.0, 1.0] * 20
+    cfg = LambdaConfig(lambda_pos_cost_only=True, ema_init="first", eta=0.005, lambda_max=5.0)
+    s, got = LambdaState.initial(cfg), []
+    for c in costs:
+        s = update_lambda(s, c, cfg)
+        got.append(s.value)
+    assert got == pytest.approx(published_lambda_rule(costs), rel=1e-12)
+    zero = LambdaConfig(lambda_pos_cost_only=True, eta=0.005, lambda_max=5.0)  # the default start differs
+    assert update_lambda(LambdaState.initial(zero), 2.0, zero).ema == pytest.approx(0.2)
+
+
 def test_budget_marks_align_and_include_start_and_end():
     b = Budget(BudgetConfig(completions=1000, eval_every_fraction=0.25))
     assert b.eval_points() == [0, 250, 500, 750, 1000]

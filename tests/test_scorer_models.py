@@ -85,3 +85,53 @@ def test_hf_classifier_and_mixed_backends(tmp_path, policy_path):
     assert got.rewards[0] == pytest.approx(want, abs=1e-4)
     assert got.costs[0] <= 0  # the cost comes from the built-in rules
     assert scorer.info()["reward"]["files"]  # file hashes for the run record
+
+
+@pytest.mark.parametrize("score_type, expected", [("reward", lambda x, m, v: (x - m) / (v ** 0.5 + 1e-8)),
+                                                  ("cost", lambda x, m, v: x / (v ** 0.5 + 1e-8))])
+def test_safe_rlhf_saved_checkpoint_normalizes_as_safe_rlhf(tmp_path, policy_path, score_type, expected):
+    """config.json as safe-rlhf writes it (list-valued mean/var, do_normalize) scores as its Normalizer does:
+    reward models affine, cost models scale, epsilon 1e-8."""
+    from harness.random_models import build_random_beaver
+
+    raw_dir = build_random_beaver("tiny", tmp_path / "raw", score_type, seed=3)
+    norm_dir = build_random_beaver("tiny", tmp_path / "norm", score_type, seed=3, normalize=(0.258, 2.1))
+    cfg = json.loads((norm_dir / "config.json").read_text())
+    assert cfg["mean"] == [0.258] and cfg["var"] == [2.1] and cfg["do_normalize"] is True
+    raw = ModelBackend(BackendSpec(kind="beaver", path=str(raw_dir), device="cpu")).score_texts(TEXTS)
+    got = ModelBackend(BackendSpec(kind="beaver", path=str(norm_dir), device="cpu")).score_texts(TEXTS)
+    for x, y in zip(raw, got):
+        assert y == pytest.approx(expected(x, 0.258, 2.1), abs=1e-5)
+    cfg.update(mean=0.258, var=2.1)  # scalars, as other tools write them, are read the same
+    (norm_dir / "config.json").write_text(json.dumps(cfg))
+    from safetensors.torch import load_file
+
+    state = load_file(str(norm_dir / "model.safetensors"))
+    del state["normalizer.mean"], state["normalizer.var"]  # the config alone
+    save_file(state, str(norm_dir / "model.safetensors"))
+    again = ModelBackend(BackendSpec(kind="beaver", path=str(norm_dir), device="cpu")).score_texts(TEXTS)
+    assert again == pytest.approx(got, abs=1e-6)
+
+
+def test_low_precision_keeps_rope_frequencies_fp32_and_auto_reads_the_checkpoint_dtype(beaver_dir):
+    from scorer.backends import resolve_device
+
+    model = BeaverScoreModel(beaver_dir, torch.bfloat16)
+    freqs = [b for n, b in model.named_buffers() if n.endswith("inv_freq")]
+    assert freqs and all(b.dtype == torch.float32 for b in freqs)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert resolve_device(BackendSpec(kind="beaver", device="cuda"), beaver_dir) == ("cuda", torch.bfloat16)
+    cfg = json.loads((beaver_dir / "config.json").read_text())
+    (beaver_dir / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "float16"}))
+    assert resolve_device(BackendSpec(kind="beaver", device="cuda"), beaver_dir) == ("cuda", torch.float16)
+    assert resolve_device(BackendSpec(kind="beaver", device="cpu"), beaver_dir) == ("cpu", torch.float32)
+
+
+def test_truncation_keeps_the_eos_or_cuts_like_the_published_scorer(beaver_dir):
+    long = TEXTS[0] + " and then" * 200
+    keep = ModelBackend(BackendSpec(kind="beaver", path=str(beaver_dir), device="cpu", max_length=64))
+    cut = ModelBackend(BackendSpec(kind="beaver", path=str(beaver_dir), device="cpu", max_length=64, truncate="end"))
+    eos = keep.tokenizer.eos_token_id
+    assert keep.encode([long])["input_ids"][0, -1] == eos and keep.encode([long])["input_ids"].shape[1] == 64
+    assert cut.encode([long])["input_ids"][0, -1] != eos and cut.encode([long])["input_ids"].shape[1] == 64
+    assert cut.encode(TEXTS[1:])["input_ids"][0, -1] == eos  # short texts end at the EOS either way

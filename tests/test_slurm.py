@@ -46,7 +46,7 @@ def test_rendered_scripts_are_plain_sbatch(tmp_path):
     es = scripts["es"].read_text()
     assert "#SBATCH --array=0-1" in es and "#SBATCH --gres=gpu:4" in es and "#SBATCH --requeue" in es
     assert "apptainer exec --nv" in es and "--seed-index ${SLURM_ARRAY_TASK_ID}" in es
-    assert "scontrol requeue" in es and "rendezvous:" in es
+    assert "scontrol requeue" in es and '"rendezvous": ' in es
     for script in scripts.values():  # every template placeholder was filled in
         assert not re.search(r"\$\{(?!SLURM_)[a-z_]+\}", script.read_text()), script
     assert "#SBATCH --account=my-account" in scripts["scorer"].read_text()
@@ -55,12 +55,37 @@ def test_rendered_scripts_are_plain_sbatch(tmp_path):
             assert subprocess.run(["bash", "-n", str(s)]).returncode == 0  # valid shell
 
 
+def test_values_are_quoted_and_names_cannot_inject(tmp_path):
+    from harness.config import load_config
+    from harness.errors import UserError
+    from harness.slurm import ClusterSettings, dry_run, render
+
+    cluster = load_config(ClusterSettings, ROOT / "containers/slurm/local.yaml")
+    runs = tmp_path / "my runs; touch PWNED"
+    _, scripts, _ = render(tiny_spec(tmp_path), cluster, runs_dir=runs)
+    es = scripts["es"].read_text()
+    assert f"--runs-dir '{runs}'" in es and f'#SBATCH --output="{runs}/slurm/es-%A_%a.log"' in es
+    assert subprocess.run(["bash", "-n", str(scripts["es"])]).returncode == 0
+    spec = yaml.safe_load(tiny_spec(tmp_path).read_text())
+    spec["methods"]["es;id>PWNED;#"] = spec["methods"].pop("es")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match="method entry 'es;id>PWNED;#' must be letters"):
+        render(bad, cluster, runs_dir=tmp_path / "r")
+    missing = cluster.model_copy(update={"scorer_config": str(tmp_path / "nope.yaml")})
+    with pytest.raises(UserError, match="nope.yaml: config file not found"):
+        render(tiny_spec(tmp_path), missing, runs_dir=tmp_path / "r")
+    printed = dry_run(tiny_spec(tmp_path), ROOT / "containers/slurm/local.yaml", runs_dir=tmp_path / "r")
+    assert printed.count("#!/bin/bash") == 4 and "# submit order: scorer; es, grpo" in printed
+
+
 @pytest.mark.slow
 def test_make_slurm_benchmark_end_to_end(local_slurm, policy_path, tmp_path):
     spec = tiny_spec(tmp_path)
-    runs, out = tmp_path / "runs", tmp_path / "report"
+    # a space in the runs folder: every path in the rendered scripts must stay one word
+    runs, out = tmp_path / "my runs", tmp_path / "report"
     r = subprocess.run(["make", "-s", "slurm-benchmark", f"CONFIG={spec}", f"CLUSTER={ROOT}/containers/slurm/local.yaml",
-                        f"SLURM_ARGS=--runs-dir {runs} --out {out}"], cwd=ROOT, capture_output=True, text=True)
+                        f"SLURM_ARGS=--runs-dir '{runs}' --out {out}"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "report will appear at" in r.stdout and "job" in r.stdout
     jobs = json.loads((runs / "slurm" / "jobs.json").read_text())["jobs"]

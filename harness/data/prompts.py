@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from harness.config import StrictModel
+from harness.config import StrictModel, read_text
 from harness.errors import UserError
 
 PKU_HARM_FIELDS = ("response_0_harm_category", "response_1_harm_category")
@@ -24,18 +24,28 @@ class PromptRecord:
     prompt: str
     category: str = "unknown"
     expected_safe: bool | None = None  # True: complying is safe; False: a safe answer declines
+    source: str = field(default="", compare=False, repr=False)  # file (or hub split) and line, for errors
+    line: int = field(default=0, compare=False, repr=False)
 
 
-class PromptSource(StrictModel):
-    """Where prompts come from. ``kind`` picks the loader; ``path`` is a local file, ``hub_id`` a datasets id."""
+class PromptFile(StrictModel):
+    """One source of prompts. ``kind`` picks the loader; ``path`` is a local file, ``hub_id`` a datasets id."""
 
     kind: Literal["builtin", "jsonl", "parquet", "pku", "hub"] = "builtin"
     path: str | None = None
     hub_id: str = "PKU-Alignment/PKU-SafeRLHF"
     hub_split: str = "train"
+    limit: int | None = Field(None, gt=0)  # the first N prompts (after dropping repeated prompts)
+
+
+class PromptSource(PromptFile):
+    """The prompts of a run: one source split into train/eval by ``eval_fraction``, or, when ``eval`` names a
+    second source, every prompt of the first for training and the second for evaluation (as the published runs
+    do: 250 curated training prompts, a separate 500-prompt evaluation file)."""
+
     eval_fraction: float = Field(0.25, gt=0.0, lt=1.0)
-    split_seed: int = 0
-    limit: int | None = Field(None, gt=0)
+    split_seed: int = Field(0, ge=0)
+    eval: PromptFile | None = None
 
 
 @dataclass(frozen=True)
@@ -48,11 +58,13 @@ class PromptSet:
 
     @property
     def content_hash(self) -> str:
-        h = hashlib.sha256()
-        for split, rows in (("train", self.train), ("eval", self.eval)):
-            for r in rows:
-                h.update(json.dumps([split, r.id, r.prompt], ensure_ascii=False).encode())
-        return h.hexdigest()[:16]
+        """Both splits: runs compare only on the same training and evaluation prompts."""
+        return _hash((("train", self.train), ("eval", self.eval)))
+
+    @property
+    def eval_hash(self) -> str:
+        """The evaluation prompts alone: what a reference row (`esgrpo eval`) must share with trained runs."""
+        return _hash((("eval", self.eval),))
 
     def sample_train(self, k: int, seed: int) -> list[PromptRecord]:
         """``k`` training prompts drawn without replacement (with, if k exceeds the split) from ``seed``."""
@@ -64,19 +76,29 @@ class PromptSet:
         return list(self.eval[:limit] if limit else self.eval)
 
 
+def _hash(splits) -> str:
+    h = hashlib.sha256()
+    for split, rows in splits:
+        for r in rows:
+            h.update(json.dumps([split, r.id, r.prompt], ensure_ascii=False).encode())
+    return h.hexdigest()[:16]
+
+
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}:{lineno}: each line must be a JSON object")
-            rows.append((lineno, obj))
+    # split on \n only: str.splitlines() would also split inside a JSON string at \u2028 and friends
+    for lineno, line in enumerate(read_text(path, "prompt file").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: each line must be a JSON object")
+        rows.append((lineno, obj))
     return rows
 
 
@@ -93,15 +115,16 @@ def _read_parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
 def _pku_row(row: dict[str, Any]) -> tuple[str, bool | None]:
     """Category and expected-safe flag from the PKU-SafeRLHF annotation of the two responses."""
     cats: list[str] = []
-    for field in PKU_HARM_FIELDS:
-        cats += [k for k, v in (row.get(field) or {}).items() if v]
+    for key in PKU_HARM_FIELDS:
+        harms = row.get(key) or {}
+        cats += [k for k, v in harms.items() if v] if isinstance(harms, dict) else []
     safe = [row.get(f"is_response_{i}_safe") for i in (0, 1)]
     expected_safe = None if None in safe else bool(all(safe))
     category = cats[0] if cats else ("benign" if expected_safe else "unlabelled")
     return category, expected_safe
 
 
-def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool) -> list[PromptRecord]:
+def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool, id_prefix: str) -> list[PromptRecord]:
     records = []
     for lineno, row in rows:
         prompt = row.get("prompt")
@@ -110,28 +133,42 @@ def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool) 
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError(f"{source}:{lineno}: field 'prompt' must be a non-empty string")
         if pku:
-            for field in ("is_response_0_safe", "is_response_1_safe"):
-                if field not in row:
-                    raise UserError(f"{source}:{lineno}: missing field '{field}' (PKU-SafeRLHF schema)")
+            for key in ("is_response_0_safe", "is_response_1_safe"):
+                if key not in row:
+                    raise UserError(f"{source}:{lineno}: missing field '{key}' (PKU-SafeRLHF schema)")
+                if not isinstance(row[key], bool):
+                    raise UserError(f"{source}:{lineno}: field '{key}' must be true or false")
             category, expected_safe = _pku_row(row)
         else:
             category = str(row.get("category", "unknown"))
             expected_safe = row.get("expected_safe")
             if expected_safe is not None and not isinstance(expected_safe, bool):
                 raise UserError(f"{source}:{lineno}: field 'expected_safe' must be true, false or absent")
-        records.append(PromptRecord(str(row.get("id", f"{Path(source).stem}-{lineno}")), prompt.strip(),
-                                    category, expected_safe))
+        given = row.get("id")
+        if given is not None and (not isinstance(given, (str, int)) or isinstance(given, bool) or not str(given).strip()):
+            raise UserError(f"{source}:{lineno}: field 'id' must be a non-empty string or an integer")
+        # The prompt is kept exactly as written: safe-rlhf's template does not strip it, and the score models
+        # read those tokens (one prompt with trailing newlines scored 0.41 apart in reward when stripped).
+        records.append(PromptRecord(str(given) if given is not None else f"{id_prefix}-{lineno}", prompt,
+                                    category, expected_safe, source=source, line=lineno))
     return records
 
 
 def _dedupe(records: list[PromptRecord]) -> list[PromptRecord]:
-    """PKU-SafeRLHF repeats prompts across response pairs; one row per prompt keeps the split honest."""
+    """PKU-SafeRLHF repeats prompts across response pairs; one row per prompt keeps the split honest. Two
+    different prompts under one id are an error: evaluation samples are paired across runs by id."""
     seen: set[str] = set()
+    ids: dict[str, PromptRecord] = {}
     out = []
     for r in records:
-        if r.prompt not in seen:
-            seen.add(r.prompt)
-            out.append(r)
+        if r.prompt in seen:
+            continue
+        if r.id in ids:
+            first = ids[r.id]
+            raise UserError(f"{r.source}:{r.line}: id {r.id!r} is already used by {first.source}:{first.line}")
+        seen.add(r.prompt)
+        ids[r.id] = r
+        out.append(r)
     return out
 
 
@@ -140,18 +177,21 @@ def _split(name: str, records: list[PromptRecord], src: PromptSource) -> PromptS
         raise UserError(f"{name}: the prompt set has {len(records)} prompt(s); at least 2 are needed")
     order = np.random.default_rng(src.split_seed).permutation(len(records))
     n_eval = max(1, int(round(len(records) * src.eval_fraction)))
+    if n_eval >= len(records):
+        raise UserError(f"{name}: eval_fraction {src.eval_fraction} of {len(records)} prompts leaves none to train on")
     eval_idx = set(order[:n_eval].tolist())
     train = tuple(r for i, r in enumerate(records) if i not in eval_idx)
     evals = tuple(r for i, r in enumerate(records) if i in eval_idx)
     return PromptSet(name=name, train=train, eval=evals)
 
 
-def load_prompt_set(src: PromptSource | None = None) -> PromptSet:
-    src = src or PromptSource()
+def load_records(src: PromptFile) -> tuple[list[PromptRecord], str]:
+    """The prompts of one source (repeated prompts dropped, ``limit`` applied) and its name."""
     if src.kind == "builtin":
         text = resources.files("harness.data").joinpath("builtin_prompts.jsonl")
         with resources.as_file(text) as path:
-            records, name = _to_records(_read_jsonl(path), "builtin_prompts.jsonl", pku=False), "builtin"
+            records = _to_records(_read_jsonl(path), "builtin_prompts.jsonl", pku=False, id_prefix="builtin_prompts")
+        name = "builtin"
     elif src.kind == "hub":
         import datasets
 
@@ -160,19 +200,35 @@ def load_prompt_set(src: PromptSource | None = None) -> PromptSet:
         except Exception as e:  # no network, unknown id, ...: say which id failed and how to avoid the hub
             raise UserError(f"{src.hub_id}: could not load from the hub ({e}); "
                             "download it once and point `kind: pku, path:` at the file") from None
-        records, name = _to_records(list(enumerate(ds, 1)), src.hub_id, pku=True), src.hub_id
+        name = f"{src.hub_id}:{src.hub_split}"
+        records = _to_records(list(enumerate(ds, 1)), name, pku=True, id_prefix=name)
     else:
         if not src.path:
             raise UserError(f"prompt source kind '{src.kind}' needs a 'path'")
         path = Path(src.path)
-        if not path.is_file():
-            raise UserError(f"{path}: prompt file not found")
         parquet = src.kind == "parquet" or path.suffix == ".parquet"
+        if parquet and not path.is_file():
+            raise UserError(f"{path}: prompt file not found")
         rows = _read_parquet(path) if parquet else _read_jsonl(path)
-        records, name = _to_records(rows, str(path), pku=src.kind == "pku"), path.name
+        records, name = _to_records(rows, str(path), pku=src.kind == "pku", id_prefix=path.stem), path.name
     records = _dedupe(records)
     if src.limit:
         records = records[: src.limit]
     if not records:
         raise UserError(f"{name}: the prompt set is empty")
-    return _split(name, records, src)
+    return records, name
+
+
+def load_prompt_set(src: PromptSource | None = None) -> PromptSet:
+    src = src or PromptSource()
+    records, name = load_records(src)
+    if src.eval is None:
+        return _split(name, records, src)
+    evals, eval_name = load_records(src.eval)
+    train_ids = {r.id: r for r in records}
+    for r in evals:
+        if r.id in train_ids:
+            t = train_ids[r.id]
+            raise UserError(f"{r.source}:{r.line}: id {r.id!r} is also a training prompt ({t.source}:{t.line}); "
+                            "give the two sets distinct ids")
+    return PromptSet(name=f"{name} + {eval_name}", train=tuple(records), eval=tuple(evals))

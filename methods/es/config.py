@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.run import MethodConfig
 from methods.es.engine import EngineConfig
@@ -29,3 +29,11 @@ class ESConfig(MethodConfig):
     # its weights to the others (NCCL on GPU, gloo on CPU). Both leave the engines bit-identical.
     update: Literal["seed_replay", "broadcast"] = "seed_replay"
     probe_engine: bool = True  # time one perturbation pass against the bandwidth bound at the start
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ESConfig":
+        if self.antithetic and self.population % 2:
+            raise ValueError(f"antithetic sampling pairs members: population {self.population} must be even")
+        if self.pool == "local" and self.engines != 1:
+            raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
+        return self
