@@ -77,7 +77,7 @@ class RunContext:
     train_seconds: float = 0.0  # wall-clock of training only; evaluation time is excluded
     resume_from: Path | None = None  # the checkpoint this run continues from
     stop: StopFlag = field(default_factory=StopFlag)
-    _t_mark: float = field(default_factory=time.monotonic)
+    _t_mark: float | None = None  # None until start_clock: nothing before training counts as training time
 
     # -- checkpoint state ----------------------------------------------------
     def snapshot_state(self) -> dict[str, Any]:
@@ -113,8 +113,9 @@ class RunContext:
     def tick(self) -> float:
         """Training seconds so far (call once per step; time inside evaluate_due is not counted)."""
         now = time.monotonic()
-        self.train_seconds += now - self._t_mark
-        self._t_mark = now
+        if self._t_mark is not None:
+            self.train_seconds += now - self._t_mark
+            self._t_mark = now
         self.budget.seconds = self.train_seconds
         return self.train_seconds
 
@@ -148,7 +149,8 @@ class RunContext:
                                            samples_file=f"evals/eval-{mark:08d}.jsonl"), res.sample_dicts())
         log.info("eval @%d: R %.3f C %.3f safe %.2f", marks[-1], res.metrics["reward"], res.metrics["cost"],
                  res.metrics["safe_ratio"])
-        self._t_mark = time.monotonic()  # evaluation time is not training time
+        if self._t_mark is not None:
+            self._t_mark = time.monotonic()  # evaluation time is not training time
 
 
     def record_totals(self) -> None:

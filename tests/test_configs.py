@@ -6,15 +6,23 @@ import pytest
 
 from harness.benchmark import load_spec, method_config
 from harness.config import load_config
-from harness.registry import get_method
+from harness.registry import available, get_method
 from harness.slurm import ClusterSettings
 from scorer.service_config import load_service_config
 
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "es").glob("*.yaml")) +
-                         sorted((ROOT / "configs" / "grpo").glob("*.yaml")), ids=lambda p: p.name)
+METHOD_CONFIGS = [p for m in available() for p in sorted((ROOT / "configs" / m).glob("*.yaml"))]
+
+
+def test_every_config_folder_is_a_registered_method():
+    folders = {d.name for d in (ROOT / "configs").iterdir() if d.is_dir()} - {"scorer"}
+    assert folders <= set(available()), f"configs for unregistered methods: {folders - set(available())}"
+    assert all((ROOT / "configs" / m).is_dir() for m in available())  # every method ships a config
+
+
+@pytest.mark.parametrize("path", METHOD_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_method_configs(path):
     method = get_method(path.parent.name)
     cfg = load_config(method.config_model, path)
@@ -29,10 +37,13 @@ def test_scorer_configs(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_benchmark_specs(path):
     spec, _ = load_spec(path)
-    for name in spec.methods:  # each entry's config, with its overrides and the shared settings, validates
-        assert method_config(spec, path, name, spec.seeds[0]).run == spec.shared.model_copy(update={"seed": spec.seeds[0]})
-    if path.name == "cpu-default.yaml":  # the comparison `make benchmark` runs
-        assert len(spec.seeds) >= 2 and set(spec.methods) == {"es", "grpo"}
+    for name, entry in spec.methods.items():  # each entry's config, with its overrides and the shared settings
+        budget = {"budget": entry.budget} if entry.budget else {}
+        assert method_config(spec, path, name, spec.seeds[0]).run == spec.shared.model_copy(
+            update={"seed": spec.seeds[0], **budget})
+    if path.name == "cpu-default.yaml":  # the comparison `make benchmark` runs: three methods, one baseline
+        assert len(spec.seeds) >= 2 and set(spec.methods) == {"es", "es-lowrank", "grpo"}
+        assert spec.compare.baseline == "grpo"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "containers" / "slurm").glob("*.yaml")), ids=lambda p: p.name)

@@ -84,3 +84,38 @@ def test_hub_unreachable_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="could not load from the hub"):
         load_prompt_set(PromptSource(kind="hub", hub_id="PKU-Alignment/PKU-SafeRLHF"))
+
+
+def test_separate_train_and_eval_sources_as_published(tmp_path):
+    """The published runs train on 250 curated PKU prompts and evaluate on a separate file."""
+    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "eval.parquet")
+    train = SHARED / "data" / "pku_saferlhf_train_250.jsonl"
+    if not train.is_file():
+        pytest.skip("../shared/data is not beside this checkout")
+    src = PromptSource(kind="pku", path=str(train), eval={"kind": "pku", "path": str(tmp_path / "eval.parquet")})
+    ps = load_prompt_set(src)
+    assert len(ps.train) == len({json.loads(x)["prompt"] for x in train.read_text().splitlines()})  # all of it trains
+    assert [r.prompt for r in ps.eval] == list(dict.fromkeys(r["prompt"] for r in rows))
+    one = load_prompt_set(PromptSource(kind="pku", path=str(train)))
+    assert ps.content_hash != one.content_hash and ps.eval_hash != one.eval_hash
+    other_eval = load_prompt_set(src.model_copy(update={"eval": src.eval.model_copy(update={"limit": 2})}))
+    assert other_eval.content_hash != ps.content_hash  # the hash covers both sources
+
+
+def test_duplicate_ids_are_errors_and_prompts_are_kept_as_written(tmp_path):
+    a = tmp_path / "a.jsonl"
+    a.write_text('{"id": "x", "prompt": "one"}\n{"id": "x", "prompt": "two"}\n')
+    with pytest.raises(UserError, match="a.jsonl:2: id 'x' is already used by .*a.jsonl:1"):
+        load_prompt_set(PromptSource(kind="jsonl", path=str(a)))
+    a.write_text('{"id": "x", "prompt": "one"}\n{"id": "y", "prompt": "  two\\n\\n"}\n')
+    b = tmp_path / "b.jsonl"
+    b.write_text('{"id": "x", "prompt": "three"}\n{"id": "z", "prompt": "four"}\n')
+    with pytest.raises(UserError, match="b.jsonl:1: id 'x' is also a training prompt"):
+        load_prompt_set(PromptSource(kind="jsonl", path=str(a), eval={"kind": "jsonl", "path": str(b)}))
+    b.write_text('{"id": "w", "prompt": "three"}\n')
+    ps = load_prompt_set(PromptSource(kind="jsonl", path=str(a), eval={"kind": "jsonl", "path": str(b)}))
+    assert [r.prompt for r in ps.train] == ["one", "  two\n\n"]  # safe-rlhf's template does not strip
+    from harness.template import format_prompt
+
+    assert format_prompt("  two\n\n") == "BEGINNING OF CONVERSATION: USER:   two\n\n ASSISTANT:"

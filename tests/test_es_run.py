@@ -55,6 +55,10 @@ def test_es_record_is_complete_and_deterministic(two_runs):
     # same seed, same config: the same trajectory, the same weights
     assert trajectory(a) == trajectory(b)
     assert rec.memory["weights_checksum"] == load_record(b).memory["weights_checksum"]
+    # training time starts at the first iteration: engine start-up and evaluations are not in it
+    assert rec.evals[0].seconds == 0
+    walls = sum(p.times["iteration_wall"] for p in rec.series)
+    assert walls <= rec.timing["train_seconds"] <= 1.2 * walls + 0.2 * len(rec.series)
 
 
 @pytest.mark.slow
@@ -86,3 +90,24 @@ def test_es_on_two_vllm_engines_under_ray(policy_path, tmp_path):
     assert rec.status == "completed" and len(rec.series) >= 2
     assert "2 vllm engine(s)" in rec.notes[0]
     assert np.isfinite([p.reward for p in rec.series]).all()
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
+def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path):
+    lowrank = Path(__file__).parents[1] / "configs" / "es" / "cpu-lowrank.yaml"
+    cfg = load_config(ESConfig, lowrank, ["run.budget.completions=270", "run.budget.eval_every_fraction=1.0"])
+    run_method("es", cfg, tmp_path)
+    rec = load_record(tmp_path)
+    assert rec.status == "completed" and rec.series[-1].samples >= 270
+    # the whole batch against a plain generate of as many unperturbed sequences (measured before training)
+    assert 0 < rec.throughput["member_vs_raw"] and rec.throughput["raw_generate_tokens_per_s"] > 0
+    assert "probe_perturb_pass_s" not in rec.throughput  # no in-place pass to time: members are adapters
+    base = load_record(tmp_path).config["policy_path"]
+    from safetensors.torch import load_file
+
+    before, after = load_file(f"{base}/model.safetensors"), load_file(str(tmp_path / "model_saves/latest_hf/model.safetensors"))
+    moved = {n for n in after if not (after[n] == before[n]).all()}
+    assert moved and all(n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                               "down_proj") for n in moved)  # only the covered matrices moved

@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from harness.run import MethodConfig
 from methods.es.engine import EngineConfig
+from methods.es.noise import LOWRANK_MODULES, NoiseSpec
 
 
 class ESConfig(MethodConfig):
@@ -29,6 +30,23 @@ class ESConfig(MethodConfig):
     # its weights to the others (NCCL on GPU, gloo on CPU). Both leave the engines bit-identical.
     update: Literal["seed_replay", "broadcast"] = "seed_replay"
     probe_engine: bool = True  # time one perturbation pass against the bandwidth bound at the start
+    # full: ε over every weight; lowrank: EGGROLL's rank-r ε = A·Bᵀ/√r on the decoder's linear layers (vLLM
+    # serves the population as LoRA adapters in one generate call)
+    perturbation: Literal["full", "lowrank"] = "full"
+    rank: int = Field(1, gt=0)
+    lowrank_modules: list[str] = Field(default_factory=lambda: list(LOWRANK_MODULES), min_length=1)
+    # independent: ε per tensor from hash(seed, name); shared_seed: the published code's draw (one generator
+    # reseeded with the member's seed for every tensor: same-shape tensors get the same ε), to reproduce it
+    noise: Literal["independent", "shared_seed"] = "independent"
+
+    def noise_spec(self) -> NoiseSpec:
+        if self.perturbation == "lowrank":
+            return NoiseSpec(kind="lowrank", rank=self.rank, modules=self.lowrank_modules)
+        return NoiseSpec(kind=self.noise)
+
+    def batches_population(self) -> bool:
+        """Whether one engine call evaluates its whole share of the population (low-rank on vLLM)."""
+        return self.perturbation == "lowrank" and self.engine.kind == "vllm"
 
     @model_validator(mode="after")
     def _consistent(self) -> "ESConfig":
@@ -36,4 +54,6 @@ class ESConfig(MethodConfig):
             raise ValueError(f"antithetic sampling pairs members: population {self.population} must be even")
         if self.pool == "local" and self.engines != 1:
             raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
+        if self.perturbation == "lowrank" and self.noise != "independent":
+            raise ValueError("noise 'shared_seed' reproduces the published full-rank draw; low-rank ES has its own")
         return self

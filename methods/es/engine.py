@@ -1,9 +1,11 @@
-"""The engine contract and the in-place ES operations every engine shares.
+"""The ES engine contract (``ESEngine``) and the in-place implementation every engine shares (``InPlaceES``).
 
-An engine holds one copy of the policy weights and does, in place:
-``perturb(seed, scale)`` θ += scale·ε(seed); ``restore(seed, scale)`` back to θ exactly (snapshot) or
-θ −= scale·ε(seed) (subtract: exact in fp32 up to rounding, not in bf16); ``apply_update(terms)``
-θ += Σ c·ε(seed); ``generate``; ``checksum``; ``save_hf(dir)``.
+An engine holds one copy of the policy weights and does, in place: ``perturb(seed, scale)`` θ += scale·ε(seed);
+``restore(seed, scale)`` back to θ exactly (snapshot) or θ −= scale·ε(seed) (subtract: exact in fp32 up to
+rounding, not in bf16); ``apply_update(terms)`` θ += Σ c·ε(seed); ``generate``; ``checksum``; ``save_hf(dir)``.
+ε is the engine's ``Noise`` (noise.py). A new operation is written once, in ``InPlaceES``: the transformers
+engine inherits it, and the vLLM engine reaches the same code inside its worker through one RPC
+(``VLLMEngine.IN_WORKER`` names the operations that run there).
 """
 
 from __future__ import annotations
@@ -12,16 +14,14 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 import torch
 from pydantic import Field
 
 from harness.config import StrictModel
 from harness.generation import Completion, SamplingSettings
-from methods.es.noise import add_combination_, add_noise_
-from methods.es.noise_cuda import FusedNoise
-from methods.es.noise_cuda import available as fused_available
+from methods.es.noise import Noise
 
 PROBE_COPY_BYTES = 256 << 20
 PROBE_SEED = 2**31 - 1  # outside the trainer's member seeds; the probe restores exactly (snapshot) anyway
@@ -40,14 +40,50 @@ class EngineConfig(StrictModel):
     # vLLM only
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
     kv_cache_gib: float = Field(0.25, gt=0)  # CPU backend KV cache
-    enforce_eager: bool = True
+    # None: CUDA graphs on a GPU (in-place weight changes keep the captured pointers: see vllm_engine.py),
+    # eager on the CPU backend
+    enforce_eager: bool | None = None
     max_model_len: int = Field(256, gt=0)
+    max_num_seqs: int | None = Field(None, gt=0)  # vLLM's concurrent sequences (None: vLLM's default)
+
+    def eager(self) -> bool:
+        return self.device == "cpu" if self.enforce_eager is None else self.enforce_eager
+
+
+class ESEngine(Protocol):
+    """What the ES trainer asks of an engine. All weight changes are in place and keyed by integer seeds, so
+    engines agree without sending weights; every method may be called from another process (Ray)."""
+
+    def perturb(self, seed: int, scale: float) -> None:
+        """θ += scale·ε(seed)."""
+
+    def restore(self, seed: int, scale: float) -> None:
+        """Back to θ from before ``perturb(seed, scale)``."""
+
+    def apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
+        """θ += Σ c·ε(seed); returns the weights' checksum (engines must agree)."""
+
+    def evaluate_members(self, jobs: Sequence[tuple[int, float]], prompts: Sequence[str],
+                         sampling: SamplingSettings) -> list[dict[str, Any]]:
+        """For each (seed, scale) job, the completions of θ + scale·ε(seed) on ``prompts`` (scale 0: θ itself),
+        with the seconds spent generating and perturbing; θ is unchanged afterwards."""
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
+        """One completion per prompt with the current weights."""
+
+    def checksum(self) -> str: ...
+
+    def count_elements(self) -> int: ...
+
+    def save_hf(self, out_dir: str, source_dir: str) -> str:
+        """An HF checkpoint of the current weights (config and tokenizer from ``source_dir``)."""
 
 
 class InPlaceES:
-    """Perturb/restore/update over ``named_views()``: (HF name, live tensor view) pairs."""
+    """Perturb/restore/update over ``named_views()``: (HF name, live tensor view) pairs, through ``self.noise``."""
 
     restore_mode: str = "snapshot"
+    noise: Noise
     _snapshot: list[torch.Tensor] | None = None
 
     def named_views(self) -> list[tuple[str, torch.Tensor]]:
@@ -57,9 +93,7 @@ class InPlaceES:
         views = self.named_views()
         if self.restore_mode == "snapshot" and self._snapshot is None:
             self._snapshot = [v.detach().clone() for _, v in views]
-        if not self._fused_add(views, [(seed, scale)]):
-            for name, v in views:
-                add_noise_(v, name, seed, scale)
+        self.noise.add_(views, [(seed, scale)])
 
     def restore(self, seed: int, scale: float) -> None:
         views = self.named_views()
@@ -67,30 +101,17 @@ class InPlaceES:
             assert self._snapshot is not None, "restore() without perturb()"
             with torch.no_grad():
                 torch._foreach_copy_([v for _, v in views], self._snapshot)  # one launch, not one per tensor
-        elif not self._fused_add(views, [(seed, -scale)]):
-            for name, v in views:
-                add_noise_(v, name, seed, -scale)
+        else:
+            self.noise.add_(views, [(seed, -scale)])
 
     def apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
         views = self.named_views()
-        if not self._fused_add(views, list(terms)):
-            for name, v in views:
-                add_combination_(v, name, terms)
+        self.noise.add_(views, list(terms))
         if self._snapshot is not None:
             with torch.no_grad():
                 torch._foreach_copy_(self._snapshot, [v for _, v in views])
         self._sync()
         return self.checksum()
-
-    def _fused_add(self, views: list[tuple[str, torch.Tensor]], terms: list[tuple[int, float]]) -> bool:
-        """θ += Σ c·ε(seed) in one fused kernel over all tensors, where that runs (CUDA + Triton); False elsewhere."""
-        if not views or not views[0][1].is_cuda or not fused_available():
-            return False
-        key = tuple(v.data_ptr() for _, v in views)
-        if getattr(self, "_fused_key", None) != key:  # the launch tables hold the tensors' addresses
-            self._fused, self._fused_key = FusedNoise(views), key
-        self._fused.add_(terms)
-        return True
 
     def _sync(self) -> None:
         if torch.cuda.is_available():
@@ -210,6 +231,10 @@ class InPlaceES:
         tmp.rename(out)
         shutil.rmtree(old, ignore_errors=True)
         return str(out)
+
+    def evaluate_members(self, jobs: Sequence[tuple[int, float]], prompts: Sequence[str],
+                         sampling: SamplingSettings) -> list[dict[str, Any]]:
+        return [self.evaluate_member(seed, scale, prompts, sampling) for seed, scale in jobs]
 
     def evaluate_member(self, seed: int, scale: float, prompts: Sequence[str],
                         sampling: SamplingSettings) -> dict[str, Any]:

@@ -8,10 +8,11 @@ import torch
 
 from harness.generation import Completion, HFGenerator, SamplingSettings
 from methods.es.engine import EngineConfig, InPlaceES, torch_dtype
+from methods.es.noise import NoiseSpec, make_noise
 
 
 class HFEngine(InPlaceES):
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: EngineConfig, noise: NoiseSpec | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if cfg.device == "cpu":
@@ -22,6 +23,7 @@ class HFEngine(InPlaceES):
         self.model.to(cfg.device).eval().requires_grad_(False)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
         self._gen = HFGenerator(self.model, self.tokenizer, batch_size=cfg.batch_size)
+        self.noise = make_noise(noise or NoiseSpec(), self.model.config)
         # Tied tensors appear once (named_parameters dedupes); that is the set ES perturbs.
         self._views = list(self.model.named_parameters())
 

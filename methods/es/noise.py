@@ -1,18 +1,48 @@
 """Seeded noise over named weight tensors, identical on every engine that names its tensors the same.
 
-ε for tensor ``name`` and seed ``s`` is standard normal, generated in fixed-size chunks of the flattened
-tensor, chunk k from a generator seeded by hash(s, name, k). Chunking bounds the temporary memory to one
-chunk; fixing the chunk size (not the iteration order) keeps ε a pure function of (s, name, device type).
-Engines name tensors by their Hugging Face parameter names, so the transformers and vLLM engines
-perturb identically.
+Every engine keeps its weights as (Hugging Face name, live tensor) views and changes them only through a
+``Noise``: ``add_(views, terms)`` does θ += Σ c·ε(seed) for (seed, c) in ``terms``. Three families:
+
+- ``independent`` (default): ε for tensor ``name`` and seed ``s`` is standard normal, in fixed-size chunks of
+  the flattened tensor, chunk k from a generator seeded by hash(s, name, k) (on CUDA one fused Triton kernel
+  draws it with counter-based Philox instead: noise_cuda.py). Chunking bounds temporary memory to one chunk;
+  fixing the chunk size keeps ε a pure function of (s, name, device type).
+- ``shared_seed``: the published ES code's draw (``utils/worker_extn.py``): for every vLLM parameter, a
+  generator seeded with ``s`` itself draws ``randn(param.shape, dtype=param.dtype)``. Same-shape tensors get
+  identical ε, and fused q/k/v and gate/up tensors are drawn whole, then sliced here, so the transformers
+  engine reproduces the vLLM draw. Offered only to reproduce the published runs.
+- ``lowrank`` (EGGROLL): for each covered 2-D weight W (out × in), ε = A·Bᵀ/√r with A (out × r) and B (in × r)
+  standard normal from hash(s, name, 0) and hash(s, name, 1), so Var ε_jk = 1 as for full-rank noise; other
+  tensors are not perturbed. A population member is then a rank-r LoRA adapter over one shared base.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Sequence
+import math
+from typing import Any, Iterable, Literal, Protocol, Sequence
 
 import torch
+from pydantic import Field
+
+from harness.config import StrictModel
+
+LOWRANK_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+VOCAB_PADDING = 64  # vLLM pads embeddings and lm_head to a multiple of this (DEFAULT_VOCAB_PADDING_SIZE)
+
+
+class NoiseSpec(StrictModel):
+    """Which ε the engines draw (built by the ES config; see the module docstring)."""
+
+    kind: Literal["independent", "shared_seed", "lowrank"] = "independent"
+    rank: int = Field(1, gt=0)
+    modules: list[str] = Field(default_factory=lambda: list(LOWRANK_MODULES))
+
+
+class Noise(Protocol):
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+        """θ += Σ c·ε(seed) for every (name, tensor) view, in place, accumulated in fp32 and rounded once."""
+        ...
 
 CHUNK = 1 << 24  # elements: large enough that a GPU pass is not launch-bound (H100: 2^20 -> 20 ms, 2^24 -> 2.5 ms per 359M)
 
@@ -47,3 +77,107 @@ def add_combination_(tensor: torch.Tensor, name: str, terms: Sequence[tuple[int,
         for seed, coeff in terms:
             acc.add_(noise_like(part, seed, name, k), alpha=coeff)
         part.add_(acc.to(part.dtype))
+
+
+class IndependentNoise:
+    """Per-tensor chunked normals; on CUDA one fused kernel over all tensors (where Triton runs)."""
+
+    def __init__(self) -> None:
+        self._fused = self._fused_key = None
+
+    @torch.no_grad()
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+        from methods.es.noise_cuda import FusedNoise
+        from methods.es.noise_cuda import available as fused_available
+
+        if views and views[0][1].is_cuda and fused_available():
+            key = tuple(v.data_ptr() for _, v in views)
+            if self._fused_key != key:  # the launch tables hold the tensors' addresses
+                self._fused, self._fused_key = FusedNoise(views), key
+            self._fused.add_(list(terms))
+            return
+        for name, v in views:
+            if len(terms) == 1:
+                add_noise_(v, name, *terms[0])
+            else:
+                add_combination_(v, name, terms)
+
+
+def published_layout(name: str, shape: torch.Size, hf_config: Any) -> tuple[str, tuple[int, ...], int]:
+    """Where an HF-named tensor sits in vLLM's parameters: (vLLM name, its full shape, first row). q/k/v live
+    in one ``qkv_proj``, gate/up in ``gate_up_proj``, and the vocabulary is padded to a multiple of 64."""
+    heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    kv = getattr(hf_config, "num_key_value_heads", heads) * head_dim
+    parts = name.split(".")
+    module = parts[-2] if len(parts) >= 2 else ""
+    rest = tuple(shape[1:])
+    fused = {"q_proj": ("qkv_proj", heads * head_dim + 2 * kv, 0), "k_proj": ("qkv_proj", heads * head_dim + 2 * kv,
+             heads * head_dim), "v_proj": ("qkv_proj", heads * head_dim + 2 * kv, heads * head_dim + kv),
+             "gate_proj": ("gate_up_proj", 2 * hf_config.intermediate_size, 0),
+             "up_proj": ("gate_up_proj", 2 * hf_config.intermediate_size, hf_config.intermediate_size)}
+    if module in fused:
+        target, rows, start = fused[module]
+        return name.replace(module, target), (rows, *rest), start
+    if module in ("embed_tokens", "lm_head"):
+        padded = -(-shape[0] // VOCAB_PADDING) * VOCAB_PADDING
+        return name, (padded, *rest), 0
+    return name, tuple(shape), 0
+
+
+class SharedSeedNoise:
+    """The published draw: one generator seeded with the member's seed itself for every vLLM parameter."""
+
+    def __init__(self, hf_config: Any):
+        self.hf_config = hf_config
+
+    @torch.no_grad()
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+        for name, v in views:
+            full_name, full_shape, start = published_layout(name, v.shape, self.hf_config)
+            acc = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+            for seed, coeff in terms:
+                gen = torch.Generator(device=v.device).manual_seed(int(seed))
+                eps = torch.randn(full_shape, generator=gen, dtype=v.dtype, device=v.device)
+                acc.add_(eps[start : start + v.shape[0]].float(), alpha=coeff)
+            v.add_(acc.to(v.dtype))
+
+
+class LowRankNoise:
+    """ε = A·Bᵀ/√r on covered 2-D weights (EGGROLL); the update Σ c·ε is one matmul of rank len(terms)·r."""
+
+    def __init__(self, rank: int, modules: Sequence[str]):
+        self.rank, self.modules = rank, tuple(modules)
+
+    def covers(self, name: str, tensor: torch.Tensor) -> bool:
+        parts = name.split(".")
+        return tensor.dim() == 2 and len(parts) >= 2 and parts[-2] in self.modules and parts[-1] == "weight"
+
+    def factors(self, seed: int, name: str, shape: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """A (out × r) and B (in × r), fp32, standard normal, from (seed, name) alone."""
+        gens = [torch.Generator(device=device).manual_seed(chunk_seed(seed, name, k)) for k in (0, 1)]
+        a = torch.randn(shape[0], self.rank, generator=gens[0], device=device, dtype=torch.float32)
+        b = torch.randn(shape[1], self.rank, generator=gens[1], device=device, dtype=torch.float32)
+        return a, b
+
+    @torch.no_grad()
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+        scale = 1 / math.sqrt(self.rank)
+        for name, v in views:
+            if not self.covers(name, v):
+                continue
+            pairs = [self.factors(seed, name, v.shape, v.device) for seed, _ in terms]
+            a = torch.cat([a * (c * scale) for (a, _), (_, c) in zip(pairs, terms)], dim=1)
+            b = torch.cat([b for _, b in pairs], dim=1)
+            v.add_((a @ b.T).to(v.dtype))
+
+    def covered_elements(self, views: Sequence[tuple[str, torch.Tensor]]) -> int:
+        return sum(v.numel() for n, v in views if self.covers(n, v))
+
+
+def make_noise(spec: NoiseSpec, hf_config: Any) -> Noise:
+    if spec.kind == "shared_seed":
+        return SharedSeedNoise(hf_config)
+    if spec.kind == "lowrank":
+        return LowRankNoise(spec.rank, spec.modules)
+    return IndependentNoise()

@@ -11,16 +11,17 @@ from concurrent.futures import Future
 from typing import Any
 
 from methods.es.engine import EngineConfig
+from methods.es.noise import NoiseSpec
 
 
-def make_engine(cfg: EngineConfig, scratch: str | None = None):
+def make_engine(cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec | None = None, max_loras: int = 1):
     if cfg.kind == "vllm":
         from methods.es.vllm_engine import VLLMEngine
 
-        return VLLMEngine(cfg, scratch)
+        return VLLMEngine(cfg, scratch, noise, max_loras)
     from methods.es.hf_engine import HFEngine
 
-    return HFEngine(cfg)
+    return HFEngine(cfg, noise)
 
 
 PASSED_ENV_PREFIXES = ("NCCL_", "TORCH_SYMM_MEM", "NVSHMEM_", "CUDA_", "VLLM_")
@@ -29,8 +30,9 @@ PASSED_ENV_PREFIXES = ("NCCL_", "TORCH_SYMM_MEM", "NVSHMEM_", "CUDA_", "VLLM_")
 class EngineHost:
     """What a Ray actor (or the local pool) holds: one engine; ``call`` dispatches by method name."""
 
-    def __init__(self, cfg: EngineConfig, scratch: str | None = None):
-        self.engine = make_engine(cfg, scratch)
+    def __init__(self, cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec | None = None,
+                 max_loras: int = 1):
+        self.engine = make_engine(cfg, scratch, noise, max_loras)
 
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.engine, method)(*args)
@@ -42,10 +44,10 @@ def call_all(pool, method: str, *args: Any) -> list[Any]:
 
 
 class LocalPool:
-    def __init__(self, cfg: EngineConfig, n: int, scratch: str):
+    def __init__(self, cfg: EngineConfig, n: int, scratch: str, noise: NoiseSpec | None = None, max_loras: int = 1):
         if n != 1:
             raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
-        self.hosts = [EngineHost(cfg, scratch)]
+        self.hosts = [EngineHost(cfg, scratch, noise, max_loras)]
 
     def __len__(self) -> int:
         return len(self.hosts)
@@ -65,7 +67,8 @@ class LocalPool:
 class RayPool:
     """A private Ray instance per run (own temp dir and namespace) unless ``address`` names a cluster."""
 
-    def __init__(self, cfg: EngineConfig, n: int, scratch: str, address: str | None = None):
+    def __init__(self, cfg: EngineConfig, n: int, scratch: str, address: str | None = None,
+                 noise: NoiseSpec | None = None, max_loras: int = 1):
         import ray
 
         gpu = cfg.device == "cuda"
@@ -84,7 +87,7 @@ class RayPool:
         env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
         actor = ray.remote(num_cpus=cfg.threads, num_gpus=1 if gpu else 0,
                            runtime_env={"env_vars": env} if env else None)(EngineHost)
-        self.actors = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}")) for i in range(n)]
+        self.actors = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}"), noise, max_loras) for i in range(n)]
         ray.get([a.call.remote("count_elements") for a in self.actors])  # wait until every engine is up
 
     def __len__(self) -> int:

@@ -50,11 +50,17 @@ class EngineGenerator:
 
 
 def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jobs: list[tuple[int, float]],
-                   prompts: list[str], sampling: SamplingSettings) -> list[MemberResult]:
-    """Evaluate (seed, scale) jobs round-robin as engines free up; score each while others generate."""
-    queue = list(enumerate(jobs))
+                   prompts: list[str], sampling: SamplingSettings, batch: bool = False) -> list[MemberResult]:
+    """Evaluate (seed, scale) jobs on the engines; score each member while others generate. Member by member,
+    round-robin as engines free up; or, with ``batch``, each engine's contiguous share in one call."""
+    if batch:
+        share = -(-len(jobs) // len(pool))
+        groups = [list(range(i, min(i + share, len(jobs)))) for i in range(0, len(jobs), share)]
+    else:
+        groups = [[j] for j in range(len(jobs))]
+    queue = list(groups)
     free = list(range(len(pool)))
-    running: dict[Future, tuple[int, int]] = {}
+    running: dict[Future, tuple[int, list[int]]] = {}
     scoring: dict[int, Future] = {}
     gen_out: dict[int, dict[str, Any]] = {}
 
@@ -65,20 +71,31 @@ def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jo
 
     while queue or running:
         while queue and free:
-            engine, (j, (seed, scale)) = free.pop(0), queue.pop(0)
-            running[pool.submit(engine, "evaluate_member", seed, scale, prompts, sampling)] = (engine, j)
+            engine, group = free.pop(0), queue.pop(0)
+            running[pool.submit(engine, "evaluate_members", [jobs[j] for j in group], prompts, sampling)] = (engine, group)
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for fut in done:
-            engine, j = running.pop(fut)
+            engine, group = running.pop(fut)
             free.append(engine)
-            gen_out[j] = fut.result()
-            scoring[j] = scorer_threads.submit(score, [c.text for c in gen_out[j]["completions"]])
+            for j, out in zip(group, fut.result(), strict=True):
+                gen_out[j] = out
+                scoring[j] = scorer_threads.submit(score, [c.text for c in out["completions"]])
     results = []
     for j in range(len(jobs)):
         r, c, secs = scoring[j].result()
         g = gen_out[j]
         results.append(MemberResult(g["completions"], r, c, g["generation"], g["perturb_restore"], secs))
     return results
+
+
+def iteration_inputs(cfg: ESConfig, ctx: RunContext, it: int) -> tuple[list[str], SamplingSettings]:
+    """The prompts and rollout sampling of iteration ``it``: functions of (run seed, iteration), so a resumed
+    run draws what the uninterrupted one would."""
+    s = ctx.settings
+    it_seed = s.seed * 1_000_003 + it
+    prompts = [p.prompt for p in ctx.prompts.sample_train(cfg.prompts_per_iteration, seed=it_seed)]
+    return prompts, SamplingSettings(max_new_tokens=s.eval.max_new_tokens, temperature=cfg.temperature,
+                                     stop_strings=s.rollout_stops, ignore_eos=s.fixed_length, seed=it_seed)
 
 
 def checkpoints(ctx: RunContext) -> CheckpointManager:
@@ -90,9 +107,10 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
     weights = ctx.resume_from / "model" if ctx.resume_from else ctx.policy_path
     engine_cfg = cfg.engine.model_copy(update={"model_path": str(weights)})
     scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
+    max_loras = -(-cfg.population // cfg.engines)  # one adapter per member of an engine's share
     if cfg.pool == "local":
-        return LocalPool(engine_cfg, cfg.engines, scratch)
-    return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address)
+        return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
+    return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras)
 
 
 def train(cfg: ESConfig, ctx: RunContext) -> None:
@@ -105,11 +123,13 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
         address = pool.submit(0, "sync_address").result()
         [f.result() for f in [pool.submit(i, "sync_init", address, i, len(pool)) for i in range(len(pool))]]
     generator = EngineGenerator(pool, 0)
-    speed = MemberSpeed()
+    speed = MemberSpeed(batch=cfg.batches_population())
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
     k = cfg.prompts_per_iteration
     try:
         ctx.evaluate_due(generator)
+        if speed.batch and cfg.probe_engine:
+            probe_raw_batch(pool, cfg, ctx, speed)
         ctx.start_clock()
         columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                    TimeElapsedColumn(), TextColumn("{task.description}")]
@@ -122,13 +142,10 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 ctx.step = it + 1
                 t_iter = time.perf_counter()
                 members = algorithm.iteration_members(s.seed, it, cfg.population, cfg.antithetic)
-                it_seed = s.seed * 1_000_003 + it  # prompts and rollout sampling: functions of (seed, iteration)
-                prompts = [p.prompt for p in ctx.prompts.sample_train(k, seed=it_seed)]
-                sampling = SamplingSettings(max_new_tokens=s.eval.max_new_tokens, temperature=cfg.temperature,
-                                            stop_strings=s.rollout_stops, ignore_eos=s.fixed_length, seed=it_seed)
+                prompts, sampling = iteration_inputs(cfg, ctx, it)
                 jobs = [(seed, sign * cfg.sigma) for seed, sign in members] + [(0, 0.0)]  # last: unperturbed
                 t_pop = time.perf_counter()
-                results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling)
+                results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling, cfg.batches_population())
                 t_pop = time.perf_counter() - t_pop
                 population, base = results[:-1], results[-1]
 
@@ -187,31 +204,52 @@ def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> None:
     kv = pool.submit(0, "kv_cache_bytes").result()
     if kv:
         rec.memory["kv_cache_mb"] = round(kv / 2**20, 1)
-    if cfg.probe_engine and cfg.engine.restore == "snapshot":  # snapshot restore leaves no trace
+    # snapshot restore leaves no trace; low-rank members on vLLM are adapters, with no in-place pass to time
+    if cfg.probe_engine and cfg.engine.restore == "snapshot" and not cfg.batches_population():
         rec.throughput.update({f"probe_{k}": v for k, v in pool.submit(0, "probe").result().items()})
         reset_gpu_peaks()  # the probe's copy buffers are not the run's memory
 
 
 @dataclass
 class MemberSpeed:
-    """Generated tokens/s of perturbed members (perturb + generate + restore) and of the unperturbed job
-    (a plain generate on the same prompts): how close ES's engine comes to its raw generation speed."""
+    """Generated tokens/s of perturbed members (perturb + generate + restore) against raw generation: how close
+    ES's engine comes to plain inference. Member by member, raw is the unperturbed job (a plain generate on the
+    same prompts); when the population runs as one batch (low-rank on vLLM), the whole batch counts and raw is
+    a plain generate of as many unperturbed sequences (``set_raw``)."""
 
+    batch: bool = False
     member_tokens: int = 0
     member_seconds: float = 0.0
     raw_tokens: int = 0
     raw_seconds: float = 0.0
 
     def add(self, population: list[MemberResult], base: MemberResult) -> None:
-        self.member_tokens += sum(c.n_tokens for m in population for c in m.completions)
-        self.member_seconds += sum(m.generation + m.perturb_restore for m in population)
-        self.raw_tokens += sum(c.n_tokens for c in base.completions)
-        self.raw_seconds += base.generation
+        members = [*population, base] if self.batch else population
+        self.member_tokens += sum(c.n_tokens for m in members for c in m.completions)
+        self.member_seconds += sum(m.generation + m.perturb_restore for m in members)
+        if not self.batch:
+            self.raw_tokens += sum(c.n_tokens for c in base.completions)
+            self.raw_seconds += base.generation
+
+    def set_raw(self, outs: list[dict[str, Any]]) -> None:
+        self.raw_tokens = sum(c.n_tokens for o in outs for c in o["completions"])
+        self.raw_seconds = sum(o["generation"] for o in outs)
 
     def figures(self) -> dict[str, float]:
         member = self.member_tokens / self.member_seconds
         raw = self.raw_tokens / self.raw_seconds
         return {"member_tokens_per_s": member, "raw_generate_tokens_per_s": raw, "member_vs_raw": member / raw}
+
+
+def probe_raw_batch(pool, cfg: ESConfig, ctx: RunContext, speed: MemberSpeed) -> None:
+    """Raw generation of an engine's whole share of the population, unperturbed, on iteration 0's prompts: the
+    baseline a population batch is measured against (twice; the first warms the batch shape up). Before the
+    training clock starts."""
+    prompts, sampling = iteration_inputs(cfg, ctx, 0)
+    share = -(-(cfg.population + 1) // len(pool))
+    for _ in range(2):
+        outs = pool.submit(0, "evaluate_members", [(0, 0.0)] * share, prompts, sampling).result()
+    speed.set_raw(outs)
 
 
 def save_checkpoint(pool, ctx: RunContext) -> Path:

