@@ -21,10 +21,10 @@ IMAGES ?= scorer es grpo
 OFFLINE ?= 0
 SYSTEM_PACKAGES ?=
 
-.PHONY: setup test test-fast benchmark benchmark-gpu report bench-scorer bench-kernels slurm-local slurm-benchmark containers wheelhouse containers-local apptainer clean-venv help
+.PHONY: setup test test-fast benchmark benchmark-gpu benchmark-gpu-7b report bench-scorer bench-kernels slurm-local slurm-benchmark containers wheelhouse containers-local apptainer clean-venv help
 
 help:
-	@echo "make setup | test | test-fast | benchmark [SPEC=...] | benchmark-gpu | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
+	@echo "make setup | test | test-fast | benchmark [SPEC=...] | benchmark-gpu | benchmark-gpu-7b | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
 	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml]"
 	@echo "     containers [BASE=... TORCH=... IMAGE_EXTRAS=...] | containers-local | wheelhouse | apptainer"
 
@@ -48,9 +48,14 @@ test-fast: setup
 benchmark: setup
 	$(VENV)/bin/esgrpo benchmark --spec $(SPEC)
 
-# One GPU: ES (vLLM + transformers engines) vs GRPO, memory/throughput/overhead figures in results/gpu-<device>-<date>
+# One GPU: ES (vLLM full-rank and low-rank, transformers) vs GRPO (vLLM, transformers), 0.5B policy;
+# memory/throughput/overhead figures in results/gpu-<device>-<date>
 benchmark-gpu: setup
 	$(VENV)/bin/esgrpo bench gpu
+
+# One GPU at the published scale: an Alpaca-7B-shaped policy, 64 prompts x 512 tokens
+benchmark-gpu-7b: setup
+	$(VENV)/bin/esgrpo bench gpu --spec benchmarks/gpu-7b.yaml --shape llama-7b --out results/gpu-7b-$$(date +%F)
 
 report: setup
 	$(VENV)/bin/esgrpo compare $(RUNS) --out $(OUT)

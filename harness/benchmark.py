@@ -15,7 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.budget import BudgetConfig
 from harness.config import StrictModel, apply_overrides, read_yaml, validate
-from harness.errors import UserError
+from harness.errors import OutOfMemory, UserError
 from harness.records import load_record
 from harness.registry import available, get_method
 from harness.report import write_report
@@ -126,13 +126,13 @@ def reference_dirs(spec: BenchmarkSpec, spec_path: Path) -> list[Path]:
     return out
 
 
-def completed_runs(spec: BenchmarkSpec, runs_root: Path) -> list[Path]:
-    """The spec's completed run folders (LABEL-sSEED for its labels and seeds); nothing else in the folder."""
+def spec_runs(spec: BenchmarkSpec, runs_root: Path, status: str = "completed") -> list[Path]:
+    """The spec's run folders with this status (LABEL-sSEED for its labels and seeds); nothing else in the folder."""
     found = []
     for d in sorted(runs_root.glob("*-s*")):
         m = RUN_DIR.match(d.name)
         if (m and m["label"] in spec.methods and int(m["seed"]) in spec.seeds and (d / "record.json").is_file()
-                and load_record(d).status == "completed"):
+                and load_record(d).status == status):
             found.append(d)
     return found
 
@@ -163,10 +163,14 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     selected = [(m, s) for s in seeds for m in spec.methods if not only or m in only]
     configs = {} if report_only else {(m, s): method_config(spec, Path(spec_path), m, s) for m, s in selected}
     references = reference_dirs(spec, Path(spec_path))
-    report = lambda dirs: write_report([*dirs, *references], out, title=spec.name, target=spec.target,  # noqa: E731
-                                       spec=raw, baseline=spec.compare.baseline, allow_mismatch=bool(budgets_differ(spec)))
+
+    def report(dirs: list[Path]) -> Path:
+        return write_report([*dirs, *references], out, title=spec.name, target=spec.target, spec=raw,
+                            baseline=spec.compare.baseline, allow_mismatch=bool(budgets_differ(spec)),
+                            oom=spec_runs(spec, runs_root, "oom"))
+
     if report_only:
-        done = completed_runs(spec, runs_root)
+        done = spec_runs(spec, runs_root)
         if not done:
             raise UserError(f"{runs_root}: no completed runs of {spec_path} to report")
         return report(done)
@@ -190,6 +194,8 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
         rc = subprocess.run(cmd).returncode
         if rc == 0:
             done.append(run_dir)
+        elif rc == OutOfMemory.EXIT_CODE:  # a result: the report lists it with the memory it reached
+            log.warning("%s seed %d ran out of memory; see %s", name, seed, run_dir / "record.json")
         else:  # keep going: the other runs are still worth their compute
             log.error("%s seed %d failed (exit %d); see %s", name, seed, rc, run_dir / "record.json")
             failed.append(f"{name} seed {seed}: exit code {rc}")

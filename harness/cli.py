@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from harness.errors import ScorerError, UserError
+from harness.errors import OutOfMemory, ScorerError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ES vs GRPO on the Safe-RLHF objective.")
 err = Console(stderr=True)
@@ -30,6 +30,9 @@ def user_errors(fn: Callable) -> Callable:
         except (UserError, ScorerError) as e:
             err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except OutOfMemory as e:  # a result, recorded as such: a benchmark reports it and goes on
+            err.print(f"[bold yellow]out of memory:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(OutOfMemory.EXIT_CODE) from None
     return wrapper
 
 
@@ -145,7 +148,7 @@ def bench_gpu(spec: Path = typer.Option(Path("benchmarks") / "gpu-1x.yaml", "--s
               out: Optional[Path] = typer.Option(None, "--out", help="default results/gpu-<device>-<date>"),
               runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
               policy: Optional[str] = typer.Option(None, help="a local HF model (default: a random model of --shape)"),
-              shape: str = typer.Option("qwen2-0.5b", help="random policy shape: qwen2-0.5b, tiny"),
+              shape: str = typer.Option("qwen2-0.5b", help="random policy shape: qwen2-0.5b, llama-7b (Alpaca-7B's), tiny"),
               scorer_shape: str = typer.Option("llama-200m", help="random Beaver scorer shape: llama-200m, tiny"),
               only: List[str] = typer.Option([], "--only", help="run only this spec entry, or 'scorer' (repeatable)"),
               report_only: bool = typer.Option(False, "--report-only", help="only the figures and the report")):

@@ -15,3 +15,16 @@ class ScorerUnavailable(ScorerError):
 
 class BadScorerReply(ScorerError):
     """The scorer answered, but not with one finite reward and one finite cost per pair sent."""
+
+
+class OutOfMemory(RuntimeError):
+    """A run did not fit its device. Its record says ``oom`` with the memory it reached: a result to report."""
+
+    EXIT_CODE = 3
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or one passed through Ray or vLLM (which wrap it, or say it in words)."""
+    text = f"{type(exc).__name__}: {exc}".lower()
+    return any(k in text for k in ("outofmemoryerror", "out of memory", "no available memory for the cache",
+                                   "can't allocate memory"))

@@ -34,8 +34,15 @@ from harness.records import atomic_write_text, load_record
 from harness.scoring.client import read_rendezvous
 
 SCORER_FIGURES = "scorer_figures.json"
+# per run: ES overhead, perturbation pass ÷ bandwidth bound, member (or population batch) ÷ raw generate,
+# peak GPU memory (KV cache apart) ÷ the baseline's; across runs: ratios of generated tokens/s
 TARGETS = {"es_overhead_share": ("≤", 0.03), "perturb_vs_bound": ("≤", 2.0), "member_vs_raw": ("≥", 0.95),
-           "es_vs_grpo_peak_gpu": ("≤", 0.35)}
+           "lowrank_batch_vs_raw": ("≥", 0.9), "es_vs_baseline_peak_gpu": ("≤", 0.35),
+           "es_vllm_vs_es_hf_tokens": ("≥", 5.0), "es_lowrank_vs_es_vllm_tokens": ("≥", 1.3)}
+# cross-run ratios: (name, numerator run kind, denominator run kind) of tokens/s
+RATIOS = (("es_vllm_vs_es_hf_tokens", "es/vllm/full", "es/hf/full"),
+          ("es_lowrank_vs_es_vllm_tokens", "es/vllm/lowrank", "es/vllm/full"),
+          ("grpo_vllm_vs_grpo_hf_tokens", "grpo/vllm", "grpo/hf"))
 
 
 def device_name(runs: Path | None = None) -> str:
@@ -105,6 +112,11 @@ def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
                   report_only: bool = False, scorer_pairs: int = 512) -> Path:
     import torch
 
+    from harness.random_models import POLICY_SHAPES, SCORER_SHAPES
+
+    for given, known in ((shape, POLICY_SHAPES), (scorer_shape, SCORER_SHAPES)):
+        if given not in known:
+            raise UserError(f"unknown shape {given!r}; known: {', '.join(known)}")
     spec, _ = load_spec(spec_path)
     runs = Path(runs_dir or default_locations(spec)[0])
     device = device_name(runs)
@@ -130,46 +142,70 @@ def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             return runs
     if report is None:
         report = run_benchmark(spec_path, out=out, runs_dir=runs, report_only=True)
-    figures = collect_figures(runs, device_name(runs))
+    figures = collect_figures(runs, device_name(runs), spec.compare.baseline)
+    figures["policy_shape"], figures["scorer_shape"] = shape if not policy else policy, scorer_shape
     atomic_write_text(out / "figures.json", json.dumps(figures, indent=1))
     atomic_write_text(out / "README.md", render_readme(figures, spec.name, report.name if report else None))
     return out
 
 
-def collect_figures(runs: Path, device: str) -> dict[str, Any]:
+def run_kind(rec) -> str:
+    """es/ENGINE/full|lowrank or grpo/vllm|hf: what a run is, for the cross-run ratios."""
+    cfg = rec.config
+    if rec.method == "es":
+        return f"es/{cfg.get('engine', {}).get('kind')}/{cfg.get('perturbation', 'full')}"
+    return f"{rec.method}/{'vllm' if cfg.get('use_vllm') else 'hf'}"
+
+
+def precision(rec) -> str:
+    if rec.memory.get("training_precision"):
+        return rec.memory["training_precision"]
+    engine = rec.config.get("engine", {})
+    noise = "rank-{} low-rank".format(rec.config.get("rank")) if rec.config.get("perturbation") == "lowrank" \
+        else rec.config.get("noise", "independent")
+    return f"{engine.get('dtype', '?')} weights, no gradients or optimizer state; {noise} noise"
+
+
+def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dict[str, Any]:
     per: dict[str, dict[str, Any]] = {}
     for d in sorted(runs.glob("*-s*")):
         if not (d / "record.json").is_file():
             continue
         rec = load_record(d)
-        if rec.status != "completed":
+        if rec.status not in ("completed", "oom"):
             continue
         torch_peak = max((rec.memory.get("peak_gpu_mb") or {}).values(), default=None)
         kv = rec.memory.get("kv_cache_mb")
         split = {k: rec.timing.get(f"{k}_seconds", 0.0)  # summed over the run's steps by the harness
                  for k in ("generation", "scoring", "perturb_restore", "update_sync", "iteration_wall")}
         f: dict[str, Any] = {
-            "method": rec.method, "engine": rec.config.get("engine", {}).get("kind"),
+            "method": rec.method, "kind": run_kind(rec), "status": rec.status, "precision": precision(rec),
             "peak_gpu_torch_mb": torch_peak, "peak_gpu_nvml_mb": rec.memory.get("peak_gpu_nvml_mb"),
             "kv_cache_mb": kv, "peak_gpu_torch_excl_kv_mb": None if torch_peak is None else torch_peak - (kv or 0),
             "peak_rss_mb": rec.memory.get("peak_rss_mb"), "tokens_per_s": rec.throughput.get("tokens_per_s"),
             "completions": rec.series[-1].samples if rec.series else 0, "tokens": rec.series[-1].tokens if rec.series else 0,
         }
-        if rec.method == "es":
+        if rec.status == "oom":
+            f["error"] = (rec.error or "")[-300:]
+        if rec.method == "es" and rec.status == "completed":
             wall = split["iteration_wall"] or 1.0
+            lowrank = f["kind"] == "es/vllm/lowrank"
             f.update(time_split_s=split, es_overhead_share=(split["perturb_restore"] + split["update_sync"]) / wall,
-                     member_vs_raw=rec.throughput.get("member_vs_raw"),
                      perturb_vs_bound=rec.throughput.get("probe_perturb_vs_bound"),
-                     probe={k.removeprefix("probe_"): v for k, v in rec.throughput.items() if k.startswith("probe_")})
+                     probe={k.removeprefix("probe_"): v for k, v in rec.throughput.items() if k.startswith("probe_")},
+                     **{"lowrank_batch_vs_raw" if lowrank else "member_vs_raw": rec.throughput.get("member_vs_raw")})
         per[rec.label or rec.method] = f
-    figures: dict[str, Any] = {"device": device, "runs": per}
+    figures: dict[str, Any] = {"device": device, "baseline": baseline, "runs": per}
     scorer_file = runs / SCORER_FIGURES
     if scorer_file.is_file():
         figures["scorer"] = json.loads(scorer_file.read_text())
-    grpo = per.get("grpo", {}).get("peak_gpu_torch_mb")
+    base = per.get(baseline or "", {}).get("peak_gpu_torch_mb")
     for label, f in per.items():
-        if f["method"] == "es" and grpo and f["peak_gpu_torch_excl_kv_mb"] is not None:
-            f["es_vs_grpo_peak_gpu"] = f["peak_gpu_torch_excl_kv_mb"] / grpo
+        if f["method"] == "es" and base and f["peak_gpu_torch_excl_kv_mb"] is not None:
+            f["es_vs_baseline_peak_gpu"] = f["peak_gpu_torch_excl_kv_mb"] / base
+    done = {f["kind"]: f for f in per.values() if f["status"] == "completed" and f["tokens_per_s"]}
+    figures["ratios"] = {name: done[a]["tokens_per_s"] / done[b]["tokens_per_s"]
+                         for name, a, b in RATIOS if a in done and b in done}
     return figures
 
 
@@ -184,32 +220,40 @@ def render_readme(figures: dict[str, Any], name: str, report: str | None) -> str
     lines = [f"# {name}: ES vs GRPO on one {figures['device']}", "",
              "Command: `esgrpo bench gpu` (`make benchmark-gpu`); every figure below is read from the run records "
              "in this folder's runs (see figures.json). The comparison report: "
-             f"[report.md](report.md){' / [report.html](report.html)' if report else ''}.", "",
-             "| run | peak GPU, torch allocator (MB) | vLLM KV cache (MB) | peak excl. KV (MB) | NVML peak of the "
-             "process tree (MB) | generated tokens/s |", "| --- | --- | --- | --- | --- | --- |"]
+             f"[report.md](report.md){' / [report.html](report.html)' if report else ''}. "
+             f"Policy: {figures.get('policy_shape', '?')}; scorer models: {figures.get('scorer_shape', '?')}; "
+             f"baseline: {figures.get('baseline') or '–'}.", "",
+             "| run | status | training precision | peak GPU, torch allocator (MB) | vLLM KV cache (MB) | peak excl. "
+             "KV (MB) | NVML peak of the process tree (MB) | generated tokens/s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, f in runs.items():
-        lines.append(f"| {label} | {_fmt(f['peak_gpu_torch_mb'], 0)} | {_fmt(f['kv_cache_mb'], 0)} | "
-                     f"{_fmt(f['peak_gpu_torch_excl_kv_mb'], 0)} | {_fmt(f['peak_gpu_nvml_mb'], 0)} | "
-                     f"{_fmt(f['tokens_per_s'], 0)} |")
+        lines.append(f"| {label} | {f['status']} | {f['precision']} | {_fmt(f['peak_gpu_torch_mb'], 0)} | "
+                     f"{_fmt(f['kv_cache_mb'], 0)} | {_fmt(f['peak_gpu_torch_excl_kv_mb'], 0)} | "
+                     f"{_fmt(f['peak_gpu_nvml_mb'], 0)} | {_fmt(f['tokens_per_s'], 0)} |")
     lines += ["", "| figure | run | value | target | met |", "| --- | --- | --- | --- | --- |"]
+    rows = [(key, label, f.get(key)) for label, f in runs.items() for key in TARGETS]
+    rows += [(key, "ratio of runs", v) for key, v in figures.get("ratios", {}).items()]
+    for key, label, v in rows:
+        if v is None:
+            continue
+        op, target = TARGETS.get(key, ("", None))
+        met = "–" if target is None else "yes" if (v <= target if op == "≤" else v >= target) else "no"
+        lines.append(f"| {key} | {label} | {v:.3f} | {f'{op} {target}' if target is not None else '–'} | {met} |")
     for label, f in runs.items():
-        for key, (op, target) in TARGETS.items():
-            v = f.get(key)
-            if v is None:
-                continue
-            met = v <= target if op == "≤" else v >= target
-            lines.append(f"| {key} | {label} | {v:.3f} | {op} {target} | {'yes' if met else 'no'} |")
-    for label, f in runs.items():
-        if f["method"] == "es":
+        if f["method"] == "es" and f["status"] == "completed":
             s = f["time_split_s"]
             wall = s["iteration_wall"] or 1.0
             parts = ", ".join(f"{k} {100 * s[k] / wall:.1f} %" for k in ("generation", "scoring", "perturb_restore",
                                                                            "update_sync"))
             p = f.get("probe") or {}
-            lines += ["", f"**{label}** iteration time split (sum over iterations {wall:.1f} s): {parts}. "
-                      f"Perturbation pass {1e3 * p.get('perturb_pass_s', float('nan')):.2f} ms vs bound "
-                      f"{1e3 * p.get('bandwidth_bound_s', float('nan')):.2f} ms "
-                      f"({_fmt(p.get('weight_bytes'), 0)} weight bytes, copy {_fmt(p.get('copy_GBps'), 0)} GB/s)."]
+            probe = (f" Perturbation pass {1e3 * p['perturb_pass_s']:.2f} ms vs bound {1e3 * p['bandwidth_bound_s']:.2f} "
+                     f"ms ({_fmt(p.get('weight_bytes'), 0)} weight bytes, copy {_fmt(p.get('copy_GBps'), 0)} GB/s)."
+                     if p else " Members are LoRA adapters: no in-place pass to time.")
+            lines += ["", f"**{label}** iteration time split (sum over iterations {wall:.1f} s): {parts}.{probe}"]
+    for label, f in runs.items():
+        if f["status"] == "oom":
+            lines += ["", f"**{label}** ran out of memory at {_fmt(f['peak_gpu_torch_mb'], 0)} MB (torch) / "
+                      f"{_fmt(f['peak_gpu_nvml_mb'], 0)} MB (NVML): {f.get('error', '')[-160:]}"]
     if "scorer" in figures:
         s = figures["scorer"]
         lines += ["", f"Scorer ({s['models']} reward + cost, second process, same device): "

@@ -60,7 +60,8 @@ class RunRecord(BaseModel):
     method: str
     label: str | None = None  # the benchmark entry it ran as (es-vllm, es-hf...); reports group by it
     seed: int
-    status: Literal["running", "completed", "failed", "interrupted"] = "running"
+    # oom: the run did not fit the device; a result (what it reached is in memory), not a crash
+    status: Literal["running", "completed", "failed", "interrupted", "oom"] = "running"
     started: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     finished: str | None = None
     config: dict[str, Any]
@@ -252,7 +253,7 @@ class RecordWriter:
         self._scalars("eval", point.metrics, point.samples)
         self.flush()
 
-    def finish(self, status: Literal["completed", "failed", "interrupted"], error: str | None = None) -> None:
+    def finish(self, status: Literal["completed", "failed", "interrupted", "oom"], error: str | None = None) -> None:
         self.record.status = status
         self.record.error = error
         self.record.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -17,7 +17,7 @@ from harness.budget import Budget, BudgetConfig
 from harness.checkpoint import CheckpointManager, Preempted, StopFlag
 from harness.config import StrictModel, load_config
 from harness.data import PromptSet, PromptSource, load_prompt_set
-from harness.errors import UserError
+from harness.errors import OutOfMemory, UserError, is_out_of_memory
 from harness.evaluation import EvalSettings, evaluate
 from harness.generation import Generator
 from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
@@ -246,7 +246,12 @@ def run_method(method_name: str, config: MethodConfig | str | Path | None, run_d
         ctx.writer.finish("failed", str(e))
         raise
     except Exception as e:
-        ctx.writer.finish("failed", "".join(traceback.format_exception_only(e)).strip())
+        message = "".join(traceback.format_exception_only(e)).strip()
+        if is_out_of_memory(e):  # a result: the record keeps the peaks it reached
+            ctx.writer.finish("oom", message[-2000:])
+            raise OutOfMemory(f"{method_name} ran out of memory (record: {run_dir / 'record.json'}): "
+                              f"{message.splitlines()[-1][:300]}") from None
+        ctx.writer.finish("failed", message)
         raise
     finally:
         ctx.stop.uninstall()

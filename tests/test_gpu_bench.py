@@ -33,8 +33,12 @@ def test_bench_gpu_pipeline_on_cpu(policy_path, tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     figures = json.loads((out / "figures.json").read_text())
-    assert figures["device"] == "cpu" and set(figures["runs"]) == {"es-hf", "grpo"}
+    assert figures["device"] == "cpu" and set(figures["runs"]) == {"es-hf", "es-lowrank", "grpo"}
     es, grpo = figures["runs"]["es-hf"], figures["runs"]["grpo"]
+    lowrank = figures["runs"]["es-lowrank"]
+    assert lowrank["kind"] == "es/vllm/lowrank" and lowrank["lowrank_batch_vs_raw"] > 0 and lowrank["perturb_vs_bound"] is None
+    assert "pure bf16" not in es["precision"] and "float32 weights" in es["precision"]
+    assert figures["baseline"] == "grpo" and "es_vs_baseline_peak_gpu" not in es  # no GPU here: no GPU peaks
     assert es["completions"] >= 48 and grpo["completions"] >= 48
     # fixed-length rollouts: every completion is exactly eval.max_new_tokens (8) tokens, for both methods
     assert es["tokens"] == 8 * es["completions"] and grpo["tokens"] == 8 * grpo["completions"]
@@ -43,5 +47,7 @@ def test_bench_gpu_pipeline_on_cpu(policy_path, tmp_path):
     assert figures["scorer"]["service_pairs_per_s"] > 0 and figures["scorer"]["raw_pairs_per_s"] > 0
     readme = (out / "README.md").read_text()
     assert "| perturb_vs_bound | es-hf |" in readme and "Scorer (tiny reward + cost" in readme
-    assert {"es-hf", "grpo"} <= set(json.loads((out / "summary.json").read_text())["methods"])
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"es-hf", "es-lowrank", "grpo"} <= set(summary["methods"])
+    assert {(c["a"], c["b"]) for c in summary["comparisons"]} == {("es-hf", "grpo"), ("es-lowrank", "grpo")}
     assert not (runs / "scorer" / "scorer.json").exists()  # the scorer was stopped (its rendezvous removed)

@@ -1,5 +1,5 @@
 """The fused CUDA noise kernel's logic, run on the CPU through Triton's interpreter (TRITON_INTERPRET=1 must be
-set before Triton is imported, hence a subprocess). The GPU run itself is in scripts/gpu_engine_check.py."""
+set before Triton is imported, hence a subprocess). On a GPU, scripts/gpu_checks.py times every variant."""
 
 import os
 import subprocess
@@ -11,8 +11,11 @@ import pytest
 pytest.importorskip("triton")
 
 CHECKS = textwrap.dedent("""
+    import sys
     import numpy as np, torch
-    from methods.es.noise_cuda import FusedNoise, BLOCK
+    from methods.es.noise_cuda import BLOCK, FusedNoise as Fused, Variant
+    variant = Variant(rounds=int(sys.argv[1]), halves=sys.argv[2] == "halves")
+    FusedNoise = lambda views: Fused(views, variant)
     views = [("a.weight", torch.zeros(3 * BLOCK + 5)), ("b.weight", torch.zeros(300, 7)), ("c", torch.zeros(BLOCK))]
     FusedNoise(views).add_([(5, 1.0)])
     a, b, c = (v.clone() for _, v in views)
@@ -34,7 +37,9 @@ CHECKS = textwrap.dedent("""
 """)
 
 
-def test_fused_noise_kernel_in_the_triton_interpreter():
-    r = subprocess.run([sys.executable, "-c", CHECKS], capture_output=True, text=True, timeout=600,
+@pytest.mark.parametrize("rounds, layout", [(10, "quarters"), (7, "halves")])
+def test_fused_noise_kernel_in_the_triton_interpreter(rounds, layout):
+    """The kernel variants the GPU benchmark chooses between (fast math runs only on CUDA)."""
+    r = subprocess.run([sys.executable, "-c", CHECKS, str(rounds), layout], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

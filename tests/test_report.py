@@ -131,3 +131,21 @@ def test_compare_refuses_what_would_skew_the_statistics(tmp_path):
     (b / "record.json").write_text("{not json")
     with pytest.raises(UserError, match="not a valid run record"):
         write_report([a, b], tmp_path / "out")
+
+
+def test_out_of_memory_is_a_result_in_the_report(tmp_path):
+    import torch
+
+    from harness.errors import is_out_of_memory
+
+    with pytest.raises(RuntimeError) as real:  # a real allocator failure, as a run would meet it
+        torch.empty(2**62, dtype=torch.uint8)
+    assert is_out_of_memory(real.value) and not is_out_of_memory(ValueError("bad shape"))
+    runs = [fake_run(tmp_path, m, 0, shift) for m, shift in (("es", 1.0), ("grpo", 0.0))]
+    rec = RunRecord(run_id="grpo-fp32-0", method="grpo", label="grpo-fp32", seed=0, config={})
+    w = RecordWriter(tmp_path / "grpo-fp32-s0", rec, tensorboard=False)
+    w.record.memory.update(peak_gpu_mb={"cuda:0": 79500.0}, training_precision="fp32 master weights")
+    w.finish("oom", str(real.value))
+    md = write_report(runs, tmp_path / "out", oom=[w.run_dir])
+    assert "ran out of memory" in md.read_text() and "79500" in md.read_text()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["oom"][0]["method"] == "grpo-fp32"

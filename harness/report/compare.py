@@ -250,9 +250,21 @@ def pick_baseline(labels: list[str], baseline: str | None) -> str | None:
     return labels[1] if len(labels) == 2 else None
 
 
+def oom_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Runs that did not fit their device: what they reached, and what they trained in."""
+    rows = []
+    for d in paths:
+        rec = load_record(d)
+        gpu = rec.memory.get("peak_gpu_mb") or {}
+        rows.append({"method": rec.label or rec.method, "seed": rec.seed, "path": str(d),
+                     "peak_gpu_mb": max(gpu.values()) if gpu else None, "peak_gpu_nvml_mb": rec.memory.get("peak_gpu_nvml_mb"),
+                     "precision": rec.memory.get("training_precision"), "error": (rec.error or "")[-300:]})
+    return rows
+
+
 def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False, title: str | None = None,
                  target: dict[str, float] | None = None, spec: dict[str, Any] | None = None,
-                 baseline: str | None = None) -> Path:
+                 baseline: str | None = None, oom: Sequence[Path] = ()) -> Path:
     runs = load_runs(paths)
     trained = [r for r in runs if not r.is_reference]
     references = [r for r in runs if r.is_reference]
@@ -297,6 +309,7 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
                               "time_split_seconds": s.time_split, "time_to_target": s.target} for s in summaries},
         "references": {s.label: {"final": {k: v.as_dict() for k, v in s.final.items()},
                                  "policy": s.runs[0].record.config.get("policy_path")} for s in ref_summaries},
+        "oom": oom_rows(oom),
         "comparisons": [{"a": c["a"], "b": c["b"], "verdict": c["verdict"],
                          "diffs": {k: v.as_dict() for k, v in c["diffs"].items()}} for c in comparisons],
         "spec": spec or None,

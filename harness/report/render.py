@@ -49,6 +49,12 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
                 for m, iv in c["diffs"].items()]
         out.append((f"Paired difference {c['a']} − {c['b']} (same seeds and prompts)",
                     (["metric", "difference", "95 % CI", "pairs"], rows)))
+    if summary.get("oom"):
+        out.append(("Runs that ran out of memory (a result: what each reached before it stopped)",
+                    (["method", "seed", "training precision", "peak GPU, torch (MB)", "peak GPU, NVML (MB)"],
+                     [[r["method"], str(r["seed"]), r["precision"] or "–",
+                       "–" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}",
+                       "–" if r["peak_gpu_nvml_mb"] is None else f"{r['peak_gpu_nvml_mb']:.0f}"] for r in summary["oom"]])))
     out.append(("Runs", (["method", "kind", "seed", "status", "path", "git"],
                          [[r.label, r.record.kind, str(r.record.seed), r.record.status, str(r.path),
                            (r.record.environment.get("git_sha") or "")[:10]] for r in runs])))

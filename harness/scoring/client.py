@@ -145,7 +145,7 @@ class HttpScorer:
         try:
             for att in Retrying(retry=retry_if_exception(_retryable), reraise=False,
                                 stop=stop_after_delay(self.spec.deadline_s),
-                                wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)):
+                                wait=wait_exponential_jitter(initial=0.2, max=10.0, jitter=0.2)):
                 with att:
                     out = attempt()
         except RetryError:

@@ -2,8 +2,8 @@
 
 Per tensor, a generator and a few kernels cost ~60 µs whatever the tensor's size; over the ~300 tensors of a
 0.5B model that made a perturbation pass 25-30× its memory-bandwidth bound (H100). Here ε for tensor ``name``
-and seed ``s`` is counter-based Philox keyed by hash(s, name) (four normals per counter, laid out by
-block: see the kernel), so each block of each tensor draws its own noise with no state, and one launch
+and seed ``s`` is counter-based Philox keyed by splitmix64(hash(name) ^ s·φ) (normals per counter laid out by
+block: see the kernels), so each block of each tensor draws its own noise with no state, and one launch
 covers all tensors through a table of their addresses. ε is still a pure function of (seed, HF name, element), so every CUDA engine that names its
 tensors the same (transformers or vLLM) perturbs identically; it differs from the CPU path's ε, as torch's
 CPU and CUDA generators already do.
@@ -12,8 +12,9 @@ CPU and CUDA generators already do.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from methods.es.noise import chunk_seed
@@ -21,9 +22,26 @@ from methods.es.noise import chunk_seed
 BLOCK = 2048
 
 
+class Variant(NamedTuple):
+    """How the kernel turns Philox output into normals. ``rounds``: Philox rounds (10 is Random123's default;
+    7 already passes BigCrush). ``halves``: split each 32-bit output into two 16-bit uniforms, eight normals per
+    Philox call instead of four (tails cut at 4.85 σ). ``fast``: Box-Muller with the hardware's approximate
+    log/sin/cos (CUDA only; the Triton interpreter has no libdevice)."""
+
+    rounds: int = 10
+    halves: bool = False
+    fast: bool = False
+
+
+# 16-bit halves, 7 Philox rounds and approximate log/sin/cos: the Box-Muller transcendentals and the Philox rounds,
+# not memory, bounded the precise kernel (3× the copy bound); scripts/gpu_checks.py measures every variant
+DEFAULT = Variant(rounds=7, halves=True, fast=True)
+
+
 try:  # Triton comes with torch's CUDA builds (and with vLLM); without it the per-tensor path runs
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
 except ImportError:  # pragma: no cover
     triton = None
 
@@ -36,8 +54,23 @@ if triton is not None:
         tl.store(ptr + offs, (x.to(tl.float32) + acc).to(DTYPE), mask=mask)
 
     @triton.jit
+    def _box_muller(u1, u2, FAST: tl.constexpr):
+        u1 = tl.maximum(1.0e-7, u1)
+        th = 6.283185307179586 * u2
+        if FAST:
+            r = tl.sqrt(-2.0 * libdevice.fast_logf(u1))
+            return r * libdevice.fast_cosf(th), r * libdevice.fast_sinf(th)
+        else:
+            r = tl.sqrt(-2.0 * tl.log(u1))
+            return r * tl.cos(th), r * tl.sin(th)
+
+    @triton.jit
+    def _u16(x, SHIFT: tl.constexpr):
+        return (((x >> SHIFT) & 0xFFFF).to(tl.float32) + 0.5) * (1.0 / 65536.0)
+
+    @triton.jit
     def add_noise_kernel(ptrs, numels, seeds, block_tensor, block_start, coeffs, n_terms, n_tensors,
-                         DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+                         DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST: tl.constexpr):
         # One Philox call gives four normals: counter c of a block feeds its elements c, c+Q, c+2Q, c+3Q
         # (Q = BLOCK/4), so each quarter of the block is read and written contiguously.
         Q: tl.constexpr = BLOCK // 4
@@ -46,7 +79,7 @@ if triton is not None:
         start = tl.load(block_start + pid)
         n = tl.load(numels + t)
         ptr = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
-        counter = start // 4 + tl.arange(0, Q)
+        counter = (start // 4 + tl.arange(0, Q)).to(tl.uint32)
         a0 = tl.zeros([Q], dtype=tl.float32)
         a1 = tl.zeros([Q], dtype=tl.float32)
         a2 = tl.zeros([Q], dtype=tl.float32)
@@ -54,7 +87,9 @@ if triton is not None:
         for k in range(n_terms):
             seed = tl.load(seeds + k * n_tensors + t)
             c = tl.load(coeffs + k)
-            n0, n1, n2, n3 = tl.randn4x(seed, counter)
+            i0, i1, i2, i3 = tl.randint4x(seed, counter, ROUNDS)
+            n0, n1 = _box_muller(tl.random.uint_to_uniform_float(i0), tl.random.uint_to_uniform_float(i1), FAST)
+            n2, n3 = _box_muller(tl.random.uint_to_uniform_float(i2), tl.random.uint_to_uniform_float(i3), FAST)
             a0 += c * n0
             a1 += c * n1
             a2 += c * n2
@@ -65,16 +100,77 @@ if triton is not None:
         _apply(ptr, offs + 2 * Q, n, a2, DTYPE)
         _apply(ptr, offs + 3 * Q, n, a3, DTYPE)
 
+    @triton.jit
+    def add_noise_kernel8(ptrs, numels, seeds, block_tensor, block_start, coeffs, n_terms, n_tensors,
+                          DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST: tl.constexpr):
+        # Eight normals per Philox call from its 16-bit halves: counter c feeds elements c + j·(BLOCK/8), j < 8.
+        E: tl.constexpr = BLOCK // 8
+        pid = tl.program_id(0)
+        t = tl.load(block_tensor + pid)
+        start = tl.load(block_start + pid)
+        n = tl.load(numels + t)
+        ptr = tl.load(ptrs + t).to(tl.pointer_type(DTYPE))
+        counter = (start // 8 + tl.arange(0, E)).to(tl.uint32)
+        a0 = tl.zeros([E], dtype=tl.float32)
+        a1 = tl.zeros([E], dtype=tl.float32)
+        a2 = tl.zeros([E], dtype=tl.float32)
+        a3 = tl.zeros([E], dtype=tl.float32)
+        a4 = tl.zeros([E], dtype=tl.float32)
+        a5 = tl.zeros([E], dtype=tl.float32)
+        a6 = tl.zeros([E], dtype=tl.float32)
+        a7 = tl.zeros([E], dtype=tl.float32)
+        for k in range(n_terms):
+            seed = tl.load(seeds + k * n_tensors + t)
+            c = tl.load(coeffs + k)
+            i0, i1, i2, i3 = tl.randint4x(seed, counter, ROUNDS)
+            n0, n1 = _box_muller(_u16(i0, 0), _u16(i0, 16), FAST)
+            n2, n3 = _box_muller(_u16(i1, 0), _u16(i1, 16), FAST)
+            n4, n5 = _box_muller(_u16(i2, 0), _u16(i2, 16), FAST)
+            n6, n7 = _box_muller(_u16(i3, 0), _u16(i3, 16), FAST)
+            a0 += c * n0
+            a1 += c * n1
+            a2 += c * n2
+            a3 += c * n3
+            a4 += c * n4
+            a5 += c * n5
+            a6 += c * n6
+            a7 += c * n7
+        offs = start + tl.arange(0, E)
+        _apply(ptr, offs, n, a0, DTYPE)
+        _apply(ptr, offs + E, n, a1, DTYPE)
+        _apply(ptr, offs + 2 * E, n, a2, DTYPE)
+        _apply(ptr, offs + 3 * E, n, a3, DTYPE)
+        _apply(ptr, offs + 4 * E, n, a4, DTYPE)
+        _apply(ptr, offs + 5 * E, n, a5, DTYPE)
+        _apply(ptr, offs + 6 * E, n, a6, DTYPE)
+        _apply(ptr, offs + 7 * E, n, a7, DTYPE)
+
 
 @lru_cache(maxsize=1)
 def available() -> bool:
     return triton is not None and torch.cuda.is_available()
 
 
+def name_key(name: str) -> int:
+    """A tensor's 64-bit name hash, computed once per tensor (the launch tables keep it)."""
+    return chunk_seed(0, name, 0)
+
+
+def philox_keys(seeds: Sequence[int], name_keys: np.ndarray) -> np.ndarray:
+    """Philox key of (member seed, tensor) for every pair: splitmix64(name hash ^ seed·φ), vectorized (hashing
+    every name on the host at every call cost ~0.3 ms of a 2 ms perturbation pass)."""
+    with np.errstate(over="ignore"):
+        z = name_keys[None, :] ^ (np.array(seeds, dtype=np.uint64)[:, None] * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return (z ^ (z >> np.uint64(31))) & np.uint64(0x7FFFFFFFFFFFFFFF)
+
+
 class FusedNoise:
     """The launch tables for one fixed list of (name, contiguous CUDA tensor) views, grouped by dtype."""
 
-    def __init__(self, views: Sequence[tuple[str, torch.Tensor]]):
+    def __init__(self, views: Sequence[tuple[str, torch.Tensor]], variant: Variant = DEFAULT):
+        self.variant = variant
         self.groups = []
         by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
         for name, v in views:
@@ -92,6 +188,7 @@ class FusedNoise:
             self.groups.append({
                 # "tensors" keeps them alive: the kernel reaches them only through their addresses
                 "names": [n for n, _ in group], "dtype": dtype, "tensors": [v for _, v in group],
+                "name_keys": np.array([name_key(n) for n, _ in group], dtype=np.uint64),
                 "ptrs": torch.tensor([v.data_ptr() for _, v in group], dtype=torch.int64, device=device),
                 "numels": numels.to(device), "block_tensor": tensor_of_block.to(device),
                 "block_start": start.to(device), "n_blocks": int(blocks.sum()), "device": device,
@@ -102,9 +199,10 @@ class FusedNoise:
         """θ += Σ c·ε(seed) over every tensor, accumulated in fp32 and rounded once."""
         tl_dtype = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
         for g in self.groups:
-            seeds = torch.tensor([[chunk_seed(s, n, 0) for n in g["names"]] for s, _ in terms], dtype=torch.int64)
+            seeds = torch.from_numpy(philox_keys([s for s, _ in terms], g["name_keys"]).view(np.int64))
             coeffs = torch.tensor([c for _, c in terms], dtype=torch.float32)
-            add_noise_kernel[(g["n_blocks"],)](
+            kernel = add_noise_kernel8 if self.variant.halves else add_noise_kernel
+            kernel[(g["n_blocks"],)](
                 g["ptrs"], g["numels"], seeds.to(g["device"], non_blocking=True), g["block_tensor"],
                 g["block_start"], coeffs.to(g["device"], non_blocking=True), len(terms), len(g["names"]),
-                DTYPE=tl_dtype[g["dtype"]], BLOCK=BLOCK)
+                DTYPE=tl_dtype[g["dtype"]], BLOCK=BLOCK, ROUNDS=self.variant.rounds, FAST=self.variant.fast)

@@ -128,8 +128,8 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     k = cfg.prompts_per_iteration
     try:
         ctx.evaluate_due(generator)
-        if speed.batch and cfg.probe_engine:
-            probe_raw_batch(pool, cfg, ctx, speed)
+        if cfg.probe_engine:
+            ctx.writer.record.throughput.update(probe_speed(pool, cfg, ctx))
         ctx.start_clock()
         columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                    TimeElapsedColumn(), TextColumn("{task.description}")]
@@ -212,10 +212,10 @@ def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> None:
 
 @dataclass
 class MemberSpeed:
-    """Generated tokens/s of perturbed members (perturb + generate + restore) against raw generation: how close
-    ES's engine comes to plain inference. Member by member, raw is the unperturbed job (a plain generate on the
-    same prompts); when the population runs as one batch (low-rank on vLLM), the whole batch counts and raw is
-    a plain generate of as many unperturbed sequences (``set_raw``)."""
+    """Generated tokens/s of perturbed members (perturb + generate + restore) during the run, against the
+    unperturbed job's plain generate on the same prompts (member by member). In a run, members and the
+    unperturbed job share the device with scoring at different moments, so the quiet figure is ``probe_speed``'s;
+    these are kept beside it. A population batch (low-rank on vLLM) has no separate raw job in the run."""
 
     batch: bool = False
     member_tokens: int = 0
@@ -231,25 +231,34 @@ class MemberSpeed:
             self.raw_tokens += sum(c.n_tokens for c in base.completions)
             self.raw_seconds += base.generation
 
-    def set_raw(self, outs: list[dict[str, Any]]) -> None:
-        self.raw_tokens = sum(c.n_tokens for o in outs for c in o["completions"])
-        self.raw_seconds = sum(o["generation"] for o in outs)
-
     def figures(self) -> dict[str, float]:
         member = self.member_tokens / self.member_seconds
+        if self.batch:
+            return {"member_tokens_per_s_in_run": member}
         raw = self.raw_tokens / self.raw_seconds
-        return {"member_tokens_per_s": member, "raw_generate_tokens_per_s": raw, "member_vs_raw": member / raw}
+        return {"member_tokens_per_s_in_run": member, "raw_generate_tokens_per_s_in_run": raw,
+                "member_vs_raw_in_run": member / raw}
 
 
-def probe_raw_batch(pool, cfg: ESConfig, ctx: RunContext, speed: MemberSpeed) -> None:
-    """Raw generation of an engine's whole share of the population, unperturbed, on iteration 0's prompts: the
-    baseline a population batch is measured against (twice; the first warms the batch shape up). Before the
-    training clock starts."""
+PROBE_TOKENS = 128  # probe rollouts: long enough for steady decoding, short enough to cost seconds at 7B
+
+
+def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
+    """Before the training clock, on engine 0 with nothing else on the device: an engine's share of perturbed
+    members (one member, or a population batch of adapters) against as many unperturbed sequences, on
+    iteration 0's prompts. Each runs twice; the second counts (the first warms shapes up and, for a member,
+    takes the engine's snapshot of the weights)."""
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
-    share = -(-(cfg.population + 1) // len(pool))
-    for _ in range(2):
-        outs = pool.submit(0, "evaluate_members", [(0, 0.0)] * share, prompts, sampling).result()
-    speed.set_raw(outs)
+    sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
+    share = -(-(cfg.population + 1) // len(pool)) if cfg.batches_population() else 1
+    jobs = {"raw": [(0, 0.0)] * share, "member": [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(share)]}
+    speed = {}
+    for kind in ("raw", "member", "raw", "member"):
+        outs = pool.submit(0, "evaluate_members", jobs[kind], prompts, sampling).result()
+        tokens = sum(c.n_tokens for o in outs for c in o["completions"])
+        speed[kind] = tokens / sum(o["generation"] + o["perturb_restore"] for o in outs)
+    return {"raw_generate_tokens_per_s": speed["raw"], "member_tokens_per_s": speed["member"],
+            "member_vs_raw": speed["member"] / speed["raw"]}
 
 
 def save_checkpoint(pool, ctx: RunContext) -> Path:

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings
 from harness.template import cut_at_stop, format_prompt
+from harness.vllm_cpu import keep_cpu_weights_live
 from methods.es.engine import EngineConfig, InPlaceES
 from methods.es.noise import NoiseSpec
 
@@ -88,6 +89,7 @@ class VLLMEngine(InPlaceES):
         from vllm import LLM
 
         check_in_place_safe(cfg.model_path)
+        keep_cpu_weights_live()
         if cfg.device == "cpu":
             torch.set_num_threads(cfg.threads)
         self.cfg, self.noise_spec = cfg, noise or NoiseSpec()
@@ -99,6 +101,8 @@ class VLLMEngine(InPlaceES):
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         if cfg.max_num_seqs:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
+            if not cfg.eager():  # capture graphs up to the full batch (vLLM stops at 512 otherwise: larger runs eager)
+                kwargs["compilation_config"] = {"max_cudagraph_capture_size": cfg.max_num_seqs}
         if self.lowrank:
             kwargs.update(enable_lora=True, max_loras=max_loras, max_cpu_loras=max_loras,
                           max_lora_rank=lora_rank_limit(self.noise_spec.rank))

@@ -15,28 +15,11 @@ from typing import Any
 
 import torch
 
+from harness.vllm_cpu import keep_cpu_weights_live
 from methods.es.engine import InPlaceES
 
 
-def keep_cpu_weights_live() -> None:
-    """vLLM-CPU repacks every linear weight into a oneDNN handle and replaces ``layer.weight`` by an empty
-    tensor, so in-place noise would silently reach only embeddings and norms. Route CPU linears through
-    ``F.linear`` on the live weight instead (slower GEMMs on CPU; the GPU backend is untouched)."""
-    import vllm.model_executor.layers.utils as vutils
-
-    def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
-        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
-
-    vutils.dispatch_cpu_unquantized_gemm = dispatch
-
-
-try:
-    from vllm.platforms import current_platform
-
-    if current_platform.is_cpu():
-        keep_cpu_weights_live()
-except ImportError:  # imported for documentation or tests without vLLM
-    pass
+keep_cpu_weights_live()  # loaded into every vLLM worker before its model: CPU linear weights stay live
 
 
 def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Tensor]]:

@@ -33,7 +33,11 @@ class GRPOSettings(MethodConfig):
     gradient_accumulation_steps: int = Field(1, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    bf16: bool = False
+    bf16: bool = False  # bf16 autocast for forward and backward
+    # the dtype the trained weights (and so gradients and AdamW states) are kept in. None: bfloat16 with bf16,
+    # else float32 (TRL's own default loads bf16 and trains pure bf16). float32 with bf16: fp32 master weights
+    # and Adam states under bf16 compute, as DeepSpeed ZeRO ran the published baseline (≈16 bytes/parameter)
+    weights_dtype: Literal["bfloat16", "float32"] | None = None
     gradient_checkpointing: bool = False
     device: Literal["cpu", "cuda"] = "cpu"
     use_vllm: bool = False
@@ -42,3 +46,17 @@ class GRPOSettings(MethodConfig):
     lora: LoraSettings | None = None
     deepspeed: str | None = None  # path to a DeepSpeed JSON (ZeRO-2 for multi-GPU), launched by accelerate
     threads: int = Field(2, gt=0)
+    # step: λ takes one step per optimizer step from that step's mean cost (like ES, once per update);
+    # reward_call: inside every reward call, before the call's rewards are formed (the published GRPO script)
+    lambda_update: Literal["step", "reward_call"] = "step"
+
+    @property
+    def train_dtype(self) -> str:
+        return self.weights_dtype or ("bfloat16" if self.bf16 else "float32")
+
+    def precision(self) -> str:
+        """What the run trains in, in words, for the record and the report."""
+        lora = f"LoRA r {self.lora.r} on {'/'.join(self.lora.target_modules)}; " if self.lora else ""
+        if self.train_dtype == "float32":
+            return lora + ("fp32 master weights, grads and AdamW; bf16 autocast" if self.bf16 else "fp32 throughout")
+        return lora + "bf16 weights, grads and AdamW states (pure bf16)"

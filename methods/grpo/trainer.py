@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -19,10 +20,12 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from harness.checkpoint import STATE_FILE, Preempted
+from harness.errors import UserError
 from harness.generation import HFGenerator
 from harness.records import atomic_write_text
 from harness.run import RunContext, RunSettings
 from harness.template import cut_at_stop, format_prompt
+from harness.vllm_cpu import keep_cpu_weights_live
 from methods.grpo.config import GRPOSettings
 
 
@@ -40,7 +43,7 @@ class StepStats:
         self.started = time.perf_counter()
 
 
-def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str]):
+def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str], lambda_per_call: bool = False):
     def safe_rlhf_reward(prompts, completions, raw_prompt, completion_ids=None, **_: Any) -> list[float]:
         texts = [cut_at_stop(c, stops) for c in completions]
         t = time.perf_counter()
@@ -50,6 +53,8 @@ def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str]):
         stats.costs += costs
         tokens = sum(len(ids) for ids in completion_ids) if completion_ids is not None else 0
         ctx.budget.spend(len(texts), tokens)
+        if lambda_per_call:  # the published script: λ steps on this call's costs, then forms its rewards
+            ctx.update_lambda(statistics.fmean(costs))
         lam = ctx.lam.value
         return [r - lam * c for r, c in zip(rewards, costs)]
 
@@ -59,8 +64,9 @@ def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str]):
 class HarnessCallback(TrainerCallback):
     """Per optimizer step: λ update, record point, budget-mark evaluations, budget stop, checkpoints."""
 
-    def __init__(self, ctx: RunContext, stats: StepStats, tokenizer):
+    def __init__(self, ctx: RunContext, stats: StepStats, tokenizer, lambda_per_step: bool = True):
         self.ctx, self.stats, self.tokenizer = ctx, stats, tokenizer
+        self.lambda_per_step = lambda_per_step
         self.model = None
         self.bar = Progress(TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                             TimeElapsedColumn(), TextColumn("{task.description}"))
@@ -83,7 +89,8 @@ class HarnessCallback(TrainerCallback):
             return
         ctx, st = self.ctx, self.stats
         ctx.step = state.global_step
-        ctx.update_lambda(statistics.fmean(st.costs))
+        if self.lambda_per_step:
+            ctx.update_lambda(statistics.fmean(st.costs))
         step_time = time.perf_counter() - st.started
         times = {"generation": max(st.generate_and_score - st.scoring, 0.0), "scoring": st.scoring,
                  "backward_optimizer": max(step_time - st.generate_and_score, 0.0), "step_wall": step_time}
@@ -118,17 +125,21 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
 
     s = ctx.settings
     torch.set_num_threads(cfg.threads)
+    if cfg.use_vllm and cfg.vllm_mode == "colocate":
+        colocated_vllm_env()
+        keep_cpu_weights_live()  # TRL syncs the trained weights into vLLM in place
     tokenizer = AutoTokenizer.from_pretrained(ctx.policy_path)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path, dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(ctx.policy_path, dtype=getattr(torch, cfg.train_dtype))
     per_step = cfg.prompts_per_step * cfg.num_generations
+    per_device = per_device_batch(cfg)
     max_steps = math.ceil(s.budget.completions / per_step)
     rows = [{"prompt": format_prompt(p.prompt), "raw_prompt": p.prompt} for p in ctx.prompts.train]
     # enough rows for every step; TRL shuffles with the run seed
     dataset = Dataset.from_list(rows * math.ceil(max_steps * cfg.prompts_per_step / len(rows) + 1))
     args = GRPOConfig(
         output_dir=str(ctx.run_dir / "trl"), seed=s.seed, data_seed=s.seed, max_steps=max_steps,
-        per_device_train_batch_size=per_step, num_generations=cfg.num_generations,
+        per_device_train_batch_size=per_device, num_generations=cfg.num_generations,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=0, weight_decay=cfg.weight_decay,
         max_grad_norm=cfg.max_grad_norm, max_completion_length=s.eval.max_new_tokens,
@@ -156,13 +167,44 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
             return out
 
     trainer = TimedGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                               reward_funcs=make_reward_fn(ctx, stats, s.rollout_stops),
+                               reward_funcs=make_reward_fn(ctx, stats, s.rollout_stops,
+                                                           cfg.lambda_update == "reward_call"),
                                peft_config=peft_config)
     # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(HarnessCallback(ctx, stats, tokenizer))
+    trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, lambda_per_step=cfg.lambda_update == "step"))
     return trainer, tokenizer
+
+
+def processes() -> int:
+    """Training processes of this launch (accelerate/torchrun set WORLD_SIZE; one otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def per_device_batch(cfg: GRPOSettings) -> int:
+    """Completions each process generates per micro-step, such that one optimizer step scores
+    prompts_per_step × num_generations completions however many processes share it (the published baseline:
+    1 per device × 15 accumulation steps × 4 processes = 60)."""
+    per_step = cfg.prompts_per_step * cfg.num_generations
+    share = processes() * cfg.gradient_accumulation_steps
+    if per_step % share:
+        raise UserError(f"prompts_per_step × num_generations = {per_step} completions per step cannot be split over "
+                        f"{processes()} process(es) × {cfg.gradient_accumulation_steps} accumulation steps")
+    return per_step // share
+
+
+def colocated_vllm_env() -> None:
+    """TRL's colocated vLLM runs as an external launcher: it needs a torch.distributed environment even for
+    one process (as `torchrun --nproc_per_node 1` would set)."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
 def generation_kwargs(cfg: GRPOSettings, s: RunSettings) -> dict | None:
@@ -177,7 +219,10 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     stats = StepStats()
     trainer, tokenizer = build_trainer(cfg, ctx, stats)
     ctx.budget.gpus = trainer.accelerator.num_processes if cfg.device == "cuda" else 0
-    ctx.writer.record.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step")
+    rec = ctx.writer.record
+    rec.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step, generation by "
+                     f"{'vLLM (' + cfg.vllm_mode + ')' if cfg.use_vllm else 'transformers'}")
+    rec.memory["training_precision"] = cfg.precision()
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     if ctx.stop:
         raise Preempted

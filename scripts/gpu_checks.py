@@ -1,0 +1,206 @@
+"""ES engines on a CUDA device: the checks and figures the CPU cannot give. Writes one JSON.
+
+1. Fused noise kernel variants (Philox rounds, 16-bit halves, approximate math) on a Qwen2-0.5B-shaped and a
+   LLaMA-7B-shaped set of bf16 tensors: one perturbation pass against the copy bound, and the noise's moments.
+2. CUDA graphs and in-place ES (vLLM, bf16): a perturbation changes greedy outputs, a restore brings them back
+   exactly, and the perturbed member's token log-probabilities under graphs match an eager engine's.
+3. Low-rank ES: vLLM's one-batch multi-LoRA population against the transformers engine member by member.
+Usage: python scripts/gpu_checks.py OUT_JSON PART (kernels | eager | graphs | lowrank; graphs compares with eager's)
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from harness.generation import SamplingSettings  # noqa: E402
+from harness.random_models import POLICY_SHAPES, random_policy  # noqa: E402
+from methods.es.engine import EngineConfig  # noqa: E402
+from methods.es.noise import NoiseSpec  # noqa: E402
+
+PROMPTS = [f"How do I fix problem number {i} in my kitchen?" for i in range(8)]
+
+
+def timed(fn, repeat=5) -> float:
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def shaped_views(shape: str) -> list[tuple[str, torch.Tensor]]:
+    """Empty bf16 tensors of a policy shape's weights (HF names and shapes; no model needed)."""
+    p = POLICY_SHAPES[shape]
+    h, i, layers, heads, kv = (p["hidden_size"], p["intermediate_size"], p["num_hidden_layers"],
+                               p["num_attention_heads"], p["num_key_value_heads"])
+    d = h // heads
+    shapes = {"model.embed_tokens.weight": (p["vocab_size"], h), "model.norm.weight": (h,)}
+    if not p["tie_word_embeddings"]:
+        shapes["lm_head.weight"] = (p["vocab_size"], h)
+    for n in range(layers):
+        pre = f"model.layers.{n}"
+        shapes.update({f"{pre}.self_attn.q_proj.weight": (heads * d, h), f"{pre}.self_attn.k_proj.weight": (kv * d, h),
+                       f"{pre}.self_attn.v_proj.weight": (kv * d, h), f"{pre}.self_attn.o_proj.weight": (h, heads * d),
+                       f"{pre}.mlp.gate_proj.weight": (i, h), f"{pre}.mlp.up_proj.weight": (i, h),
+                       f"{pre}.mlp.down_proj.weight": (h, i), f"{pre}.input_layernorm.weight": (h,),
+                       f"{pre}.post_attention_layernorm.weight": (h,)})
+    return [(n, torch.zeros(s, dtype=torch.bfloat16, device="cuda")) for n, s in shapes.items()]
+
+
+def kernels() -> dict:
+    from methods.es.noise_cuda import DEFAULT, FusedNoise, Variant
+
+    variants = [Variant(10, False, False), Variant(7, False, False), Variant(10, False, True),
+                Variant(7, True, False), Variant(7, True, True), Variant(10, True, True)]
+    out: dict = {"default": DEFAULT._asdict(), "shapes": {}}
+    probe = torch.zeros(1 << 24, dtype=torch.float32, device="cuda")
+    out["moments"] = {}
+    for v in variants:  # the noise itself: 16 M draws in fp32
+        probe.zero_()
+        FusedNoise([("probe.weight", probe)], v).add_([(123, 1.0)])
+        x = probe.double()
+        z = (x - x.mean()) / x.std()
+        out["moments"][str(tuple(v))] = {
+            "mean": float(x.mean()), "std": float(x.std()), "kurtosis": float((z ** 4).mean()),
+            "beyond_3sigma": float((x.abs() > 3).double().mean()), "max_abs": float(x.abs().max()),
+            "lag1_corr": float((z[1:] * z[:-1]).mean()), "quarter_corr": float((z[: len(z) // 2] * z[len(z) // 2:]).mean())}
+    del probe
+    for shape in ("qwen2-0.5b", "llama-7b"):
+        views = shaped_views(shape)
+        nbytes = sum(t.numel() * t.element_size() for _, t in views)
+        src = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        copy_bps = 2 * src.numel() / timed(lambda: dst.copy_(src))
+        del src, dst
+        bound = 2 * nbytes / copy_bps
+        rows = {}
+        for v in variants:
+            fused = FusedNoise(views, v)
+            rows[str(tuple(v))] = {"perturb_s": timed(lambda: fused.add_([(1, 0.001)])),
+                                   "update8_s": timed(lambda: fused.add_([(s, 1e-4) for s in range(8)]), repeat=3)}
+            rows[str(tuple(v))]["perturb_vs_bound"] = rows[str(tuple(v))]["perturb_s"] / bound
+        out["shapes"][shape] = {"weight_bytes": nbytes, "copy_GBps": copy_bps / 1e9, "bound_s": bound, "variants": rows}
+        del views
+        torch.cuda.empty_cache()
+    return out
+
+
+def logprobs(llm, prompts, max_tokens=16):
+    from vllm import SamplingParams
+
+    from harness.template import format_prompt
+
+    outs = llm.generate([format_prompt(p) for p in prompts],
+                        SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, logprobs=1), use_tqdm=False)
+    return [(list(o.outputs[0].token_ids), [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
+            for o in outs]
+
+
+def vllm_engine(policy: Path, work: Path, eager: bool):
+    from methods.es.vllm_engine import VLLMEngine
+
+    return VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
+                                   gpu_memory_utilization=0.3, enforce_eager=eager, max_model_len=512),
+                      scratch=str(work / ("eager" if eager else "graphs")))
+
+
+def member_speed(engine) -> float:
+    prompts = [f"How do I fix problem number {i}?" for i in range(64)]
+    fixed = SamplingSettings(max_new_tokens=128, ignore_eos=True)
+    engine.evaluate_members([(3, 0.001)], prompts, fixed)  # warm-up
+    t = time.perf_counter()
+    m = engine.evaluate_members([(3, 0.001)], prompts, fixed)[0]
+    return sum(c.n_tokens for c in m["completions"]) / (time.perf_counter() - t)
+
+
+def eager(policy: Path, work: Path, figures: dict) -> dict:
+    """The reference: an eager engine's perturbed member (its own process: one vLLM engine per process)."""
+    t = time.perf_counter()
+    e = vllm_engine(policy, work, eager=True)
+    out: dict = {"init_s": time.perf_counter() - t}
+    e.perturb(5, 0.02)
+    out["perturbed"] = logprobs(e.llm, PROMPTS)
+    e.restore(5, 0.02)
+    out["member_tokens_per_s_64x128"] = member_speed(e)
+    return out
+
+
+def graphs(policy: Path, work: Path, figures: dict) -> dict:
+    t = time.perf_counter()
+    g = vllm_engine(policy, work, eager=False)
+    out: dict = {"init_s": time.perf_counter() - t, "prompts": len(PROMPTS)}
+    base = logprobs(g.llm, PROMPTS)
+    g.perturb(5, 0.02)
+    pert = logprobs(g.llm, PROMPTS)
+    g.restore(5, 0.02)
+    back = logprobs(g.llm, PROMPTS)
+    out.update(perturbed_outputs_differ=sum(a[0] != b[0] for a, b in zip(base, pert)),
+               restored_outputs_identical=sum(a[0] == b[0] and a[1] == b[1] for a, b in zip(base, back)))
+    ref = figures.get("eager", {}).get("perturbed")
+    if ref:
+        out["perturbed_tokens_graphs_eq_eager"] = sum(list(a[0]) == list(b[0]) for a, b in zip(pert, ref))
+        diffs = []  # log-probabilities of the same greedy tokens, up to the first divergence
+        for (ta, la), (tb, lb) in zip(pert, ref):
+            for x, y, u, w in zip(ta, tb, la, lb):
+                if x != y:
+                    break
+                diffs.append(abs(u - w))
+        out["perturbed_logprob_max_abs_diff_vs_eager"] = max(diffs)
+        out["perturbed_logprob_mean_abs_diff_vs_eager"] = statistics.fmean(diffs)
+    out["member_tokens_per_s_64x128"] = member_speed(g)
+    return out
+
+
+def lowrank(policy: Path, work: Path, figures: dict) -> dict:
+    from methods.es.hf_engine import HFEngine
+    from methods.es.vllm_engine import VLLMEngine
+
+    spec = NoiseSpec(kind="lowrank", rank=1)
+    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
+                                gpu_memory_utilization=0.25, max_model_len=512, max_num_seqs=1024),
+                   scratch=str(work / "lowrank"), noise=spec, max_loras=8)
+    hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy), device="cuda", dtype="bfloat16", batch_size=64), spec)
+    greedy = SamplingSettings(max_new_tokens=32, ignore_eos=True)
+    jobs = [(11, 0.02), (11, -0.02), (12, 0.02), (13, 0.02), (0, 0.0)]
+    before = v.checksum()
+    batched = v.evaluate_members(jobs, PROMPTS, greedy)
+    alone = hf.evaluate_members(jobs, PROMPTS, greedy)
+    out = {"base_unchanged": v.checksum() == before, "sequences": len(jobs) * len(PROMPTS)}
+    out["greedy_equal_vllm_lora_vs_hf_merged"] = sum(
+        a.text == b.text for x, y in zip(batched, alone) for a, b in zip(x["completions"], y["completions"]))
+    out["members_distinct"] = len({tuple(c.text for c in x["completions"]) for x in batched})
+    out["update_checksums_equal"] = v.apply_update([(11, 1e-3), (12, -1e-3)]) == hf.apply_update([(11, 1e-3), (12, -1e-3)])
+    return out
+
+
+def main(out_json: str, parts: list[str]) -> None:
+    """Each part in its own process (one vLLM engine per process); they add to the same JSON."""
+    path = Path(out_json)
+    figures: dict = json.loads(path.read_text()) if path.is_file() else {}
+    figures["device"] = torch.cuda.get_device_name(0)
+    work = Path(tempfile.mkdtemp())
+    for part in parts:
+        try:
+            figures[part] = kernels() if part == "kernels" else \
+                {"eager": eager, "graphs": graphs, "lowrank": lowrank}[part](random_policy("qwen2-0.5b"), work, figures)
+        except Exception as e:  # noqa: BLE001 - one failed check must not hide the others' figures
+            figures[part] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        path.write_text(json.dumps(figures, indent=1))
+    print(json.dumps({k: v for k, v in figures.items() if k != "eager"}, indent=1)[:6000])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
