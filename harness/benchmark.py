@@ -166,7 +166,7 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
 
     def report(dirs: list[Path]) -> Path:
         return write_report([*dirs, *references], out, title=spec.name, target=spec.target, spec=raw,
-                            baseline=spec.compare.baseline, allow_mismatch=bool(budgets_differ(spec)),
+                            allow_mismatch=bool(budgets_differ(spec)),
                             oom=spec_runs(spec, runs_root, "oom"))
 
     if report_only:

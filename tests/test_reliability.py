@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness.checkpoint import PREEMPTED_EXIT
+from harness.errors import UserError
 from harness.config import load_config
 from harness.records import load_record
 from harness.run import run_method
@@ -36,7 +37,7 @@ def wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float
         try:
             if len(load_record(run_dir).series) >= n:
                 return
-        except (FileNotFoundError, json.JSONDecodeError, ValueError):
+        except UserError:  # not written yet (the record appears atomically, whole)
             pass
         assert proc.poll() is None, f"run ended (code {proc.returncode}) before step {n}"
         time.sleep(0.05)

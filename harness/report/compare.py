@@ -284,7 +284,13 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
         raise UserError(f"label(s) {', '.join(clash)} name both trained runs and evaluation records; relabel one")
     spec = spec or trained[0].record.spec or {}
     target = target or spec.get("target")
-    baseline = pick_baseline(list(groups), baseline or (spec.get("compare") or {}).get("baseline"))
+    spec_baseline = (spec.get("compare") or {}).get("baseline")
+    if baseline is None and spec_baseline is not None and spec_baseline not in groups:
+        problems.append(f"the spec's baseline {spec_baseline} has no completed run here: no paired differences")
+        spec_baseline = None
+        baseline = pick_baseline(list(groups), None) if len(groups) == 2 else None
+    else:
+        baseline = pick_baseline(list(groups), baseline or spec_baseline)
     summaries = [summarize(label, rs, target) for label, rs in groups.items()]
     ref_summaries = [summarize(label, rs, None) for label, rs in ref_groups.items()]
     comparisons = []
