@@ -114,6 +114,50 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
         typer.echo("runs done; the report comes with --report-only")
 
 
+@app.command("eval")
+@user_errors
+def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local HF model folder, or a run's "
+                                           "model_saves/latest_hf"),
+                out: Path = typer.Option(..., "--out", help="where the evaluation record, samples and scatter go; "
+                                         "an unfinished one there is resumed"),
+                from_spec: Optional[Path] = typer.Option(None, "--from-spec", help="take prompts, scorer, judge, "
+                                                         "evaluation settings and λ₀ from a benchmark spec"),
+                prompts: Optional[str] = typer.Option(None, help="evaluate every prompt of: a JSONL/parquet file "
+                                                      "(PKU-SafeRLHF rows understood), hub:ID[:SPLIT], or 'builtin' "
+                                                      "(its evaluation split)"),
+                scorer: Optional[Path] = typer.Option(None, help="scorer service YAML, run in this process "
+                                                      "(default: the spec's, else the built-in scorer)"),
+                judge: Optional[str] = typer.Option(None, help="'judge' (built-in), 'none', or a scorer YAML"),
+                engine: str = typer.Option("hf", help="hf (transformers) or vllm"),
+                label: str = typer.Option("reference", help="the row's name in reports"),
+                set_: List[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE of the evaluation "
+                                               "settings (e.g. eval.limit=200, device=cuda, dtype=bfloat16)")):
+    """Evaluate a fixed policy into an evaluation-only record: a reference row for `esgrpo compare`."""
+    from harness.benchmark import load_spec
+    from harness.config import apply_overrides, validate
+    from harness.policy_eval import EvalConfig, prompt_source, run_eval
+
+    data: dict = {"policy": policy, "engine": engine, "label": label}
+    if from_spec:
+        spec, _ = load_spec(from_spec)
+        shared = spec.shared.model_dump(mode="json", by_alias=True)
+        data.update({k: shared[k] for k in ("data", "scorer", "judge", "eval", "lambda", "seed")})
+    if prompts:
+        source = prompt_source(prompts)
+        if source == "builtin":
+            data["data"], data["prompts"] = {"kind": "builtin"}, None
+        else:
+            data["prompts"] = source.model_dump(mode="json")
+    if scorer:
+        data["scorer"] = {"kind": "embedded", "config": str(scorer)}
+    if judge:
+        data["judge"] = None if judge == "none" else {"kind": "judge"} if judge == "judge" else \
+            {"kind": "embedded", "config": judge}
+    cfg = validate(EvalConfig, apply_overrides(data, set_), "esgrpo eval options")
+    path = run_eval(cfg, out)
+    typer.echo(f"evaluation record: {path / 'record.json'} (scatter: {path / 'scatter.png'})")
+
+
 @app.command("serve-scorer")
 @user_errors
 def serve_scorer(config: Optional[Path] = typer.Option(None, "--config", "-c", help="scorer YAML: reward and cost "

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pydantic import Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -97,20 +97,33 @@ class EvalResult:
 EVAL_CHUNK = 64  # prompts per generate call: large enough to batch well, small enough for a live progress bar
 
 
+def evaluate_chunks(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,
+                    judge: Scorer | None = None, chunk: int = EVAL_CHUNK) -> Iterator[list[EvalSample]]:
+    """Greedy completions of ``prompts``, scored, ``chunk`` prompts at a time (a caller may write each chunk
+    before the next is generated: long evaluations resume where they stopped)."""
+    for start in range(0, len(prompts), chunk):
+        part = list(prompts[start : start + chunk])
+        raw = [p.prompt for p in part]
+        completions = generator.generate(raw, settings.sampling())
+        texts = [c.text for c in completions]
+        rewards, costs = scorer.score(raw, texts)
+        jr, jc = judge.score(raw, texts) if judge else ([None] * len(raw), [None] * len(raw))
+        yield [EvalSample(p.id, p.category, p.expected_safe, p.prompt, c.text, c.n_tokens, r, k, a, b)
+               for p, c, r, k, a, b in zip(part, completions, rewards, costs, jr, jc, strict=True)]
+
+
+def eval_progress() -> Progress:
+    return Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
+                    TimeElapsedColumn(), transient=True)
+
+
 def evaluate(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,
              lam: float, judge: Scorer | None = None) -> EvalResult:
     prompts = list(prompts[: settings.limit] if settings.limit else prompts)
-    raw = [p.prompt for p in prompts]
-    completions = []
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  transient=True) as bar:
-        task = bar.add_task("", total=len(raw))
-        for start in range(0, len(raw), EVAL_CHUNK):
-            completions += generator.generate(raw[start : start + EVAL_CHUNK], settings.sampling())
-            bar.update(task, completed=len(completions))
-    texts = [c.text for c in completions]
-    rewards, costs = scorer.score(raw, texts)
-    jr, jc = judge.score(raw, texts) if judge else ([None] * len(raw), [None] * len(raw))
-    samples = [EvalSample(p.id, p.category, p.expected_safe, p.prompt, c.text, c.n_tokens, r, k, a, b)
-               for p, c, r, k, a, b in zip(prompts, completions, rewards, costs, jr, jc, strict=True)]
+    samples: list[EvalSample] = []
+    with eval_progress() as bar:
+        task = bar.add_task("", total=len(prompts))
+        for part in evaluate_chunks(generator, prompts, scorer, settings, judge):
+            samples += part
+            bar.update(task, completed=len(samples))
     return EvalResult(aggregate(samples, lam), samples)

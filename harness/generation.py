@@ -76,3 +76,26 @@ class HFGenerator:
                 out.append(Completion(cut_at_stop(text, sampling.stop_strings), n))
         self.model.train(was_training)
         return out
+
+
+class VLLMGenerator:
+    """Batched generation with a vLLM ``LLM``: the shared template, stop strings, per-prompt sampling seeds."""
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingSettings, loras: list | None = None,
+                 period: int | None = None) -> list[Completion]:
+        """``loras``: a LoRA request (or None) per prompt. ``period``: prompts per member in a population batch;
+        sampling seeds repeat with it, so a member's completions are the ones it would get alone."""
+        from vllm import SamplingParams
+
+        period = period or len(prompts)
+        params = [SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                                 top_p=sampling.top_p, stop=None if sampling.ignore_eos else list(sampling.stop_strings),
+                                 ignore_eos=sampling.ignore_eos,
+                                 seed=sampling.seed + i % period if sampling.temperature else None)
+                  for i in range(len(prompts))]
+        outs = self.llm.generate([format_prompt(p) for p in prompts], params, lora_request=loras, use_tqdm=False)
+        return [Completion(cut_at_stop(o.outputs[0].text, sampling.stop_strings), len(o.outputs[0].token_ids))
+                for o in outs]

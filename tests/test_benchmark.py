@@ -52,3 +52,48 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     before = [load_record(r).finished for r in runs]
     run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
     assert [load_record(r).finished for r in runs] == before
+
+
+@pytest.mark.slow
+def test_reference_rows_from_esgrpo_eval(policy_path, tmp_path):
+    """The base policy and a trained run's checkpoint, evaluated with `esgrpo eval --from-spec`, appear beside the
+    trained runs as references: in the tables and the scatter, never paired."""
+    import subprocess
+    import sys
+
+    from harness.benchmark import load_spec, method_config
+    from harness.budget import BudgetConfig
+    from harness.run import run_method
+
+    spec = ROOT / "benchmarks" / "cpu-default.yaml"
+    loaded, _ = load_spec(spec)
+    runs = []
+    for method in ("es", "grpo"):  # tiny runs of the spec's own settings
+        cfg = method_config(loaded, spec, method, 0)
+        cfg.run.budget = BudgetConfig(completions=40, eval_every_fraction=1.0)
+        runs.append(run_method(method, cfg, tmp_path / f"{method}-s0", label=method))
+    refs = []
+    for label, policy in (("base", "builtin"), ("es-checkpoint", str(runs[0] / "model_saves" / "latest_hf"))):
+        out = tmp_path / label
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--from-spec", str(spec), "--policy", policy,
+                            "--label", label, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-2000:]
+        refs.append(out)
+    from harness.report import write_report
+
+    md = write_report([*runs, *refs], tmp_path / "report", baseline="grpo")
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert set(summary["references"]) == {"base", "es-checkpoint"} and not summary["problems"]
+    assert [(c["a"], c["b"]) for c in summary["comparisons"]] == [("es", "grpo")]
+    assert "base (reference)" in md.read_text() and "es-checkpoint (reference)" in md.read_text()
+    # a spec's `references:` list does the same for `esgrpo benchmark`
+    raw = yaml.safe_load(spec.read_text())
+    raw["methods"] = {m: {**e, "config": str(ROOT / e["config"].removeprefix("../"))} for m, e in raw["methods"].items()}
+    raw["references"] = [str(r) for r in refs]
+    spec2 = tmp_path / "spec.yaml"
+    spec2.write_text(yaml.safe_dump(raw))
+    run_benchmark(spec2, out=tmp_path / "report2", runs_dir=tmp_path, report_only=True)
+    assert set(json.loads((tmp_path / "report2" / "summary.json").read_text())["references"]) == {"base", "es-checkpoint"}
+    # the base model's row is the trained runs' own step-0 evaluation, reproduced
+    base = load_record(refs[0]).evals[0].metrics
+    assert base["reward"] == pytest.approx(load_record(runs[0]).evals[0].metrics["reward"])

@@ -88,27 +88,32 @@ def training(summaries: list["MethodSummary"], out: Path) -> str:
 
 
 def scatter(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
-    panels = [(s, _color(i)) for i, s in enumerate(summaries)]
-    panels += [(s, REFERENCE_COLORS[j % len(REFERENCE_COLORS)]) for j, s in enumerate(references)]
+    panels = [(s.label, [x for r in s.runs for x in r.final_samples], _color(i)) for i, s in enumerate(summaries)]
+    panels += [(f"{s.label} (reference)", [x for r in s.runs for x in r.final_samples],
+                REFERENCE_COLORS[j % len(REFERENCE_COLORS)]) for j, s in enumerate(references)]
+    scatter_panels(panels, out / "scatter.png")
+    return "scatter.png"
+
+
+def scatter_panels(panels: list[tuple[str, list[dict], str]], path: Path) -> None:
+    """Reward–cost scatter per (title, samples, color), quadrants marked and their shares in the title."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
-    for ax, (s, color) in zip(axes[0], panels):
-        samples = [x for r in s.runs for x in r.final_samples]
+    for ax, (title, samples, color) in zip(axes[0], panels):
         ax.scatter([x["reward"] for x in samples], [x["cost"] for x in samples], s=14, alpha=0.6, color=color)
         ax.axhline(0, color="k", lw=0.8)
         ax.axvline(0, color="k", lw=0.8)
         for (tx, ty, label) in ((0.98, 0.02, "SH"), (0.02, 0.02, "SU"), (0.98, 0.97, "UH"), (0.02, 0.97, "UU")):
             ax.text(tx, ty, label, transform=ax.transAxes, ha="right" if tx > 0.5 else "left",
                     va="bottom" if ty < 0.5 else "top", fontsize=11, color="0.35", weight="bold")
-        shares = "  ".join(f"{q} {sum(quadrant_of(x) == q for x in samples) / len(samples):.2f}"
+        shares = "  ".join(f"{q} {sum(quadrant_of(x) == q for x in samples) / max(len(samples), 1):.2f}"
                            for q in ("SH", "SU", "UH", "UU"))
-        ax.set_title(f"{s.label}{' (reference)' if s.reference else ''}: final evaluation\n{shares}", fontsize=10)
+        ax.set_title(f"{title}: final evaluation\n{shares}", fontsize=10)
         ax.set_xlabel("reward R (helpful > 0)")
         ax.set_ylabel("cost C (safe ≤ 0)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "scatter.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return "scatter.png"
 
 
 def resources(summaries: list["MethodSummary"], out: Path) -> str:

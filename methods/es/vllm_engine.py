@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import UserError
-from harness.generation import Completion, SamplingSettings
-from harness.template import cut_at_stop, format_prompt
+from harness.generation import Completion, SamplingSettings, VLLMGenerator
 from harness.vllm_cpu import keep_cpu_weights_live
 from methods.es.engine import EngineConfig, InPlaceES
 from methods.es.noise import NoiseSpec
@@ -112,6 +111,7 @@ class VLLMEngine(InPlaceES):
                        max_model_len=cfg.max_model_len, enforce_eager=cfg.eager(), seed=0,
                        enable_prefix_caching=False, **kwargs)
         self.n_elements = self._rpc("es_setup", cfg.restore, self.noise_spec.model_dump())
+        self._gen = VLLMGenerator(self.llm)
 
     def _rpc(self, method: str, *args: Any) -> Any:
         return self.llm.collective_rpc(method, args=args)[0]
@@ -120,23 +120,7 @@ class VLLMEngine(InPlaceES):
         pass
 
     def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
-        return self._generate(list(prompts), sampling)
-
-    def _generate(self, prompts: list[str], sampling: SamplingSettings, loras: list | None = None,
-                  period: int | None = None) -> list[Completion]:
-        """``period``: prompts per member in a population batch; sampling seeds repeat with it, so a member's
-        completions are the ones it would get alone."""
-        from vllm import SamplingParams
-
-        period = period or len(prompts)
-        params = [SamplingParams(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-                                 top_p=sampling.top_p, stop=None if sampling.ignore_eos else list(sampling.stop_strings),
-                                 ignore_eos=sampling.ignore_eos,
-                                 seed=sampling.seed + i % period if sampling.temperature else None)
-                  for i in range(len(prompts))]
-        outs = self.llm.generate([format_prompt(p) for p in prompts], params, lora_request=loras, use_tqdm=False)
-        return [Completion(cut_at_stop(o.outputs[0].text, sampling.stop_strings), len(o.outputs[0].token_ids))
-                for o in outs]
+        return self._gen.generate(prompts, sampling)
 
     def evaluate_members(self, jobs: Sequence[tuple[int, float]], prompts: Sequence[str],
                          sampling: SamplingSettings) -> list[dict[str, Any]]:
@@ -157,7 +141,7 @@ class VLLMEngine(InPlaceES):
                 requests.append(None)  # the unperturbed policy rides in the same batch
         t1 = time.perf_counter()
         n = len(prompts)
-        outs = self._generate([p for _ in jobs for p in prompts], sampling, [r for r in requests for _ in range(n)], n)
+        outs = self._gen.generate([p for _ in jobs for p in prompts], sampling, [r for r in requests for _ in range(n)], n)
         wall = time.perf_counter() - t1
         # one batch: its wall clock is shared out so that the per-member times still sum to the iteration's
         return [{"completions": outs[i * n:(i + 1) * n], "generation": wall / len(jobs),

@@ -1,0 +1,179 @@
+"""``esgrpo eval``: a fixed policy (a base model, a published checkpoint, a run's saved weights) under the same
+evaluation contract as trained runs, into an evaluation-only record that reports show as a reference row.
+
+Greedy decoding on the evaluation prompts, scored by the scorer and judge; samples are appended to the samples
+file chunk by chunk, so a killed evaluation resumes where it stopped without generating or scoring a finished
+prompt again. ``--from-spec`` takes prompts, scorer, judge, evaluation settings and λ₀ from a benchmark spec's
+shared settings, so the row is comparable with that spec's runs by construction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from harness import environment
+from harness.config import StrictModel, read_text
+from harness.data import PromptSet, PromptSource
+from harness.data.prompts import PromptFile, load_prompt_set, load_records
+from harness.errors import UserError
+from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks
+from harness.lagrangian import LambdaConfig
+from harness.policy import resolve_policy
+from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_text, load_record
+from harness.scoring import ScorerSpec, make_scorer
+
+log = logging.getLogger(__name__)
+SAMPLES = "evals/eval-00000000.jsonl"
+
+
+class EvalConfig(StrictModel):
+    policy: str = "builtin"  # 'builtin' or a local HF model directory (a run's model_saves/latest_hf too)
+    label: str = "reference"  # the row's name in reports
+    data: PromptSource = Field(default_factory=PromptSource)  # its evaluation split is evaluated ...
+    prompts: PromptFile | None = None  # ... unless every prompt of this source is
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec)
+    judge: ScorerSpec | None = Field(default_factory=lambda: ScorerSpec(kind="judge"))
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    lagrangian: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")  # λ₀ of the objective
+    engine: Literal["hf", "vllm"] = "hf"
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: int = Field(64, gt=0)  # prompts per generate call, and per chunk written to disk
+    max_model_len: int = Field(2048, gt=0)  # vLLM
+    seed: int = Field(0, ge=0)
+
+    model_config = {"populate_by_name": True, "extra": "forbid"}
+
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str) -> str:
+        from harness.benchmark import check_name
+
+        return check_name(v, "label")
+
+
+def prompt_set(cfg: EvalConfig) -> PromptSet:
+    if cfg.prompts is None:
+        return load_prompt_set(cfg.data)
+    records, name = load_records(cfg.prompts)
+    return PromptSet(name=name, train=(), eval=tuple(records))
+
+
+def prompt_source(text: str) -> PromptFile | str:
+    """``builtin``, ``hub:ID[:SPLIT]`` or a JSONL/parquet file (PKU-SafeRLHF rows are recognized)."""
+    if text == "builtin":
+        return "builtin"
+    if text.startswith("hub:"):
+        hub_id, _, split = text[4:].partition(":")
+        return PromptFile(kind="hub", hub_id=hub_id, hub_split=split or "test")
+    path = Path(text)
+    if path.suffix == ".parquet":
+        return PromptFile(kind="parquet", path=text)
+    first = next((line for line in read_text(path, "prompt file").split("\n") if line.strip()), "{}")
+    try:
+        pku = "is_response_0_safe" in json.loads(first)
+    except (ValueError, TypeError):
+        pku = False  # the loader names the line that is not JSON
+    return PromptFile(kind="pku" if pku else "jsonl", path=text)
+
+
+def make_generator(cfg: EvalConfig, policy: Path, scratch: Path):
+    if cfg.engine == "vllm":
+        from vllm import LLM
+
+        from harness.generation import VLLMGenerator
+        from harness.vllm_cpu import keep_cpu_weights_live
+
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+        os.environ.setdefault("VLLM_CACHE_ROOT", str(scratch / "vllm-cache"))
+        keep_cpu_weights_live()
+        return VLLMGenerator(LLM(model=str(policy), dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
+                                 enable_prefix_caching=False))
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.generation import HFGenerator
+
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=getattr(torch, cfg.dtype)).to(cfg.device).eval()
+    return HFGenerator(model, AutoTokenizer.from_pretrained(policy), batch_size=cfg.batch_size)
+
+
+def read_done(path: Path) -> list[dict]:
+    """Samples already written. A line cut off by a kill mid-write is dropped (and rewritten on resume)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    done = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            done.append(json.loads(line))
+        except json.JSONDecodeError:
+            if any(x.strip() for x in lines[i + 1:]):
+                raise UserError(f"{path}:{i + 1}: not valid JSON (and not the last line: not a cut-off write)") from None
+    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in done))
+    return done
+
+
+def run_eval(cfg: EvalConfig, out: Path) -> Path:
+    """Evaluate ``cfg.policy`` into ``out`` (record.json + samples + scatter.png); resumes an unfinished one."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out exists and is not a folder")
+    config = cfg.model_dump(mode="json", by_alias=True)
+    if (out / "record.json").is_file():
+        old = load_record(out)
+        if old.status == "completed":
+            raise UserError(f"{out}: this evaluation already completed; choose another --out")
+        if old.kind != "eval" or {k: v for k, v in old.config.items() if k != "policy_path"} != config:
+            raise UserError(f"{out} holds another run or evaluation; resume it with the same settings or choose another --out")
+    prompts = prompt_set(cfg)
+    todo_all = prompts.eval_prompts(cfg.eval.limit)
+    scorer, judge = make_scorer(cfg.scorer), make_scorer(cfg.judge) if cfg.judge else None
+    scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
+    policy = resolve_policy(cfg.policy)
+    record = RunRecord(run_id=out.name, kind="eval", method="eval", label=cfg.label, seed=cfg.seed, config=config,
+                       environment=environment.capture(), scorer=scorer_info, judge=judge.info() if judge else None,
+                       data={"name": prompts.name, "hash": prompts.content_hash, "eval_hash": prompts.eval_hash,
+                             "n_train": len(prompts.train), "n_eval": len(prompts.eval)},
+                       evaluation=cfg.eval.model_dump(mode="json"))
+    record.config["policy_path"] = str(policy)
+    samples_path = out / SAMPLES
+    done = read_done(samples_path)
+    done_ids = {s["id"] for s in done}
+    if done:
+        record.notes.append(f"resumed with {len(done)} of {len(todo_all)} prompts already evaluated")
+    writer = RecordWriter(out, record, tensorboard=False)
+    try:
+        todo = [p for p in todo_all if p.id not in done_ids]
+        generator = make_generator(cfg, policy, out)
+        samples_path.parent.mkdir(parents=True, exist_ok=True)
+        with eval_progress() as bar, samples_path.open("a", encoding="utf-8") as f:
+            task = bar.add_task("", total=len(todo_all), completed=len(done))
+            for part in evaluate_chunks(generator, todo, scorer, cfg.eval, judge, chunk=cfg.batch_size):
+                f.write("".join(json.dumps(s.__dict__, ensure_ascii=False) + "\n" for s in part))
+                f.flush()
+                os.fsync(f.fileno())
+                done += [s.__dict__ for s in part]
+                bar.update(task, completed=len(done))
+        order = {p.id: i for i, p in enumerate(todo_all)}
+        done.sort(key=lambda s: order[s["id"]])
+        metrics = aggregate([EvalSample(**s) for s in done], cfg.lagrangian.lambda_init)
+        writer.log_eval(EvalPoint(mark=0, step=0, samples=0, tokens=0, seconds=0.0, lam=cfg.lagrangian.lambda_init,
+                                  metrics=metrics, samples_file=SAMPLES), done)
+    except BaseException as e:
+        writer.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", str(e)[:2000])
+        raise
+    writer.finish("completed")
+    from harness.report.plots import scatter_panels
+
+    scatter_panels([(cfg.label, done, "0.35")], out / "scatter.png")
+    return out
