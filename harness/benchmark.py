@@ -104,11 +104,13 @@ def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
     return spec, raw
 
 
-def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int):
+def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int, overrides: list[str] | None = None):
+    """The entry's config with its own ``set`` overrides, then ``overrides`` (e.g. a cluster job's ray_address),
+    under the spec's shared settings."""
     entry = spec.methods[name]
     method = get_method(entry.method or name)
     cfg_path = config_path(spec_path, entry)
-    data = apply_overrides(read_yaml(cfg_path), entry.set)
+    data = apply_overrides(read_yaml(cfg_path), [*entry.set, *(overrides or [])])
     shared = spec.shared.model_copy(update={"seed": seed, **({"budget": entry.budget} if entry.budget else {})})
     data["run"] = shared.model_dump(mode="json", by_alias=True)
     return validate(method.config_model, data, f"{cfg_path} (with {spec_path} shared settings)")
@@ -144,10 +146,11 @@ def default_locations(spec: BenchmarkSpec) -> tuple[Path, Path]:
 
 def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | None = None,
                   only: list[str] | None = None, seed_index: int | None = None, report_only: bool = False,
-                  shared_overrides: list[str] | None = None) -> Path | None:
+                  shared_overrides: list[str] | None = None, method_overrides: list[str] | None = None) -> Path | None:
     """Run the spec's (method, seed) pairs, then the report. ``only``/``seed_index`` select a subset (one
     SLURM array task); ``report_only`` compares what is there; ``shared_overrides`` (dotted keys of
-    ``shared``, e.g. the scorer a cluster job must use) apply to every run."""
+    ``shared``, e.g. the scorer a cluster job must use) apply to every run, ``method_overrides`` to the
+    selected methods' own configs."""
     spec, raw = load_spec(Path(spec_path))
     if shared_overrides:
         shared = apply_overrides(spec.shared.model_dump(mode="json", by_alias=True), shared_overrides)
@@ -161,7 +164,8 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
         raise UserError(f"{spec_path}: seed index {seed_index} outside 0..{len(spec.seeds) - 1}")
     seeds = spec.seeds if seed_index is None else [spec.seeds[seed_index]]
     selected = [(m, s) for s in seeds for m in spec.methods if not only or m in only]
-    configs = {} if report_only else {(m, s): method_config(spec, Path(spec_path), m, s) for m, s in selected}
+    configs = {} if report_only else {(m, s): method_config(spec, Path(spec_path), m, s, method_overrides)
+                                      for m, s in selected}
     references = reference_dirs(spec, Path(spec_path))
 
     def report(dirs: list[Path]) -> Path:
@@ -191,6 +195,8 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
                str(runs_root), "--only", name, "--seed-index", str(spec.seeds.index(seed))]
         for o in shared_overrides or []:
             cmd += ["--set-shared", o]
+        for o in method_overrides or []:
+            cmd += ["--set", o]
         rc = subprocess.run(cmd).returncode
         if rc == 0:
             done.append(run_dir)

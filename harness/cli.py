@@ -102,12 +102,14 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
               only: List[str] = typer.Option([], "--only", help="run only this method (repeatable)"),
               seed_index: Optional[int] = typer.Option(None, "--seed-index", help="run only the spec's i-th seed"),
               report_only: bool = typer.Option(False, "--report-only", help="only compare the completed runs"),
-              set_shared: List[str] = typer.Option([], "--set-shared", help="override KEY=VALUE in `shared`")):
+              set_shared: List[str] = typer.Option([], "--set-shared", help="override KEY=VALUE in `shared`"),
+              set_: List[str] = typer.Option([], "--set", help="override KEY=VALUE in the selected methods' configs "
+                                             "(e.g. ray_address=HOST:PORT in a multi-node job)")):
     """Run every method and seed a benchmark spec names, at equal budgets, then compare them."""
     from harness.benchmark import run_benchmark
 
     path = run_benchmark(spec, out=out, runs_dir=runs_dir, only=only or None, seed_index=seed_index,
-                         report_only=report_only, shared_overrides=set_shared)
+                         report_only=report_only, shared_overrides=set_shared, method_overrides=set_)
     if path:
         typer.echo(f"report: {path}")
     elif seed_index is None:  # a single (method, seed) part is one of many: its caller reports

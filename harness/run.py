@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 import traceback
@@ -168,6 +169,11 @@ class RunContext:
         rec.outages = [vars(o) for o in getattr(self.scorer, "outages", [])]
 
 
+def process_rank() -> int:
+    """This process's rank in a multi-process launch (0 when there is none)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def existing_record(run_dir: Path, config: MethodConfig, method: str) -> RunRecord | None:
     """The record of an unfinished run of the same method and config in ``run_dir``, if any."""
     path = run_dir / "record.json"
@@ -211,9 +217,13 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
         old.notes.append(f"resumed from {resume_from.name} at {record.started}")
         old.environment.setdefault("resumes", []).append(record.environment)
         record = old
-    elif old is not None:  # an unfinished run with nothing to resume from: keep its record, start over
+    elif old is not None and process_rank() == 0:  # an unfinished run with nothing to resume from: start over
         (run_dir / "record.json").rename(run_dir / f"record.abandoned-{old.started.replace(':', '')}.json")
-    writer = RecordWriter(run_dir, record, tensorboard=s.tensorboard, wandb=s.wandb)
+    # in a multi-process launch (accelerate, torchrun) only rank 0 writes the run's record; the others keep their
+    # own beside it, for diagnosis
+    rank = process_rank()
+    writer = RecordWriter(run_dir if rank == 0 else run_dir / f"rank-{rank}", record,
+                          tensorboard=s.tensorboard and rank == 0, wandb=s.wandb and rank == 0)
     ctx = RunContext(settings=s, run_dir=run_dir, prompts=prompts, scorer=scorer, judge=judge,
                      policy_path=policy_path, writer=writer, budget=Budget(s.budget),
                      lam=LambdaState.initial(s.lagrangian), resume_from=resume_from)

@@ -20,6 +20,7 @@ from harness.benchmark import default_locations, load_spec
 from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
 from harness.records import atomic_write_text
+from harness.registry import get_method
 from scorer.service_config import load_service_config
 
 TEMPLATES = Path(__file__).resolve().parents[1] / "containers" / "slurm"
@@ -27,8 +28,9 @@ JOBS_FILE = "jobs.json"
 
 
 class JobResources(StrictModel):
-    gpus: int = Field(0, ge=0)
-    cpus: int = Field(2, gt=0)
+    nodes: int = Field(1, gt=0)  # > 1: ES starts a Ray cluster over them, GRPO launches accelerate on each
+    gpus: int = Field(0, ge=0)  # per node
+    cpus: int = Field(2, gt=0)  # per node
     mem: str | None = None  # e.g. "64G"; None: the partition's default per CPU
     time: str | None = None  # overrides the cluster's time limit
 
@@ -50,6 +52,7 @@ class ClusterSettings(StrictModel):
 
 def directives(c: ClusterSettings, r: JobResources) -> str:
     lines = [f"--cpus-per-task={r.cpus}"]
+    lines += [f"--nodes={r.nodes}", "--ntasks-per-node=1"] if r.nodes > 1 else []
     lines += [f"--account={c.account}"] if c.account else []
     lines += [f"--partition={c.partition}"] if c.partition else []
     lines += [f"--gres=gpu:{r.gpus}"] if r.gpus else []
@@ -85,10 +88,55 @@ def sbatch_path(path: Path) -> str:
     return text
 
 
-def executable(c: ClusterSettings) -> str:
-    """Natively, this installation's own ``esgrpo`` (jobs need not have the venv on PATH); in an image, its own."""
-    here = Path(sys.executable).parent / "esgrpo"
-    return str(here) if c.runtime == "native" and here.is_file() else "esgrpo"
+def executable(c: ClusterSettings, name: str = "esgrpo") -> str:
+    """Natively, this installation's own ``esgrpo`` (or ``ray``, ``accelerate``: jobs need not have the venv on
+    PATH); in an image, its own."""
+    here = Path(sys.executable).parent / name
+    return str(here) if c.runtime == "native" and here.is_file() else name
+
+
+MULTI_NODE_HEAD = """nodes=($$(scontrol show hostnames "$$SLURM_JOB_NODELIST"))
+head_ip=$$(srun --nodes=1 --ntasks=1 -w "$${nodes[0]}" hostname --ip-address | awk '{print $$1}')
+port=$$((20000 + SLURM_JOB_ID % 20000))"""
+
+
+def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run: str) -> str:
+    """The shell lines that start one seed of ``method`` (``run``: its ``esgrpo benchmark ...`` arguments) in the
+    background as $child. One node: directly. Several: ES (Ray launcher) starts a private Ray cluster over the
+    allocation, with a per-job auth token, and its engines join it; GRPO (accelerate launcher) runs accelerate on
+    every node, machine rank from SLURM."""
+    wrap = wrapper(c, r, workdir)
+    esgrpo = q(executable(c))
+    if r.nodes == 1:
+        return f"{wrap} {esgrpo} {run} &\nchild=$$!"
+    gres = f" --gres=gpu:{r.gpus}" if r.gpus else ""
+    step = f'srun --nodes=1 --ntasks=1{gres} -w'
+    if get_method(method).launcher == "ray":
+        ray = q(executable(c, "ray"))
+        common = f"--num-cpus={r.cpus} --num-gpus={r.gpus} --temp-dir=/tmp/ray-$$SLURM_JOB_ID --disable-usage-stats --block"
+        return "\n".join([
+            "# a private Ray cluster over this job's nodes: its own token, port and temporary folder",
+            f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$$(cat ${{ray_token}})", MULTI_NODE_HEAD,
+            f'{step} "$${{nodes[0]}}" {wrap} {ray} start --head --node-ip-address="$$head_ip" --port=$$port {common} &',
+            'sleep 10',
+            f'for n in "$${{nodes[@]:1}}"; do {step} "$$n" {wrap} {ray} start --address="$$head_ip:$$port" {common} & done',
+            f'{wrap} {esgrpo} {run} --set "ray_address=$$head_ip:$$port" --set pool=ray --set "engines={r.nodes * max(r.gpus, 1)}" &',
+            "child=$$!"])
+    return "\n".join([
+        "# accelerate on every node (one task per node), the first node's address as the rendezvous", MULTI_NODE_HEAD,
+        f'srun --nodes={r.nodes} --ntasks-per-node=1{gres} bash ${{node_script}} "$$head_ip" "$$port" &',
+        "child=$$!"])
+
+
+def node_script(c: ClusterSettings, r: JobResources, workdir: Path, run: str) -> str:
+    """What each node's task runs for an accelerate launch: its machine rank is its SLURM node id."""
+    return "\n".join([
+        "#!/bin/bash",
+        "# one node's part of a multi-node accelerate launch (started by the method job with srun, one task per node)",
+        f"cd {q(workdir)}",
+        f'exec {wrapper(c, r, workdir)} {q(executable(c, "accelerate"))} launch --num_machines "$$SLURM_NNODES" '
+        f'--machine_rank "$$SLURM_NODEID" --main_process_ip "$$1" --main_process_port "$$2" '
+        f"--num_processes {r.nodes * max(r.gpus, 1)} -m harness.cli {run}", ""])
 
 
 def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = None,
@@ -110,6 +158,10 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
     scorer_override = "scorer=" + json.dumps({"kind": "http", "rendezvous": str(rendezvous),
                                               "token_file": str(token_file), "deadline_s": cluster.scorer_wait_s})
     # every value that reaches a shell line is one quoted word; #SBATCH lines get double-quoted paths
+    ray_token = slurm_dir / "ray.token"
+    if not ray_token.is_file():
+        atomic_write_text(ray_token, secrets.token_hex(32))
+        ray_token.chmod(0o600)
     common = {"name": spec.name, "time": cluster.time, "last_seed_index": len(spec.seeds) - 1,
               "grace_s": cluster.grace_s, "log_dir": sbatch_path(slurm_dir),
               "workdir": q(workdir), "spec": q(spec_path.resolve()), "runs_dir": q(runs), "out": q(out),
@@ -122,6 +174,15 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
         values = {**common, "method": kind, "esgrpo": q(executable(cluster)),
                   f"directives_{template}": directives(cluster, res),
                   f"wrap_{template}": wrapper(cluster, res, workdir)}
+        if template == "method":
+            entry = spec.methods[kind]
+            run = (f"benchmark --spec {common['spec']} --runs-dir {common['runs_dir']} --only {kind} "
+                   f"--seed-index $${{SLURM_ARRAY_TASK_ID}} --set-shared {common['scorer_override']}")
+            script = slurm_dir / f"{kind}-node.sh"
+            values["launch"] = Template(launch(cluster, res, entry.method or kind, workdir, run)).substitute(
+                ray_token=q(ray_token), node_script=q(script))
+            if res.nodes > 1 and get_method(entry.method or kind).launcher == "accelerate":
+                script.write_text(Template(node_script(cluster, res, workdir, run)).substitute())
         path = slurm_dir / f"{kind}.sbatch"
         path.write_text(Template((TEMPLATES / f"{template}.sbatch").read_text()).substitute(values))
         scripts[kind] = path

@@ -1,10 +1,15 @@
 """Real Ray: two engines as actors stay identical (checksums) through perturbations and updates."""
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from harness.generation import SamplingSettings
 from methods.es.engine import EngineConfig
 from methods.es.pool import RayPool, call_all
+
+ROOT = Path(__file__).parents[1]
 
 
 @pytest.mark.slow
@@ -49,3 +54,43 @@ def test_broadcast_update_equals_seed_replay(policy_path, tmp_path):
         assert sent[0] == sent[1] not in (start, replayed_on_0)
     finally:
         pool.shutdown()
+
+
+@pytest.mark.slow
+def test_es_engines_on_two_ray_nodes(policy_path, tmp_path):
+    """Two Ray nodes started as separate processes (as `ray start` runs on each node of an allocation), with a
+    per-job auth token; one engine per node (each node has one CPU); the run completes with the engines in
+    sync (the trainer checks their weight checksums after every update)."""
+    import os
+    import secrets
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import free_port
+    from harness.records import load_record
+
+    ray = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env.pop("RAY_ADDRESS", None)
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    temp = tempfile.mkdtemp(prefix="rayn-")  # short: Ray's socket paths must fit 107 bytes
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(port), "--temp-dir", temp, "--include-dashboard",
+                        "false", *common], env=env, check=True, capture_output=True)
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", *common], env=env, check=True,
+                       capture_output=True)
+        r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "es", "--config",
+                            str(ROOT / "configs/es/cpu-default.yaml"), "--run-dir", str(tmp_path / "run"),
+                            "--set", "pool=ray", "--set", "engines=2", "--set", f"ray_address=127.0.0.1:{port}",
+                            "--set", "engine.threads=1", "--set", "engine_start_timeout_s=180",
+                            "--set", "population=4", "--set", "run.budget.completions=100",
+                            "--set", "run.budget.eval_every_fraction=1.0", "--set", "run.eval.limit=4"],
+                           env=env, capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 0, r.stderr[-3000:]
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+    rec = load_record(tmp_path / "run")
+    assert rec.status == "completed" and len(rec.series) >= 2
+    assert len(set(rec.environment["engine_nodes"])) == 2 and "on 2 node(s)" in rec.notes[0]

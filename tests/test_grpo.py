@@ -99,3 +99,25 @@ def test_grpo_generates_with_colocated_vllm_and_syncs_its_weights(policy_path, t
             torch.distributed.destroy_process_group()
         except ValueError:
             pass
+
+
+@pytest.mark.slow
+def test_grpo_on_two_processes_agrees_on_lambda_and_budget(policy_path, tmp_path):
+    """torchrun, two CPU processes (gloo): each scores its own completions, the step's costs and counts are
+    gathered, so λ, the budget and the stop agree; only rank 0 evaluates and writes the run's record."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "grpo.yaml"
+    cfg.write_text("run:\n  budget: {completions: 64, eval_every_fraction: 1.0}\n  eval: {max_new_tokens: 16, limit: 8}\n"
+                   "num_generations: 4\nprompts_per_step: 4\nlearning_rate: 5.0e-5\nthreads: 1\n")
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "harness.cli", "run", "grpo", "--config", str(cfg),
+                        "--run-dir", str(tmp_path / "run")], capture_output=True, text=True,
+                       cwd=Path(__file__).parents[1])
+    assert r.returncode == 0, r.stderr[-3000:]
+    main, other = load_record(tmp_path / "run"), load_record(tmp_path / "run" / "rank-1")
+    assert main.status == other.status == "completed"
+    series = lambda rec: [(p.step, p.samples, p.lam, p.cost) for p in rec.series]  # noqa: E731
+    assert series(main) == series(other) and [p.samples for p in main.series] == [16, 32, 48, 64]
+    assert [e.mark for e in main.evals] == [0, 64] and other.evals == []

@@ -81,6 +81,31 @@ def test_values_are_quoted_and_names_cannot_inject(tmp_path):
     assert printed.count("#!/bin/bash") == 4 and "# submit order: scorer; es, grpo" in printed
 
 
+def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
+    from harness.config import load_config
+    from harness.slurm import ClusterSettings, render
+
+    base = load_config(ClusterSettings, ROOT / "containers/slurm/cluster-example.yaml").model_dump()
+    cluster = ClusterSettings.model_validate({**base, "methods": {"es": {"nodes": 3, "gpus": 4, "cpus": 32},
+                                                                 "grpo": {"nodes": 2, "gpus": 4, "cpus": 16}}})
+    slurm_dir, scripts, _ = render(tiny_spec(tmp_path), cluster, runs_dir=tmp_path / "runs")
+    es, grpo = scripts["es"].read_text(), scripts["grpo"].read_text()
+    for text in (es, grpo):
+        assert "#SBATCH --nodes=" in text and "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --gres=gpu:4" in text
+        assert 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in text
+        assert subprocess.run(["bash", "-n", "-c", text]).returncode == 0
+    # ES: a private Ray cluster (head on the first node, workers on the others, a per-job token), 12 engines
+    assert "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat" in es and (slurm_dir / "ray.token").stat().st_mode & 0o777 == 0o600
+    assert 'ray start --head --node-ip-address="$head_ip"' in es and 'for n in "${nodes[@]:1}"' in es
+    assert 'ray start --address="$head_ip:$port"' in es and "apptainer exec --nv" in es
+    assert '--set "ray_address=$head_ip:$port" --set pool=ray --set "engines=12"' in es
+    # GRPO: accelerate on each node, machine rank from SLURM, 8 processes
+    assert "srun --nodes=2 --ntasks-per-node=1 --gres=gpu:4 bash" in grpo
+    node = (slurm_dir / "grpo-node.sh").read_text()
+    assert '--machine_rank "$SLURM_NODEID"' in node and "--num_processes 8" in node and "-m harness.cli benchmark" in node
+    assert subprocess.run(["bash", "-n", str(slurm_dir / "grpo-node.sh")]).returncode == 0
+
+
 @pytest.mark.slow
 def test_make_slurm_benchmark_end_to_end(local_slurm, policy_path, tmp_path):
     spec = tiny_spec(tmp_path)

@@ -26,6 +26,7 @@ class ESConfig(MethodConfig):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     pool: Literal["ray", "local"] = "ray"  # local: one in-process engine (no Ray), for quick runs
     ray_address: str | None = None  # join an existing cluster on purpose; default: a private local Ray
+    engine_start_timeout_s: float = Field(1800, gt=0)  # on a cluster: how long engines may wait for nodes
     # seed_replay: every engine regenerates the update from the seeds; broadcast: engine 0 applies it and sends
     # its weights to the others (NCCL on GPU, gloo on CPU). Both leave the engines bit-identical.
     update: Literal["seed_replay", "broadcast"] = "seed_replay"

@@ -13,6 +13,7 @@ from methods.es.config import ESConfig
 
 class ESMethod:
     name: ClassVar[str] = "es"
+    launcher: ClassVar[str] = "ray"  # several nodes: one driver, engines as Ray actors on every node
     config_model: ClassVar[type[ESConfig]] = ESConfig
 
     def latest_checkpoint(self, run_dir: Path) -> Path | None:

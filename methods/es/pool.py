@@ -24,7 +24,7 @@ def make_engine(cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec 
     return HFEngine(cfg, noise)
 
 
-PASSED_ENV_PREFIXES = ("NCCL_", "TORCH_SYMM_MEM", "NVSHMEM_", "CUDA_", "VLLM_")
+PASSED_ENV_PREFIXES = ("NCCL_", "TORCH_SYMM_MEM", "NVSHMEM_", "CUDA_", "VLLM_", "PYTHONPATH")
 
 
 class EngineHost:
@@ -37,6 +37,17 @@ class EngineHost:
     def call(self, method: str, *args: Any) -> Any:
         return getattr(self.engine, method)(*args)
 
+    def where(self) -> str:
+        """The Ray node (or host) this engine runs on."""
+        try:
+            import ray
+
+            return ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - not in a Ray actor
+            import socket
+
+            return socket.gethostname()
+
 
 def call_all(pool, method: str, *args: Any) -> list[Any]:
     """``method`` on every engine of ``pool`` at once; the results in engine order."""
@@ -48,6 +59,7 @@ class LocalPool:
         if n != 1:
             raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
         self.hosts = [EngineHost(cfg, scratch, noise, max_loras)]
+        self.nodes = [self.hosts[0].where()]
 
     def __len__(self) -> int:
         return len(self.hosts)
@@ -68,8 +80,11 @@ class RayPool:
     """A private Ray instance per run (own temp dir and namespace) unless ``address`` names a cluster."""
 
     def __init__(self, cfg: EngineConfig, n: int, scratch: str, address: str | None = None,
-                 noise: NoiseSpec | None = None, max_loras: int = 1):
+                 noise: NoiseSpec | None = None, max_loras: int = 1, start_timeout_s: float = 1800):
         import ray
+        from ray.exceptions import GetTimeoutError
+
+        from harness.errors import UserError
 
         gpu = cfg.device == "cuda"
         self._owns_ray = not ray.is_initialized()
@@ -88,7 +103,13 @@ class RayPool:
         actor = ray.remote(num_cpus=cfg.threads, num_gpus=1 if gpu else 0,
                            runtime_env={"env_vars": env} if env else None)(EngineHost)
         self.actors = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}"), noise, max_loras) for i in range(n)]
-        ray.get([a.call.remote("count_elements") for a in self.actors])  # wait until every engine is up
+        try:  # every engine up: on a cluster, actors wait until the nodes that can hold them have joined
+            self.nodes = ray.get([a.where.remote() for a in self.actors], timeout=start_timeout_s)
+            ray.get([a.call.remote("count_elements") for a in self.actors], timeout=start_timeout_s)
+        except GetTimeoutError:
+            need = f"{n} engines × {cfg.threads} CPU{f' + 1 GPU' if gpu else ''}"
+            raise UserError(f"ES engines did not start within {start_timeout_s:.0f} s: the Ray cluster offers "
+                            f"{ray.cluster_resources()}; {need} were asked for") from None
 
     def __len__(self) -> int:
         return len(self.actors)

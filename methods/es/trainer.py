@@ -110,14 +110,17 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
     max_loras = -(-cfg.population // cfg.engines)  # one adapter per member of an engine's share
     if cfg.pool == "local":
         return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
-    return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras)
+    return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras,
+                   cfg.engine_start_timeout_s)
 
 
 def train(cfg: ESConfig, ctx: RunContext) -> None:
     s = ctx.settings
     pool = make_pool(cfg, ctx)
     ctx.budget.gpus = len(pool) if cfg.engine.device == "cuda" else 0
-    ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}")
+    ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}, "
+                                   f"on {len(set(pool.nodes))} node(s)")
+    ctx.writer.record.environment["engine_nodes"] = pool.nodes
     record_engine_figures(pool, cfg, ctx)
     if cfg.update == "broadcast" and len(pool) > 1:
         address = pool.submit(0, "sync_address").result()

@@ -12,6 +12,7 @@ from methods.grpo.config import GRPOSettings
 
 class GRPOMethod:
     name: ClassVar[str] = "grpo"
+    launcher: ClassVar[str] = "accelerate"  # several nodes: accelerate on every node
     config_model: ClassVar[type[GRPOSettings]] = GRPOSettings
 
     def latest_checkpoint(self, run_dir: Path) -> Path | None:

@@ -40,6 +40,8 @@ class StepStats:
         self.costs: list[float] = []
         self.scoring = 0.0
         self.generate_and_score = 0.0
+        self.completions = 0
+        self.tokens = 0
         self.started = time.perf_counter()
 
 
@@ -51,8 +53,8 @@ def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str], lambda_p
         stats.scoring += time.perf_counter() - t
         stats.rewards += rewards
         stats.costs += costs
-        tokens = sum(len(ids) for ids in completion_ids) if completion_ids is not None else 0
-        ctx.budget.spend(len(texts), tokens)
+        stats.completions += len(texts)  # spent once per step, summed over processes (HarnessCallback.on_log)
+        stats.tokens += sum(len(ids) for ids in completion_ids) if completion_ids is not None else 0
         if lambda_per_call:  # the published script: λ steps on this call's costs, then forms its rewards
             ctx.update_lambda(statistics.fmean(costs))
         lam = ctx.lam.value
@@ -64,17 +66,38 @@ def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str], lambda_p
 class HarnessCallback(TrainerCallback):
     """Per optimizer step: λ update, record point, budget-mark evaluations, budget stop, checkpoints."""
 
-    def __init__(self, ctx: RunContext, stats: StepStats, tokenizer, lambda_per_step: bool = True):
+    def __init__(self, ctx: RunContext, stats: StepStats, tokenizer, lambda_per_step: bool = True, accelerator=None):
         self.ctx, self.stats, self.tokenizer = ctx, stats, tokenizer
         self.lambda_per_step = lambda_per_step
+        self.accelerator = accelerator
+        self.main = accelerator is None or accelerator.is_main_process
         self.model = None
         self.bar = Progress(TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                             TimeElapsedColumn(), TextColumn("{task.description}"))
         self.task = self.bar.add_task("", total=ctx.settings.budget.completions)
 
+    def evaluate_due(self) -> None:
+        """Evaluations come from the main process; the others only keep their budget marks in step."""
+        if self.main:
+            self.ctx.evaluate_due(HFGenerator(self.model, self.tokenizer))
+        else:
+            self.ctx.evals_done.update(self.ctx.budget.evals_due(self.ctx.evals_done))
+
+    def gathered(self) -> tuple[list[float], list[float], int, int]:
+        """This step's rewards, costs, completions and tokens over every process (TRL scores each process's
+        own completions), so λ, the budget and the stop are the same on all of them."""
+        st = self.stats
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return st.rewards, st.costs, st.completions, st.tokens
+        from accelerate.utils import gather_object
+
+        rewards, costs = gather_object(list(st.rewards)), gather_object(list(st.costs))
+        counts = gather_object([(st.completions, st.tokens)])
+        return rewards, costs, sum(c for c, _ in counts), sum(t for _, t in counts)
+
     def on_train_begin(self, args, state, control, model=None, **kw):
         self.model = model
-        self.ctx.evaluate_due(HFGenerator(model, self.tokenizer))
+        self.evaluate_due()
         self.bar.start()
         self.ctx.start_clock()
 
@@ -89,17 +112,19 @@ class HarnessCallback(TrainerCallback):
             return
         ctx, st = self.ctx, self.stats
         ctx.step = state.global_step
+        rewards, costs, completions, tokens = self.gathered()
+        ctx.budget.spend(completions, tokens)
         if self.lambda_per_step:
-            ctx.update_lambda(statistics.fmean(st.costs))
+            ctx.update_lambda(statistics.fmean(costs))
         step_time = time.perf_counter() - st.started
         times = {"generation": max(st.generate_and_score - st.scoring, 0.0), "scoring": st.scoring,
                  "backward_optimizer": max(step_time - st.generate_and_score, 0.0), "step_wall": step_time}
         extra = {k: float(logs[k]) for k in ("loss", "kl", "grad_norm", "entropy") if k in logs
                  and isinstance(logs[k], (int, float)) and math.isfinite(logs[k])}
-        point = ctx.log_point(st.rewards, st.costs, times, extra)
+        point = ctx.log_point(rewards, costs, times, extra)
         self.bar.update(self.task, completed=min(ctx.budget.completions, ctx.settings.budget.completions),
                         description=f"step {ctx.step} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
-        ctx.evaluate_due(HFGenerator(self.model, self.tokenizer))
+        self.evaluate_due()
         if ctx.budget.exhausted:
             control.should_training_stop = True
         if ctx.stop:  # preemption: TRL saves a checkpoint right after this log, then training stops
@@ -110,7 +135,8 @@ class HarnessCallback(TrainerCallback):
         """TRL wrote checkpoint-N; the harness state goes in last and marks it complete."""
         ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.ctx.tick()
-        atomic_write_text(ckpt / STATE_FILE, json.dumps(self.ctx.snapshot_state(), indent=1))
+        if self.main:
+            atomic_write_text(ckpt / STATE_FILE, json.dumps(self.ctx.snapshot_state(), indent=1))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -173,7 +199,8 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, lambda_per_step=cfg.lambda_update == "step"))
+    trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, lambda_per_step=cfg.lambda_update == "step",
+                                         accelerator=trainer.accelerator))
     return trainer, tokenizer
 
 
@@ -226,7 +253,10 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     if ctx.stop:
         raise Preempted
-    ctx.evaluate_due(HFGenerator(trainer.model, tokenizer))
+    main = trainer.accelerator.is_main_process
+    if main:  # the other processes' budget marks were kept in step by the callback
+        ctx.evaluate_due(HFGenerator(trainer.model, tokenizer))
     out = ctx.run_dir / "model_saves" / "latest_hf"
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
+    trainer.save_model(str(out))  # collective under DeepSpeed; writes from the main process
+    if main:
+        tokenizer.save_pretrained(str(out))
