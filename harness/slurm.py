@@ -107,11 +107,16 @@ def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run:
     every node, machine rank from SLURM."""
     wrap = wrapper(c, r, workdir)
     esgrpo = q(executable(c))
+    launcher = get_method(method).launcher
+    processes = r.nodes * max(r.gpus, 1)
+    if launcher == "accelerate" and r.nodes == 1 and processes > 1:  # one process per GPU of this node
+        return (f"{wrap} {q(executable(c, 'accelerate'))} launch --num_processes {processes} -m harness.cli {run} &"
+                "\nchild=$$!")
     if r.nodes == 1:
         return f"{wrap} {esgrpo} {run} &\nchild=$$!"
     gres = f" --gres=gpu:{r.gpus}" if r.gpus else ""
     step = f'srun --nodes=1 --ntasks=1{gres} -w'
-    if get_method(method).launcher == "ray":
+    if launcher == "ray":
         ray = q(executable(c, "ray"))
         common = f"--num-cpus={r.cpus} --num-gpus={r.gpus} --temp-dir=/tmp/ray-$$SLURM_JOB_ID --disable-usage-stats --block"
         return "\n".join([
@@ -198,20 +203,42 @@ def sbatch(*args: str) -> str:
     return r.stdout.strip().split(";")[0]
 
 
+def missing_inputs(spec_path: Path, cluster: ClusterSettings) -> list[str]:
+    """Models and prompt files the jobs will need that are not where the spec and cluster file say."""
+    spec, _ = load_spec(spec_path)
+    s = spec.shared
+    missing = []
+    if s.policy != "builtin" and not (Path(s.policy) / "config.json").is_file():
+        missing.append(f"{spec_path}: shared.policy: {s.policy} is not a model folder (no config.json)")
+    for where, src in (("shared.data", s.data), ("shared.data.eval", s.data.eval)):
+        if src is not None and src.kind not in ("builtin", "hub") and src.path and not Path(src.path).is_file():
+            missing.append(f"{spec_path}: {where}.path: {src.path} not found")
+    scorer = load_service_config(Path(cluster.scorer_config))
+    for which, backend in (("reward", scorer.reward), ("cost", scorer.cost)):
+        if backend.path and not Path(backend.path).is_dir():
+            missing.append(f"{cluster.scorer_config}: {which}.path: {backend.path} not found")
+    return missing
+
+
 def dry_run(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None,
             out: Path | None = None) -> str:
-    """Every script ``submit`` would send, rendered (and kept beside the runs), with the order it sends them in."""
+    """Every script ``submit`` would send, rendered (and kept beside the runs), with the order it sends them in,
+    and what would stop a real submission (inputs that are not there)."""
     cluster = load_config(ClusterSettings, cluster_path)
     _, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
     methods = [m for m in scripts if m not in ("scorer", "report")]
-    order = (f"# submit order: scorer; {', '.join(methods)} (one array task per seed); "
-             f"report --dependency=afterany:<method jobs>\n# report: {values['out']}/report.md\n")
+    order = "".join(f"# MISSING (submit refuses): {m}\n" for m in missing_inputs(Path(spec_path), cluster))
+    order += (f"# submit order: scorer; {', '.join(methods)} (one array task per seed); "
+              f"report --dependency=afterany:<method jobs>\n# report: {values['out']}/report.md\n")
     return order + "".join(f"\n# ===== {p} =====\n{p.read_text()}" for p in scripts.values())
 
 
 def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None,
            out: Path | None = None) -> dict[str, str]:
     cluster = load_config(ClusterSettings, cluster_path)
+    missing = missing_inputs(Path(spec_path), cluster)
+    if missing:  # jobs would start, wait for GPUs, then fail on the first file
+        raise UserError("inputs not found; point the spec and the scorer config at your copies:\n  " + "\n  ".join(missing))
     slurm_dir, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
     jobs = {"scorer": sbatch(str(scripts["scorer"]))}
     method_jobs = [sbatch(str(scripts[m])) for m in scripts if m not in ("scorer", "report")]

@@ -49,3 +49,20 @@ def test_benchmark_specs(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "containers" / "slurm").glob("*.yaml")), ids=lambda p: p.name)
 def test_cluster_files(path):
     assert load_config(ClusterSettings, path).time
+
+
+def test_a_method_that_misses_part_of_the_contract_is_named_when_looked_up():
+    from harness.errors import UserError
+    from harness.registry import check_conformance
+    from methods.es.method import ESMethod
+
+    check_conformance("es", ESMethod)
+
+    class Half:  # registered by mistake: no launcher, no checkpoint lookup, a config that is not a MethodConfig
+        name = "half"
+        config_model = dict
+
+        def run(self, config, ctx): ...
+
+    with pytest.raises(UserError, match="no 'launcher'; no 'latest_checkpoint'; config_model is not a MethodConfig"):
+        check_conformance("half", Half)

@@ -81,6 +81,33 @@ def test_values_are_quoted_and_names_cannot_inject(tmp_path):
     assert printed.count("#!/bin/bash") == 4 and "# submit order: scorer; es, grpo" in printed
 
 
+@pytest.mark.parametrize("spec, seeds, grpo_entries", [("alpaca-7b-published.yaml", 1, ["grpo-beta0.01", "grpo-beta0.1"]),
+                                                        ("alpaca-7b-fair.yaml", 3, ["grpo"])])
+def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, grpo_entries):
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    r = CliRunner().invoke(app, ["slurm", "submit", "--spec", str(ROOT / "benchmarks" / spec), "--cluster",
+                                 str(ROOT / "containers/slurm/cluster-gpu.yaml"), "--runs-dir", str(tmp_path), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    out = r.output
+    parts = {p.split(" =====")[0].rsplit("/", 1)[-1]: p for p in out.split("# ===== ")[1:]}
+    assert "# MISSING (submit refuses):" in out and "shared.policy: /models/alpaca-7b" in out  # paths come from the user
+    assert "report --dependency=afterany:<method jobs>" in out
+    scorer = parts["scorer.sbatch"]
+    assert "#SBATCH --gres=gpu:1" in scorer and "apptainer exec --nv" in scorer and "serve-scorer" in scorer
+    assert "--rendezvous" in scorer and "ESGRPO_SCORER_TOKEN=$(cat" in scorer
+    es = parts["es.sbatch"]
+    assert "#SBATCH --gres=gpu:4" in es and f"#SBATCH --array=0-{seeds - 1}" in es and "--requeue" in es
+    assert '"rendezvous": ' in es and '"token_file": ' in es and "apptainer exec --nv" in es
+    for name in grpo_entries:  # one process per GPU under accelerate (DeepSpeed ZeRO-2 from the GRPO config)
+        grpo = parts[f"{name}.sbatch"]
+        assert "#SBATCH --gres=gpu:4" in grpo and "accelerate launch --num_processes 4 -m harness.cli benchmark" in grpo
+        assert f"--only {name}" in grpo
+    assert "--report-only" in parts["report.sbatch"] and "scancel" in parts["report.sbatch"]
+
+
 def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
     from harness.config import load_config
     from harness.slurm import ClusterSettings, render
