@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +41,25 @@ def read_text(path: Path, what: str = "file") -> str:
         raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def read_jsonl(path: Path, what: str = "JSONL file") -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line, or a UserError naming the file and line."""
+    rows = []
+    # split on \n only: str.splitlines() would also split inside a JSON string at \u2028 and friends
+    for lineno, line in enumerate(read_text(path, what).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{path}:{lineno}: each line must be a JSON object")
+        rows.append((lineno, obj))
+    return rows
 
 
 def parse_yaml(text: str, source: str, with_line: bool = True) -> Any:

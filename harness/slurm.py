@@ -121,7 +121,7 @@ def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run:
         common = f"--num-cpus={r.cpus} --num-gpus={r.gpus} --temp-dir=/tmp/ray-$$SLURM_JOB_ID --disable-usage-stats --block"
         return "\n".join([
             "# a private Ray cluster over this job's nodes: its own token, port and temporary folder",
-            f"export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$$(cat ${{ray_token}})", MULTI_NODE_HEAD,
+            "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$$(cat ${ray_token})", MULTI_NODE_HEAD,
             f'{step} "$${{nodes[0]}}" {wrap} {ray} start --head --node-ip-address="$$head_ip" --port=$$port {common} &',
             'sleep 10',
             f'for n in "$${{nodes[@]:1}}"; do {step} "$$n" {wrap} {ray} start --address="$$head_ip:$$port" {common} & done',

@@ -84,7 +84,7 @@ def kernels() -> dict:
         src = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
         dst = torch.empty_like(src)
         copy_bps = 2 * src.numel() / timed(lambda: dst.copy_(src))
-        del src, dst
+        src = dst = None  # freed before the rest of the probe
         bound = 2 * nbytes / copy_bps
         rows = {}
         for v in variants:

@@ -10,7 +10,6 @@ Usage: python scripts/gpu_engine_check.py TOKENIZER_DIR OUT_JSON
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -20,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from gpu_checks import timed  # noqa: E402  (scripts/ is on the path when a script here runs)
 from harness.generation import SamplingSettings  # noqa: E402
 from methods.es.engine import EngineConfig  # noqa: E402
 from methods.es.hf_engine import HFEngine  # noqa: E402
@@ -38,18 +38,6 @@ def build_model(tokenizer_dir: Path, out: Path) -> Path:
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
-
-
-def timed(fn, repeat=5) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main(tokenizer_dir: str, out_json: str) -> None:

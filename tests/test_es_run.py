@@ -1,6 +1,7 @@
 """End-to-end ES runs on the built-in policy and scorer: determinism, improvement, the Ray + vLLM path."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,8 @@ def two_runs(policy_path, tmp_path_factory):
     for i in range(2):
         d = tmp_path_factory.mktemp(f"es{i}")
         run_method("es", es_config(), d)
+        ray = sys.modules.get("ray")
+        assert not (ray and ray.is_initialized()), "a local-pool run started Ray (its processes count as the run's memory)"
         dirs.append(d)
     return dirs
 

@@ -1,6 +1,5 @@
 """Kill -9 at random points, SIGTERM, a scorer outage: nothing lost, and the same result as uninterrupted."""
 
-import json
 import random
 import signal
 import subprocess

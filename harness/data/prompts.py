@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from harness.config import StrictModel, read_text
+from harness.config import StrictModel, read_jsonl
 from harness.errors import UserError
 
 PKU_HARM_FIELDS = ("response_0_harm_category", "response_1_harm_category")
@@ -82,24 +82,6 @@ def _hash(splits) -> str:
         for r in rows:
             h.update(json.dumps([split, r.id, r.prompt], ensure_ascii=False).encode())
     return h.hexdigest()[:16]
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
-    # split on \n only: str.splitlines() would also split inside a JSON string at \u2028 and friends
-    for lineno, line in enumerate(read_text(path, "prompt file").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        except RecursionError:
-            raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
-        if not isinstance(obj, dict):
-            raise UserError(f"{path}:{lineno}: each line must be a JSON object")
-        rows.append((lineno, obj))
-    return rows
 
 
 def _read_parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -190,7 +172,8 @@ def load_records(src: PromptFile) -> tuple[list[PromptRecord], str]:
     if src.kind == "builtin":
         text = resources.files("harness.data").joinpath("builtin_prompts.jsonl")
         with resources.as_file(text) as path:
-            records = _to_records(_read_jsonl(path), "builtin_prompts.jsonl", pku=False, id_prefix="builtin_prompts")
+            records = _to_records(read_jsonl(path, "prompt file"), "builtin_prompts.jsonl", pku=False,
+                                  id_prefix="builtin_prompts")
         name = "builtin"
     elif src.kind == "hub":
         import datasets
@@ -209,7 +192,7 @@ def load_records(src: PromptFile) -> tuple[list[PromptRecord], str]:
         parquet = src.kind == "parquet" or path.suffix == ".parquet"
         if parquet and not path.is_file():
             raise UserError(f"{path}: prompt file not found")
-        rows = _read_parquet(path) if parquet else _read_jsonl(path)
+        rows = _read_parquet(path) if parquet else read_jsonl(path, "prompt file")
         records, name = _to_records(rows, str(path), pku=src.kind == "pku", id_prefix=path.stem), path.name
     records = _dedupe(records)
     if src.limit:

@@ -17,7 +17,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
 
-from harness.config import read_text
+from harness.config import read_jsonl
 from harness.errors import UserError
 from harness.records import RECORD_FILE, RunRecord, atomic_write_text, load_record
 from harness.report import plots, render
@@ -65,14 +65,8 @@ def read_samples(run_dir: Path, name: str) -> list[dict[str, Any]]:
         raise UserError(f"{run_dir / RECORD_FILE}: samples_file {name!r} must be a path inside the run folder")
     path = run_dir / rel
     samples, seen = [], {}
-    for lineno, line in enumerate(read_text(path, "evaluation samples file").split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            s = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        if not isinstance(s, dict) or not isinstance(s.get("id"), str):
+    for lineno, s in read_jsonl(path, "evaluation samples file"):
+        if not isinstance(s.get("id"), str):
             raise UserError(f"{path}:{lineno}: each line must be an object with a string 'id'")
         for key in ("reward", "cost"):
             v = s.get(key)

@@ -148,7 +148,7 @@ class InPlaceES:
         src = torch.empty(probe_bytes, dtype=torch.uint8, device=views[0][1].device)
         dst = torch.empty_like(src)
         copy_s = self._median_seconds(lambda: dst.copy_(src), repeat)
-        del src, dst
+        src = dst = None  # freed before the rest of the probe
         if torch.cuda.is_available():  # hand the buffers back: they must not count in the run's memory peak
             torch.cuda.empty_cache()
         copy_bps = 2 * probe_bytes / copy_s

@@ -38,15 +38,14 @@ class EngineHost:
         return getattr(self.engine, method)(*args)
 
     def where(self) -> str:
-        """The Ray node (or host) this engine runs on."""
-        try:
-            import ray
+        """The Ray node this engine runs on (an actor), or this host (the local pool). Never starts Ray: asking
+        for a runtime context outside one would start a whole local instance."""
+        import socket
+        import sys
 
-            return ray.get_runtime_context().get_node_id()
-        except Exception:  # noqa: BLE001 - not in a Ray actor
-            import socket
-
-            return socket.gethostname()
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            return sys.modules["ray"].get_runtime_context().get_node_id()
+        return socket.gethostname()
 
 
 def call_all(pool, method: str, *args: Any) -> list[Any]:
@@ -107,7 +106,7 @@ class RayPool:
             self.nodes = ray.get([a.where.remote() for a in self.actors], timeout=start_timeout_s)
             ray.get([a.call.remote("count_elements") for a in self.actors], timeout=start_timeout_s)
         except GetTimeoutError:
-            need = f"{n} engines × {cfg.threads} CPU{f' + 1 GPU' if gpu else ''}"
+            need = f"{n} engines × {cfg.threads} CPU{' + 1 GPU' if gpu else ''}"
             raise UserError(f"ES engines did not start within {start_timeout_s:.0f} s: the Ray cluster offers "
                             f"{ray.cluster_resources()}; {need} were asked for") from None
 
