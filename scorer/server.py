@@ -176,6 +176,8 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None) -> Fas
             given = request.headers.get("authorization", "").encode("latin-1")
             if not secrets.compare_digest(given, expected):
                 return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
+        if state["error"] and request.url.path != "/health":  # after the token: failures are not told to strangers
+            return load_failed()
         return await call_next(request)
 
     app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)  # outermost: counts before anything reads
@@ -188,12 +190,6 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None) -> Fas
         if not state["ready"]:
             raise HTTPException(503, "scorer is loading")
         return state["scorer"]
-
-    @app.middleware("http")
-    async def refuse_when_failed(request: Request, call_next):
-        if state["error"] and request.url.path != "/health":
-            return load_failed()
-        return await call_next(request)
 
     @app.get("/health")
     async def health():

@@ -179,3 +179,24 @@ def test_serve_refuses_a_bad_port_and_rendezvous_paths(tmp_path):
     stale = tmp_path / "scorer.json"
     stale.write_text(json.dumps({"url": "http://x:1", "pid": 1}))
     check_rendezvous(stale)  # an old rendezvous is replaced
+
+
+def test_a_service_whose_models_failed_to_load_says_so_once_and_for_good(make_scorer_service):
+    srv = make_scorer_service(config={"reward": {"kind": "beaver", "path": "/nonexistent/model"}},
+                              env={"ESGRPO_SCORER_TOKEN": "s3cret-token"}).start(wait=False)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(srv.url + "/health").status_code == 500:
+                break
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    assert httpx.get(srv.url + "/health").json()["permanent"] is True
+    stranger = httpx.post(srv.url + "/score_batch", json={"prompts": ["a"], "responses": ["b"]})
+    assert stranger.status_code == 401 and "nonexistent" not in stranger.text  # no details without the token
+    client = make_scorer(ScorerSpec(kind="http", url=srv.url, token="s3cret-token", deadline_s=60))
+    t = time.time()
+    with pytest.raises(ScorerError, match="failed to load.*/nonexistent/model"):
+        client.score(["a"], ["b"])
+    assert time.time() - t < 3  # not retried until the deadline
