@@ -133,14 +133,21 @@ class SharedSeedNoise:
 
     @torch.no_grad()
     def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+        # the slices of one fused parameter (q/k/v, gate/up) share one draw per seed: draw it once for all of them
+        groups: dict[str, list[tuple[torch.Tensor, tuple[int, ...], int]]] = {}
         for name, v in views:
             full_name, full_shape, start = published_layout(name, v.shape, self.hf_config)
-            acc = torch.zeros(v.shape, dtype=torch.float32, device=v.device)
+            groups.setdefault(full_name, []).append((v, full_shape, start))
+        for parts in groups.values():
+            accs = [torch.zeros(v.shape, dtype=torch.float32, device=v.device) for v, _, _ in parts]
+            v0, full_shape, _ = parts[0]
             for seed, coeff in terms:
-                gen = torch.Generator(device=v.device).manual_seed(int(seed))
-                eps = torch.randn(full_shape, generator=gen, dtype=v.dtype, device=v.device)
-                acc.add_(eps[start : start + v.shape[0]].float(), alpha=coeff)
-            v.add_(acc.to(v.dtype))
+                gen = torch.Generator(device=v0.device).manual_seed(int(seed))
+                eps = torch.randn(full_shape, generator=gen, dtype=v0.dtype, device=v0.device)
+                for acc, (v, _, start) in zip(accs, parts):
+                    acc.add_(eps[start : start + v.shape[0]].float(), alpha=coeff)
+            for acc, (v, _, _) in zip(accs, parts):
+                v.add_(acc.to(v.dtype))
 
 
 class LowRankNoise:
@@ -170,9 +177,6 @@ class LowRankNoise:
             a = torch.cat([a * (c * scale) for (a, _), (_, c) in zip(pairs, terms)], dim=1)
             b = torch.cat([b for _, b in pairs], dim=1)
             v.add_((a @ b.T).to(v.dtype))
-
-    def covered_elements(self, views: Sequence[tuple[str, torch.Tensor]]) -> int:
-        return sum(v.numel() for n, v in views if self.covers(n, v))
 
 
 def make_noise(spec: NoiseSpec, hf_config: Any) -> Noise:
