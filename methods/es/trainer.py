@@ -253,8 +253,12 @@ def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
     takes the engine's snapshot of the weights)."""
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
     sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
-    share = -(-(cfg.population + 1) // len(pool)) if cfg.batches_population() else 1
-    jobs = {"raw": [(0, 0.0)] * share, "member": [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(share)]}
+    if cfg.batches_population():  # a batch as an iteration makes it: at most max_loras adapters, and the base
+        share = -(-(cfg.population + 1) // len(pool))
+        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(share, -(-cfg.population // len(pool))))]
+        jobs = {"raw": [(0, 0.0)] * share, "member": members + [(0, 0.0)] * (share - len(members))}
+    else:
+        jobs = {"raw": [(0, 0.0)], "member": [(algorithm.SEED_SPACE, cfg.sigma)]}
     speed = {}
     for kind in ("raw", "member", "raw", "member"):
         outs = pool.submit(0, "evaluate_members", jobs[kind], prompts, sampling).result()
