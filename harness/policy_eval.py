@@ -9,6 +9,7 @@ shared settings, so the row is comparable with that spec's runs by construction.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,6 +31,7 @@ from harness.scoring import ScorerSpec, make_scorer
 
 log = logging.getLogger(__name__)
 SAMPLES = "evals/eval-00000000.jsonl"
+FIELDS = {f.name for f in dataclasses.fields(EvalSample)}
 
 
 class EvalConfig(StrictModel):
@@ -149,6 +151,11 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
     samples_path = out / SAMPLES
     done = read_done(samples_path)
     done_ids = {s["id"] for s in done}
+    expected = {p.id for p in todo_all}
+    stray = [s for s in done if s["id"] not in expected or set(s) != FIELDS]
+    if stray or len(done_ids) != len(done):
+        raise UserError(f"{samples_path}: holds samples that are not this evaluation's (unknown or repeated ids, "
+                        "other fields); choose another --out")
     if done:
         record.notes.append(f"resumed with {len(done)} of {len(todo_all)} prompts already evaluated")
     writer = RecordWriter(out, record, tensorboard=False)
