@@ -121,3 +121,16 @@ def test_grpo_on_two_processes_agrees_on_lambda_and_budget(policy_path, tmp_path
     series = lambda rec: [(p.step, p.samples, p.lam, p.cost) for p in rec.series]  # noqa: E731
     assert series(main) == series(other) and [p.samples for p in main.series] == [16, 32, 48, 64]
     assert [e.mark for e in main.evals] == [0, 64] and other.evals == []
+
+
+def test_vllm_sleep_mode_is_refused_where_vllm_cannot_sleep():
+    """Sleep mode (vLLM hands its memory back while the policy trains) exists for colocated vLLM on CUDA only:
+    anywhere else the config is refused at load, naming the field, not after the model has loaded."""
+    from harness.errors import UserError
+
+    for extra in (["vllm_sleep_mode=true"], ["vllm_sleep_mode=true", "use_vllm=true"],
+                  ["vllm_sleep_mode=true", "use_vllm=true", "device=cuda", "vllm_mode=server"]):
+        with pytest.raises(UserError, match="vllm_sleep_mode"):
+            load_config(GRPOSettings, CPU_DEFAULT, extra)
+    ok = load_config(GRPOSettings, CPU_DEFAULT, ["vllm_sleep_mode=true", "use_vllm=true", "device=cuda"])
+    assert ok.vllm_sleep_mode

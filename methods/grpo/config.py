@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.config import StrictModel
 from harness.run import MethodConfig
@@ -43,12 +43,22 @@ class GRPOSettings(MethodConfig):
     use_vllm: bool = False
     vllm_mode: Literal["colocate", "server"] = "colocate"
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1)
+    # colocated vLLM hands its weights and KV cache back while the policy trains (TRL's sleep mode, level 2): the
+    # full-parameter 7B step needs that memory (weights + grads + AdamW ≈ 54 GB in bf16); CUDA only
+    vllm_sleep_mode: bool = False
     lora: LoraSettings | None = None
     deepspeed: str | None = None  # path to a DeepSpeed JSON (ZeRO-2 for multi-GPU), launched by accelerate
     threads: int = Field(2, gt=0)
     # step: λ takes one step per optimizer step from that step's mean cost (like ES, once per update);
     # reward_call: inside every reward call, before the call's rewards are formed (the published GRPO script)
     lambda_update: Literal["step", "reward_call"] = "step"
+
+    @model_validator(mode="after")
+    def _sleep_needs_colocated_cuda(self) -> "GRPOSettings":
+        if self.vllm_sleep_mode and not (self.use_vllm and self.vllm_mode == "colocate" and self.device == "cuda"):
+            raise ValueError("vllm_sleep_mode needs use_vllm with vllm_mode colocate on device cuda "
+                             "(vLLM's sleep mode has no CPU backend)")
+        return self
 
     @property
     def train_dtype(self) -> str:

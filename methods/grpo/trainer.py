@@ -173,7 +173,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
         scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
         bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=cfg.device == "cpu",
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        generation_kwargs=generation_kwargs(cfg, s),
+        vllm_enable_sleep_mode=cfg.vllm_sleep_mode, generation_kwargs=generation_kwargs(cfg, s),
         logging_steps=1, report_to="none", deepspeed=cfg.deepspeed,
         save_strategy="steps", save_steps=s.checkpoint_every or max_steps + 1, save_total_limit=s.keep_checkpoints,
         disable_tqdm=False, remove_unused_columns=False, shuffle_dataset=True,
@@ -234,6 +234,10 @@ def colocated_vllm_env() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
+def vllm_words(cfg: GRPOSettings) -> str:
+    return f"vLLM ({cfg.vllm_mode}{', asleep while training' if cfg.vllm_sleep_mode else ''})"
+
+
 def generation_kwargs(cfg: GRPOSettings, s: RunSettings) -> dict | None:
     """Stops for vLLM rollouts (TRL's transformers generation cannot stop on strings: completions are cut
     before scoring instead); fixed-length rollouts ignore EOS on either path."""
@@ -248,7 +252,7 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     ctx.budget.gpus = trainer.accelerator.num_processes if cfg.device == "cuda" else 0
     rec = ctx.writer.record
     rec.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step, generation by "
-                     f"{'vLLM (' + cfg.vllm_mode + ')' if cfg.use_vllm else 'transformers'}")
+                     f"{vllm_words(cfg) if cfg.use_vllm else 'transformers'}")
     rec.memory["training_precision"] = cfg.precision()
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     if ctx.stop:
