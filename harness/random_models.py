@@ -8,6 +8,7 @@ benchmarking a real checkpoint pass its path instead.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 from pathlib import Path
@@ -69,6 +70,12 @@ def build_random_policy(shape: str, out: Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
+    # The caller goes on to start the runs on the same GPU: the 7B weights must not stay in its allocator's
+    # cache (13 GiB kept by `esgrpo bench gpu` made the 7B GRPO runs beside it run out of memory)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return out
 
 
