@@ -34,6 +34,9 @@ from harness.records import atomic_write_text, load_record
 from harness.scoring.client import read_rendezvous
 
 SCORER_FIGURES = "scorer_figures.json"
+# torch's out-of-memory message: what the process held when the allocation failed (the NVML sampler, every
+# 0.25 s, misses that last moment)
+OOM_IN_USE = re.compile(r"this process has ([0-9.]+) GiB memory in use")
 # per run: ES overhead, perturbation pass ÷ bandwidth bound, member (or population batch) ÷ raw generate,
 # peak GPU memory (KV cache apart) ÷ the baseline's; across runs: ratios of generated tokens/s
 TARGETS = {"es_overhead_share": ("≤", 0.03), "perturb_vs_bound": ("≤", 2.0), "member_vs_raw": ("≥", 0.95),
@@ -185,12 +188,16 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
             "peak_rss_mb": rec.memory.get("peak_rss_mb"), "tokens_per_s": rec.throughput.get("tokens_per_s"),
             "completions": rec.series[-1].samples if rec.series else 0, "tokens": rec.series[-1].tokens if rec.series else 0,
         }
+        if rec.config.get("vllm_sleep_mode"):  # vLLM's pool stays in torch's count while its memory is unmapped
+            f["torch_counts_sleeping_vllm"] = True
         if rec.status == "oom":
             f["error"] = (rec.error or "")[-300:]
+            in_use = OOM_IN_USE.search(rec.error or "")
+            f["oom_process_in_use_mb"] = float(in_use.group(1)) * 1024 if in_use else None
         if rec.method == "es" and rec.status == "completed":
             wall = split["iteration_wall"] or 1.0
             lowrank = f["kind"] == "es/vllm/lowrank"
-            f.update(time_split_s=split, es_overhead_share=(split["perturb_restore"] + split["update_sync"]) / wall,
+            f.update(time_split_s=split, es_overhead_share=steady_overhead_share(rec.series),
                      perturb_vs_bound=rec.throughput.get("probe_perturb_vs_bound"),
                      probe={k.removeprefix("probe_"): v for k, v in rec.throughput.items() if k.startswith("probe_")},
                      **{"lowrank_batch_vs_raw" if lowrank else "member_vs_raw": rec.throughput.get("member_vs_raw")})
@@ -207,6 +214,15 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
     figures["ratios"] = {name: done[a]["tokens_per_s"] / done[b]["tokens_per_s"]
                          for name, a, b in RATIOS if a in done and b in done}
     return figures
+
+
+def steady_overhead_share(series) -> float | None:
+    """ES overhead (perturb/restore + update/sync) ÷ iteration time over the iterations after the first: the
+    first compiles kernels for new shapes (Triton, the checksum), as the throughput figures also leave it out."""
+    points = series[1:] if len(series) > 1 else series
+    wall = sum(p.times.get("iteration_wall", 0.0) for p in points)
+    spent = sum(p.times.get("perturb_restore", 0.0) + p.times.get("update_sync", 0.0) for p in points)
+    return spent / wall if wall else None
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
@@ -249,11 +265,18 @@ def render_readme(figures: dict[str, Any], name: str, report: str | None) -> str
             probe = (f" Perturbation pass {1e3 * p['perturb_pass_s']:.2f} ms vs bound {1e3 * p['bandwidth_bound_s']:.2f} "
                      f"ms ({_fmt(p.get('weight_bytes'), 0)} weight bytes, copy {_fmt(p.get('copy_GBps'), 0)} GB/s)."
                      if p else " Members are LoRA adapters: no in-place pass to time.")
-            lines += ["", f"**{label}** iteration time split (sum over iterations {wall:.1f} s): {parts}.{probe}"]
+            lines += ["", f"**{label}** iteration time split (sum over iterations {wall:.1f} s; the overhead figure "
+                      f"above leaves out the first, which compiles kernels): {parts}.{probe}"]
     for label, f in runs.items():
         if f["status"] == "oom":
-            lines += ["", f"**{label}** ran out of memory at {_fmt(f['peak_gpu_torch_mb'], 0)} MB (torch) / "
-                      f"{_fmt(f['peak_gpu_nvml_mb'], 0)} MB (NVML): {f.get('error', '')[-160:]}"]
+            held = f.get("oom_process_in_use_mb")
+            held = f" with {_fmt(held, 0)} MB in use by the process (torch's report)" if held else ""
+            lines += ["", f"**{label}** ran out of memory{held}; peaks sampled before it: "
+                      f"{_fmt(f['peak_gpu_torch_mb'], 0)} MB (torch) / {_fmt(f['peak_gpu_nvml_mb'], 0)} MB (NVML)."]
+    asleep = [label for label, f in runs.items() if f.get("torch_counts_sleeping_vllm")]
+    if asleep:
+        lines += ["", f"{', '.join(asleep)}: vLLM sleeps while the policy trains; torch's allocator peak still "
+                  "counts vLLM's unmapped pool, so it overstates the memory in use: read the NVML column."]
     if "scorer" in figures:
         s = figures["scorer"]
         lines += ["", f"Scorer ({s['models']} reward + cost, second process, same device): "

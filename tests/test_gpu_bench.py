@@ -24,6 +24,32 @@ def test_random_policy_has_the_architecture_vocabulary(policy_path, tmp_path):
     assert len(padded_tokenizer(1024)) == 1024
 
 
+def test_figures_from_the_committed_h100_records(tmp_path):
+    """Records as the H100 runs wrote them: a GRPO run out of memory under vLLM's sleep mode (torch's own message)
+    and an ES run whose first iteration compiled kernels."""
+    import shutil
+
+    from harness.gpu_bench import collect_figures, render_readme
+    from harness.records import load_record
+
+    runs = tmp_path / "runs"
+    for folder, run in (("gpu-7b-h100-80gb-hbm3-2026-11-25", "grpo-fp32-s0"),
+                        ("gpu-h100-80gb-hbm3-2026-11-25", "es-vllm-s0")):
+        shutil.copytree(ROOT / "results" / folder / "runs" / run, runs / run)
+    figures = collect_figures(runs, "H100")
+    oom, es = figures["runs"]["grpo-fp32"], figures["runs"]["es-vllm"]
+    assert oom["status"] == "oom" and oom["oom_process_in_use_mb"] == pytest.approx(62.26 * 1024)
+    assert oom["torch_counts_sleeping_vllm"] and "torch_counts_sleeping_vllm" not in es
+    series = load_record(runs / "es-vllm-s0").series
+    t = series[1].times
+    assert es["es_overhead_share"] == pytest.approx((t["perturb_restore"] + t["update_sync"]) / t["iteration_wall"])
+    first = series[0].times
+    assert first["update_sync"] > 10 * t["update_sync"]  # the compile the figure leaves out
+    readme = render_readme(figures, "x", None)
+    assert "grpo-fp32** ran out of memory with 63,754 MB in use by the process" in readme
+    assert "read the NVML column" in readme
+
+
 @pytest.mark.slow
 def test_bench_gpu_pipeline_on_cpu(policy_path, tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"

@@ -68,7 +68,10 @@ if triton is not None:
     def _u16(x, SHIFT: tl.constexpr):
         return (((x >> SHIFT) & 0xFFFF).to(tl.float32) + 0.5) * (1.0 / 65536.0)
 
-    @triton.jit
+    # not specialized on the term count: a perturbation (1 term) and an update (N terms) share one compiled
+    # kernel. Triton specializes an int equal to 1, so the first update compiled a second kernel: likely the
+    # first update's 0.81 s against 0.02 s for the second (0.5B, H100); not yet re-measured
+    @triton.jit(do_not_specialize=["n_terms", "n_tensors"])
     def add_noise_kernel(ptrs, numels, seeds, block_tensor, block_start, coeffs, n_terms, n_tensors,
                          DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST: tl.constexpr):
         # One Philox call gives four normals: counter c of a block feeds its elements c, c+Q, c+2Q, c+3Q
@@ -100,7 +103,7 @@ if triton is not None:
         _apply(ptr, offs + 2 * Q, n, a2, DTYPE)
         _apply(ptr, offs + 3 * Q, n, a3, DTYPE)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n_terms", "n_tensors"])
     def add_noise_kernel8(ptrs, numels, seeds, block_tensor, block_start, coeffs, n_terms, n_tensors,
                           DTYPE: tl.constexpr, BLOCK: tl.constexpr, ROUNDS: tl.constexpr, FAST: tl.constexpr):
         # Eight normals per Philox call from its 16-bit halves: counter c feeds elements c + j·(BLOCK/8), j < 8.
