@@ -263,7 +263,9 @@ def render_readme(figures: dict[str, Any], name: str, report: str | None) -> str
                                                                            "update_sync"))
             p = f.get("probe") or {}
             probe = (f" Perturbation pass {1e3 * p['perturb_pass_s']:.2f} ms vs bound {1e3 * p['bandwidth_bound_s']:.2f} "
-                     f"ms ({_fmt(p.get('weight_bytes'), 0)} weight bytes, copy {_fmt(p.get('copy_GBps'), 0)} GB/s)."
+                     f"ms ({_fmt(p.get('weight_bytes'), 0)} weight bytes, copy {_fmt(p.get('copy_GBps'), 0)} GB/s)"
+                     + (f"; restore from the snapshot {1e3 * p['restore_pass_s']:.2f} ms." if "restore_pass_s" in p else
+                        " (before restores were timed apart: the pass includes the restore queued before it).")
                      if p else " Members are LoRA adapters: no in-place pass to time.")
             lines += ["", f"**{label}** iteration time split (sum over iterations {wall:.1f} s; the overhead figure "
                       f"above leaves out the first, which compiles kernels): {parts}.{probe}"]

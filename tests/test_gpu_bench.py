@@ -69,7 +69,7 @@ def test_bench_gpu_pipeline_on_cpu(policy_path, tmp_path):
     # fixed-length rollouts: every completion is exactly eval.max_new_tokens (8) tokens, for both methods
     assert es["tokens"] == 8 * es["completions"] and grpo["tokens"] == 8 * grpo["completions"]
     assert 0 < es["es_overhead_share"] < 1 and es["member_vs_raw"] > 0
-    assert es["probe"]["weight_bytes"] > 0 and es["perturb_vs_bound"] > 0
+    assert es["probe"]["weight_bytes"] > 0 and es["perturb_vs_bound"] > 0 and es["probe"]["restore_pass_s"] > 0
     assert figures["scorer"]["service_pairs_per_s"] > 0 and figures["scorer"]["raw_pairs_per_s"] > 0
     readme = (out / "README.md").read_text()
     assert "| perturb_vs_bound | es-hf |" in readme and "Scorer (tiny reward + cost" in readme
