@@ -84,6 +84,10 @@ def test_grpo_generates_with_colocated_vllm_and_syncs_its_weights(policy_path, t
         return {n: p.detach().cpu().clone() for n, p in worker.model_runner.model.named_parameters() if n in wanted}
 
     llm = trainer.vllm_generation.llm
+    from harness.vllm_memory import llm_kv_cache_bytes
+
+    # the KV cache the record reports apart: VLLM_CPU_KVCACHE_SPACE=1 GiB preallocated
+    assert llm_kv_cache_bytes(llm) == pytest.approx(2**30, rel=0.05)
     in_vllm = llm.collective_rpc(read, args=(names,))[0]
     assert set(in_vllm) == set(names)
     for n in names:  # it trained, and the second step's rollouts came from weights synced after the first

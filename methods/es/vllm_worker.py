@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from harness.vllm_cpu import keep_cpu_weights_live
+from harness.vllm_memory import kv_cache_bytes
 from methods.es.engine import InPlaceES
 
 
@@ -82,11 +83,7 @@ class WorkerES(InPlaceES):
         return self._views
 
     def kv_cache_bytes(self) -> int:
-        """The KV cache vLLM preallocated (caches may share storage: count each storage once)."""
-        caches = getattr(self._runner, "kv_caches", None) or []
-        tensors = [t for c in caches for t in (c if isinstance(c, (list, tuple)) else [c]) if t is not None]
-        storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-        return int(sum(storages.values()))
+        return kv_cache_bytes(self._runner)
 
     def write_adapter(self, seed: int, scale: float, out_dir: str) -> str:
         """The member θ + scale·A·Bᵀ/√r as a PEFT LoRA adapter (lora_A = Bᵀ, lora_B = scale·A/√r, scaling 1),

@@ -26,6 +26,7 @@ from harness.records import atomic_write_text
 from harness.run import RunContext, RunSettings
 from harness.template import cut_at_stop, format_prompt
 from harness.vllm_cpu import keep_cpu_weights_live
+from harness.vllm_memory import llm_kv_cache_bytes
 from methods.grpo.config import GRPOSettings
 
 
@@ -254,6 +255,8 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     rec.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step, generation by "
                      f"{vllm_words(cfg) if cfg.use_vllm else 'transformers'}")
     rec.memory["training_precision"] = cfg.precision()
+    if cfg.use_vllm and cfg.vllm_mode == "colocate":  # its KV cache, reported apart as the ES engines' is
+        rec.memory["kv_cache_mb"] = round(llm_kv_cache_bytes(trainer.vllm_generation.llm) / 2**20, 1)
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     if ctx.stop:
         raise Preempted
