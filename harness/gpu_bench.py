@@ -206,10 +206,12 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
     scorer_file = runs / SCORER_FIGURES
     if scorer_file.is_file():
         figures["scorer"] = json.loads(scorer_file.read_text())
-    # like for like: both without their vLLM KV cache. A baseline generating with vLLM whose record predates the
-    # KV figure for colocated vLLM would compare ES without its cache against GRPO with it: no ratio then
+    # like for like: both without their vLLM KV cache. No ratio against a baseline generating with vLLM whose record
+    # predates the KV figure for colocated vLLM (ES without its cache against GRPO with it), nor against one whose
+    # torch peak counts a sleeping vLLM's unmapped memory
     b = per.get(baseline or "", {})
-    base = None if b.get("kind") == "grpo/vllm" and b.get("kv_cache_mb") is None else b.get("peak_gpu_torch_excl_kv_mb")
+    unlike = b.get("kind") == "grpo/vllm" and b.get("kv_cache_mb") is None or b.get("torch_counts_sleeping_vllm")
+    base = None if unlike else b.get("peak_gpu_torch_excl_kv_mb")
     for label, f in per.items():
         if f["method"] == "es" and base and f["peak_gpu_torch_excl_kv_mb"] is not None:
             f["es_vs_baseline_peak_gpu"] = f["peak_gpu_torch_excl_kv_mb"] / base
