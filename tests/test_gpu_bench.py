@@ -45,6 +45,16 @@ def test_figures_from_the_committed_h100_records(tmp_path):
     assert es["es_overhead_share"] == pytest.approx((t["perturb_restore"] + t["update_sync"]) / t["iteration_wall"])
     first = series[0].times
     assert first["update_sync"] > 10 * t["update_sync"]  # the compile the figure leaves out
+    # memory ratios compare like with like: none against a sleeping vLLM's torch peak, nor against a GRPO-vLLM
+    # record without its KV cache figure; with it, both sides leave their KV cache out
+    assert "es_vs_baseline_peak_gpu" not in collect_figures(runs, "H100", "grpo-fp32")["runs"]["es-vllm"]
+    shutil.copytree(ROOT / "results" / "gpu-7b-h100-80gb-hbm3-2026-11-25" / "runs" / "grpo-lora-s0", runs / "grpo-lora-s0")
+    assert "es_vs_baseline_peak_gpu" not in collect_figures(runs, "H100", "grpo-lora")["runs"]["es-vllm"]
+    lora = json.loads((runs / "grpo-lora-s0" / "record.json").read_text())
+    lora["memory"]["kv_cache_mb"] = 20000.0
+    (runs / "grpo-lora-s0" / "record.json").write_text(json.dumps(lora))
+    ratio = collect_figures(runs, "H100", "grpo-lora")["runs"]["es-vllm"]["es_vs_baseline_peak_gpu"]
+    assert ratio == pytest.approx(es["peak_gpu_torch_excl_kv_mb"] / (lora["memory"]["peak_gpu_mb"]["cuda:0"] - 20000))
     readme = render_readme(figures, "x", None)
     assert "grpo-fp32** ran out of memory with 63,754 MB in use by the process" in readme
     assert "read the NVML column" in readme
