@@ -25,6 +25,7 @@ from harness.data.prompts import PromptFile, load_prompt_set, load_records
 from harness.errors import UserError
 from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks
 from harness.lagrangian import LambdaConfig
+from harness.paths import use_shared_vllm_cache
 from harness.policy import resolve_policy
 from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_text, load_record
 from harness.scoring import ScorerSpec, make_scorer
@@ -85,7 +86,7 @@ def prompt_source(text: str) -> PromptFile | str:
     return PromptFile(kind="pku" if pku else "jsonl", path=text)
 
 
-def make_generator(cfg: EvalConfig, policy: Path, scratch: Path):
+def make_generator(cfg: EvalConfig, policy: Path):
     if cfg.engine == "vllm":
         from vllm import LLM
 
@@ -94,7 +95,7 @@ def make_generator(cfg: EvalConfig, policy: Path, scratch: Path):
 
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        os.environ.setdefault("VLLM_CACHE_ROOT", str(scratch / "vllm-cache"))
+        use_shared_vllm_cache()
         keep_cpu_weights_live()
         return VLLMGenerator(LLM(model=str(policy), dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
                                  enable_prefix_caching=False))
@@ -161,7 +162,7 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
     writer = RecordWriter(out, record, tensorboard=False)
     try:
         todo = [p for p in todo_all if p.id not in done_ids]
-        generator = make_generator(cfg, policy, out)
+        generator = make_generator(cfg, policy)
         samples_path.parent.mkdir(parents=True, exist_ok=True)
         with eval_progress() as bar, samples_path.open("a", encoding="utf-8") as f:
             task = bar.add_task("", total=len(todo_all), completed=len(done))

@@ -106,3 +106,8 @@ def test_vllm_engine_live_weights_match_the_hf_engine(policy_path, tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     state = dict(reloaded.named_parameters())
     assert all(torch.equal(state[n], w) for n, w in v.export_state_dict().items())
+    # vLLM's caches go to one place for every run (what it learned of the model class is kept there), none to the
+    # run's scratch folder
+    from harness.paths import esgrpo_home
+
+    assert (esgrpo_home() / "vllm-cache" / "modelinfos").is_dir() and not (tmp_path / "vllm-cache").exists()

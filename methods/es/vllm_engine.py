@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import UserError
+from harness.paths import use_shared_vllm_cache
 from harness.generation import Completion, SamplingSettings, VLLMGenerator
 from harness.vllm_cpu import keep_cpu_weights_live
 from methods.es.engine import EngineConfig, InPlaceES
@@ -50,9 +51,9 @@ def prepare_env(cfg: EngineConfig, scratch: str | None = None) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
-    if scratch:  # keep vLLM's caches and sockets out of the home directory and /tmp
+    use_shared_vllm_cache()
+    if scratch:  # keep vLLM's sockets out of /tmp
         Path(scratch).mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("VLLM_CACHE_ROOT", str(Path(scratch) / "vllm-cache"))
         os.environ.setdefault("VLLM_RPC_BASE_PATH", str(Path(scratch) / "vllm-rpc"))
 
 

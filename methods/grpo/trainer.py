@@ -22,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from harness.checkpoint import STATE_FILE, Preempted
 from harness.errors import UserError
 from harness.generation import HFGenerator
+from harness.paths import use_shared_vllm_cache
 from harness.records import atomic_write_text
 from harness.run import RunContext, RunSettings
 from harness.template import cut_at_stop, format_prompt
@@ -154,6 +155,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     torch.set_num_threads(cfg.threads)
     if cfg.use_vllm and cfg.vllm_mode == "colocate":
         colocated_vllm_env()
+        use_shared_vllm_cache()
         keep_cpu_weights_live()  # TRL syncs the trained weights into vLLM in place
     tokenizer = AutoTokenizer.from_pretrained(ctx.policy_path)
     tokenizer.padding_side = "left"
