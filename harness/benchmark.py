@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import subprocess
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from harness.budget import BudgetConfig
+from harness.checkpoint import Preempted
 from harness.config import StrictModel, apply_overrides, read_yaml, validate
 from harness.errors import OutOfMemory, UserError
 from harness.records import load_record
@@ -197,7 +200,11 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             cmd += ["--set-shared", o]
         for o in method_overrides or []:
             cmd += ["--set", o]
-        rc = subprocess.run(cmd).returncode
+        rc, stopped = run_forwarding_stops(cmd)
+        if stopped:  # the run checkpointed and said so in its record; the rest waits for the same command again
+            log.warning("%s during %s seed %d: it stopped and checkpointed; run the same command again to resume",
+                        stopped, name, seed)
+            raise Preempted
         if rc == 0:
             done.append(run_dir)
         elif rc == OutOfMemory.EXIT_CODE:  # a result: the report lists it with the memory it reached
@@ -215,6 +222,29 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     if failed:
         raise UserError(f"report written to {path}, but some runs failed:\n  " + "\n  ".join(failed))
     return path
+
+
+def run_forwarding_stops(cmd: list[str]) -> tuple[int, str | None]:
+    """Run one benchmark part as a child process. A SIGTERM or SIGINT sent to this process alone (``timeout``,
+    ``kill``, a job script's trap) is passed on to the child as SIGTERM, so it checkpoints and records the stop,
+    and this process waits for it: otherwise the child ran on as an orphan, holding its GPU. Returns the child's
+    exit code and the name of the signal that stopped it, if any."""
+    proc = subprocess.Popen(cmd)
+    stopped: list[str] = []
+
+    def forward(signum, frame) -> None:
+        stopped.append(signal.Signals(signum).name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        rc = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return rc, stopped[0] if stopped else None
 
 
 def budgets_differ(spec: BenchmarkSpec) -> list[str]:

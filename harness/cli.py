@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from harness.checkpoint import PREEMPTED_EXIT, Preempted
 from harness.errors import OutOfMemory, ScorerError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ES vs GRPO on the Safe-RLHF objective.")
@@ -33,6 +34,9 @@ def user_errors(fn: Callable) -> Callable:
         except OutOfMemory as e:  # a result, recorded as such: a benchmark reports it and goes on
             err.print(f"[bold yellow]out of memory:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(OutOfMemory.EXIT_CODE) from None
+        except Preempted:  # SIGTERM/SIGINT: checkpointed; PREEMPTED_EXIT tells a SLURM task to requeue itself
+            err.print("stopped and checkpointed; run the same command again to resume")
+            raise typer.Exit(PREEMPTED_EXIT) from None
     return wrapper
 
 
@@ -58,7 +62,6 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
         image: Optional[str] = typer.Option(None, help="docker: the method's image (default esgrpo-METHOD:latest)"),
         scorer_image: Optional[str] = typer.Option(None, help="docker: the scorer's image (default esgrpo-scorer:latest)")):
     """Train one method to its budget and write its run record (resuming an unfinished one)."""
-    from harness.checkpoint import PREEMPTED_EXIT, Preempted
     from harness.run import run_method
 
     out = run_dir or default_run_dir(method)

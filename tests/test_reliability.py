@@ -130,3 +130,51 @@ def test_grpo_resumes_to_the_same_step_and_lambda(policy_path, tmp_path):
     for pt in rec.series[:4]:  # kept from before the kill, λ included
         assert (pt.lam, pt.cost, pt.samples) == (before[pt.step].lam, before[pt.step].cost, before[pt.step].samples)
     assert [e.mark for e in rec.evals] == [0, 80, 160]
+
+
+@pytest.mark.slow
+def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, tmp_path):
+    """SIGTERM to `esgrpo benchmark` alone (a job script's trap, `timeout`, `kill`) reaches the run it started: the
+    run checkpoints and records the stop, no run process is left behind (an orphan would hold its GPU), and the
+    benchmark exits 75, on which a SLURM task requeues itself. A single part (`--only --seed-index`, what a SLURM
+    array task runs) exits 75 too. The same command then resumes and finishes."""
+    import psutil
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
+    spec["shared"].update(budget={"completions": 540, "eval_every_fraction": 0.5}, checkpoint_every=1)
+    spec["shared"]["eval"]["limit"] = 12
+    spec["methods"] = {"es": {**spec["methods"]["es"], "config": str(ROOT / "configs/es/cpu-default.yaml")}}
+    spec["seeds"] = [0]
+    spec.pop("compare", None)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    runs, run_dir = tmp_path / "runs", tmp_path / "runs" / "es-s0"
+
+    def bench(*extra) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "harness.cli", "benchmark", "--spec", str(path), "--runs-dir",
+                                 str(runs), "--out", str(tmp_path / "report"), *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    parent = bench()
+    wait_for_steps(run_dir, 1, parent)
+    children = psutil.Process(parent.pid).children(recursive=True)
+    assert children  # the run's own process
+    parent.send_signal(signal.SIGTERM)  # to the benchmark process only
+    assert parent.wait(120) == PREEMPTED_EXIT
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive
+    rec = load_record(run_dir)
+    assert rec.status == "interrupted" and "SIGTERM" in rec.error
+    stopped_at = rec.series[-1].step
+
+    part = bench("--only", "es", "--seed-index", "0")  # one SLURM array task: the run in this very process
+    wait_for_steps(run_dir, stopped_at + 1, part)
+    part.send_signal(signal.SIGTERM)
+    assert part.wait(120) == PREEMPTED_EXIT
+    assert load_record(run_dir).status == "interrupted"
+
+    assert bench().wait(600) == 0
+    rec = load_record(run_dir)
+    assert rec.status == "completed" and rec.series[-1].samples >= 540
+    assert (tmp_path / "report" / "report.md").is_file()
