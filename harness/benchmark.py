@@ -19,6 +19,7 @@ from harness.budget import BudgetConfig
 from harness.checkpoint import Preempted
 from harness.config import StrictModel, apply_overrides, read_yaml, validate
 from harness.errors import OutOfMemory, UserError
+from harness.processes import child_env
 from harness.records import load_record
 from harness.registry import available, get_method
 from harness.report import write_report
@@ -229,7 +230,7 @@ def run_forwarding_stops(cmd: list[str]) -> tuple[int, str | None]:
     ``kill``, a job script's trap) is passed on to the child as SIGTERM, so it checkpoints and records the stop,
     and this process waits for it: otherwise the child ran on as an orphan, holding its GPU. Returns the child's
     exit code and the name of the signal that stopped it, if any."""
-    proc = subprocess.Popen(cmd)
+    proc = subprocess.Popen(cmd, env=child_env())  # and if this process is killed outright, see processes.py
     stopped: list[str] = []
 
     def forward(signum, frame) -> None:

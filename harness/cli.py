@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from harness.checkpoint import PREEMPTED_EXIT, Preempted
 from harness.errors import OutOfMemory, ScorerError, UserError
+from harness.processes import end_with_parent
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ES vs GRPO on the Safe-RLHF objective.")
 err = Console(stderr=True)
@@ -24,6 +25,7 @@ err = Console(stderr=True)
 def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        end_with_parent()
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scorer request otherwise
         try:

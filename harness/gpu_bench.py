@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import subprocess
@@ -29,6 +28,7 @@ import yaml
 
 from harness.benchmark import default_locations, load_spec, run_benchmark
 from harness.errors import UserError
+from harness.processes import child_env
 from harness.random_models import random_policy, random_scorer_models
 from harness.records import atomic_write_text, load_record
 from harness.scoring.client import read_rendezvous
@@ -83,7 +83,7 @@ class ScorerService:
         self.log = open(self.workdir / "scorer.log", "a")
         self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve-scorer", "--config", str(cfg_path),
                                       "--rendezvous", str(self.rendezvous)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "ESGRPO_SCORER_TOKEN": self.token})
+                                     env=child_env(ESGRPO_SCORER_TOKEN=self.token))
         deadline = time.monotonic() + self.wait_s
         while not self.rendezvous.is_file():
             if self.proc.poll() is not None:
@@ -195,7 +195,6 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
             in_use = OOM_IN_USE.search(rec.error or "")
             f["oom_process_in_use_mb"] = float(in_use.group(1)) * 1024 if in_use else None
         if rec.method == "es" and rec.status == "completed":
-            wall = split["iteration_wall"] or 1.0
             lowrank = f["kind"] == "es/vllm/lowrank"
             f.update(time_split_s=split, es_overhead_share=steady_overhead_share(rec.series),
                      perturb_vs_bound=rec.throughput.get("probe_perturb_vs_bound"),

@@ -136,8 +136,9 @@ def test_grpo_resumes_to_the_same_step_and_lambda(policy_path, tmp_path):
 def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, tmp_path):
     """SIGTERM to `esgrpo benchmark` alone (a job script's trap, `timeout`, `kill`) reaches the run it started: the
     run checkpoints and records the stop, no run process is left behind (an orphan would hold its GPU), and the
-    benchmark exits 75, on which a SLURM task requeues itself. A single part (`--only --seed-index`, what a SLURM
-    array task runs) exits 75 too. The same command then resumes and finishes."""
+    benchmark exits 75, on which a SLURM task requeues itself. The same when the benchmark is killed outright
+    (SIGKILL: the kernel tells the run). A single part (`--only --seed-index`, what a SLURM array task runs) exits
+    75 too. The same command then resumes and finishes."""
     import psutil
     import yaml
 
@@ -166,6 +167,17 @@ def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, t
     assert not alive
     rec = load_record(run_dir)
     assert rec.status == "interrupted" and "SIGTERM" in rec.error
+    stopped_at = rec.series[-1].step
+
+    parent = bench()  # resumes; then the benchmark process is killed outright: nothing can pass a signal on
+    wait_for_steps(run_dir, stopped_at + 1, parent)
+    children = psutil.Process(parent.pid).children(recursive=True)
+    parent.kill()
+    parent.wait()
+    gone, alive = psutil.wait_procs(children, timeout=120)  # the kernel sent the run SIGTERM: it checkpoints
+    assert not alive
+    rec = load_record(run_dir)
+    assert rec.status == "interrupted" and "SIGTERM" in rec.error and rec.series[-1].step > stopped_at
     stopped_at = rec.series[-1].step
 
     part = bench("--only", "es", "--seed-index", "0")  # one SLURM array task: the run in this very process
