@@ -25,7 +25,6 @@ from harness.data.prompts import PromptFile, load_prompt_set, load_records
 from harness.errors import UserError
 from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks
 from harness.lagrangian import LambdaConfig
-from harness.paths import use_shared_vllm_cache
 from harness.policy import resolve_policy
 from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_text, load_record
 from harness.scoring import ScorerSpec, make_scorer
@@ -91,12 +90,9 @@ def make_generator(cfg: EvalConfig, policy: Path):
         from vllm import LLM
 
         from harness.generation import VLLMGenerator
-        from harness.vllm_cpu import keep_cpu_weights_live
+        from harness.vllm_process import prepare_vllm_process
 
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        use_shared_vllm_cache()
-        keep_cpu_weights_live()
+        prepare_vllm_process(cpu_kv_cache_gib=1)
         return VLLMGenerator(LLM(model=str(policy), dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
                                  enable_prefix_caching=False))
     import torch

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.errors import UserError
-from harness.paths import use_shared_vllm_cache
 from harness.generation import Completion, SamplingSettings, VLLMGenerator
-from harness.vllm_cpu import keep_cpu_weights_live
+from harness.vllm_process import prepare_vllm_process
 from methods.es.engine import EngineConfig, InPlaceES
 from methods.es.noise import NoiseSpec
 
@@ -48,10 +47,7 @@ def vllm_available() -> bool:
 
 
 def prepare_env(cfg: EngineConfig, scratch: str | None = None) -> None:
-    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cfg.kv_cache_gib))))
-    use_shared_vllm_cache()
+    prepare_vllm_process(cpu_kv_cache_gib=cfg.kv_cache_gib)
     if scratch:  # keep vLLM's sockets out of /tmp
         Path(scratch).mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("VLLM_RPC_BASE_PATH", str(Path(scratch) / "vllm-rpc"))
@@ -89,7 +85,6 @@ class VLLMEngine(InPlaceES):
         from vllm import LLM
 
         check_in_place_safe(cfg.model_path)
-        keep_cpu_weights_live()
         if cfg.device == "cpu":
             torch.set_num_threads(cfg.threads)
         self.cfg, self.noise_spec = cfg, noise or NoiseSpec()

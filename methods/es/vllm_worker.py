@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from harness.vllm_cpu import keep_cpu_weights_live
+from harness.vllm_process import keep_cpu_weights_live
 from harness.vllm_memory import kv_cache_bytes
 from methods.es.engine import InPlaceES
 

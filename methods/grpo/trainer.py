@@ -22,11 +22,10 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from harness.checkpoint import STATE_FILE, Preempted
 from harness.errors import UserError
 from harness.generation import HFGenerator
-from harness.paths import use_shared_vllm_cache
 from harness.records import atomic_write_text
 from harness.run import RunContext, RunSettings
 from harness.template import cut_at_stop, format_prompt
-from harness.vllm_cpu import keep_cpu_weights_live
+from harness.vllm_process import prepare_vllm_process
 from harness.vllm_memory import llm_kv_cache_bytes
 from methods.grpo.config import GRPOSettings
 
@@ -155,8 +154,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     torch.set_num_threads(cfg.threads)
     if cfg.use_vllm and cfg.vllm_mode == "colocate":
         colocated_vllm_env()
-        use_shared_vllm_cache()
-        keep_cpu_weights_live()  # TRL syncs the trained weights into vLLM in place
+        prepare_vllm_process()  # TRL syncs the trained weights into vLLM in place: CPU weights stay live
     tokenizer = AutoTokenizer.from_pretrained(ctx.policy_path)
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(ctx.policy_path, dtype=getattr(torch, cfg.train_dtype))
