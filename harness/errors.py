@@ -1,5 +1,7 @@
 """User-facing errors: the CLI prints these as one clear line and exits non-zero, without a traceback."""
 
+import re
+
 
 class UserError(Exception):
     """Bad input from the user (file, config, argument, request). The message names what and where."""
@@ -21,6 +23,16 @@ class OutOfMemory(RuntimeError):
     """A run did not fit its device. Its record says ``oom`` with the memory it reached: a result to report."""
 
     EXIT_CODE = 3
+
+
+# torch's CUDA out-of-memory message says what the process held when the allocation failed (a memory sampler,
+# every fraction of a second, misses that last moment)
+OOM_IN_USE = re.compile(r"this process has ([0-9.]+) GiB memory in use")
+
+
+def oom_in_use_mb(message: str) -> float | None:
+    m = OOM_IN_USE.search(message)
+    return float(m.group(1)) * 1024 if m else None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

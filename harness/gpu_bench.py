@@ -27,16 +27,13 @@ from typing import Any
 import yaml
 
 from harness.benchmark import default_locations, load_spec, run_benchmark
-from harness.errors import UserError
+from harness.errors import UserError, oom_in_use_mb
 from harness.processes import child_env
 from harness.random_models import random_policy, random_scorer_models
 from harness.records import atomic_write_text, load_record
 from harness.scoring.client import read_rendezvous
 
 SCORER_FIGURES = "scorer_figures.json"
-# torch's out-of-memory message: what the process held when the allocation failed (the NVML sampler, every
-# 0.25 s, misses that last moment)
-OOM_IN_USE = re.compile(r"this process has ([0-9.]+) GiB memory in use")
 # per run: ES overhead, perturbation pass ÷ bandwidth bound, member (or population batch) ÷ raw generate,
 # peak GPU memory (KV cache apart) ÷ the baseline's; across runs: ratios of generated tokens/s
 TARGETS = {"es_overhead_share": ("≤", 0.03), "perturb_vs_bound": ("≤", 2.0), "member_vs_raw": ("≥", 0.95),
@@ -192,8 +189,7 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
             f["torch_counts_sleeping_vllm"] = True
         if rec.status == "oom":
             f["error"] = (rec.error or "")[-300:]
-            in_use = OOM_IN_USE.search(rec.error or "")
-            f["oom_process_in_use_mb"] = float(in_use.group(1)) * 1024 if in_use else None
+            f["oom_process_in_use_mb"] = oom_in_use_mb(rec.error or "")
         if rec.method == "es" and rec.status == "completed":
             lowrank = f["kind"] == "es/vllm/lowrank"
             f.update(time_split_s=split, es_overhead_share=steady_overhead_share(rec.series),

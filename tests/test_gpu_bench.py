@@ -58,6 +58,10 @@ def test_figures_from_the_committed_h100_records(tmp_path):
     readme = render_readme(figures, "x", None)
     assert "grpo-fp32** ran out of memory with 63,754 MB in use by the process" in readme
     assert "read the NVML column" in readme
+    # the comparison report's table of runs that ran out of memory says the same
+    from harness.report.compare import oom_rows
+
+    assert oom_rows([runs / "grpo-fp32-s0"])[0]["in_use_mb"] == pytest.approx(62.26 * 1024)
 
 
 @pytest.mark.slow

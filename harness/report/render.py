@@ -20,6 +20,10 @@ def _fmt(iv: Interval | None, digits: int = 3) -> str:
     return "—" if iv is None else iv.fmt(digits)
 
 
+def _mb(v: float | None) -> str:
+    return "–" if v is None else f"{v:.0f}"
+
+
 def tables(summary: dict[str, Any], summaries, references, comparisons, runs) -> list[tuple[str, Table]]:
     out = []
     rows_of = [*summaries, *references]
@@ -51,10 +55,10 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
                     (["metric", "difference", "95 % CI", "pairs"], rows)))
     if summary.get("oom"):
         out.append(("Runs that ran out of memory (a result: what each reached before it stopped)",
-                    (["method", "seed", "training precision", "peak GPU, torch (MB)", "peak GPU, NVML (MB)"],
-                     [[r["method"], str(r["seed"]), r["precision"] or "–",
-                       "–" if r["peak_gpu_mb"] is None else f"{r['peak_gpu_mb']:.0f}",
-                       "–" if r["peak_gpu_nvml_mb"] is None else f"{r['peak_gpu_nvml_mb']:.0f}"] for r in summary["oom"]])))
+                    (["method", "seed", "training precision", "in use when it failed (MB, torch's message)",
+                      "peak GPU, torch (MB)", "peak GPU, NVML (MB)"],
+                     [[r["method"], str(r["seed"]), r["precision"] or "–", _mb(r["in_use_mb"]), _mb(r["peak_gpu_mb"]),
+                       _mb(r["peak_gpu_nvml_mb"])] for r in summary["oom"]])))
     out.append(("Runs", (["method", "kind", "seed", "status", "path", "git"],
                          [[r.label, r.record.kind, str(r.record.seed), r.record.status, str(r.path),
                            (r.record.environment.get("git_sha") or "")[:10]] for r in runs])))
