@@ -26,8 +26,8 @@ def child_env(**extra: str) -> dict[str, str]:
 def end_with_parent() -> None:
     """In a child started with ``child_env``: SIGTERM when the parent dies (Linux; elsewhere nothing)."""
     parent = os.environ.pop(PARENT_ENV, None)
-    if parent is None or not sys.platform.startswith("linux"):
-        return
+    if parent is None or not parent.isdigit() or not sys.platform.startswith("linux"):
+        return  # not started by child_env (a stray value is ignored, never a traceback)
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     if os.getppid() != int(parent):  # it died before the request above
         os.kill(os.getpid(), signal.SIGTERM)

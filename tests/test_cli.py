@@ -115,3 +115,13 @@ def test_serve_scorer_help_describes_every_option():
     for opt in ("--config", "--host", "--port", "--rendezvous"):
         line = next(line for line in out.splitlines() if opt in line)
         assert len(line.split(opt, 1)[1].strip()) > 20, line  # a description, not just the flag
+
+
+def test_a_stray_parent_marker_in_the_environment_is_ignored(monkeypatch):
+    """ESGRPO_PARENT_PID is set by `child_env` for runs a benchmark starts; any other value changes nothing."""
+    import os
+
+    monkeypatch.setenv("ESGRPO_PARENT_PID", "not-a-pid")
+    code, out = run_cli("compare", ROOT / "tests", "-o", "/tmp")
+    assert code == 2 and "no record.json" in out and "Traceback" not in out
+    assert "ESGRPO_PARENT_PID" not in os.environ  # taken out, so nothing this process starts inherits it
