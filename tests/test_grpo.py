@@ -48,6 +48,8 @@ def test_grpo_with_lora_trains_only_the_adapters(policy_path, tmp_path):
     assert rec.status == "completed" and len(rec.series) == 2
     saved = tmp_path / "model_saves" / "latest_hf"
     assert (saved / "adapter_config.json").is_file()  # an adapter, not a full copy of the weights
+    # checkpoint_every 0: no TRL checkpoint (with its optimizer state) beside the final model
+    assert not list((tmp_path / "trl").glob("checkpoint-*"))
 
 
 @pytest.mark.slow

@@ -109,14 +109,19 @@ def test_es_survives_a_scorer_outage(reference, make_scorer_service, tmp_path):
     assert trajectory(tmp_path / "run") == trajectory(reference)  # re-scored, never filled in
 
 
+def grpo_cli_args(run_dir: Path, sets: list[str]) -> list[str]:
+    args = [sys.executable, "-m", "harness.cli", "run", "grpo", "--config", str(ROOT / "configs/grpo/cpu-default.yaml"),
+            "--run-dir", str(run_dir)]
+    for s in ["num_generations=4", "prompts_per_step=4", "run.lambda.eta=0.5", *sets]:
+        args += ["--set", s]
+    return args
+
+
 @pytest.mark.slow
 def test_grpo_resumes_to_the_same_step_and_lambda(policy_path, tmp_path):
     d = tmp_path / "grpo"
-    args = [sys.executable, "-m", "harness.cli", "run", "grpo", "--config", str(ROOT / "configs/grpo/cpu-default.yaml"),
-            "--run-dir", str(d)]
-    for s in ["run.budget.completions=160", "run.budget.eval_every_fraction=0.5", "run.eval.limit=8",
-              "num_generations=4", "prompts_per_step=4", "run.checkpoint_every=2", "run.lambda.eta=0.5"]:
-        args += ["--set", s]
+    args = grpo_cli_args(d, ["run.budget.completions=160", "run.budget.eval_every_fraction=0.5", "run.eval.limit=8",
+                             "run.checkpoint_every=2"])
     p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for_steps(d, 5, p)
     p.send_signal(signal.SIGKILL)
@@ -130,6 +135,28 @@ def test_grpo_resumes_to_the_same_step_and_lambda(policy_path, tmp_path):
     for pt in rec.series[:4]:  # kept from before the kill, λ included
         assert (pt.lam, pt.cost, pt.samples) == (before[pt.step].lam, before[pt.step].cost, before[pt.step].samples)
     assert [e.mark for e in rec.evals] == [0, 80, 160]
+
+
+@pytest.mark.slow
+def test_grpo_without_periodic_checkpoints_checkpoints_on_sigterm(policy_path, tmp_path):
+    """checkpoint_every 0 writes no TRL checkpoint on the way (nor at the end), yet a preempted run still leaves one
+    to resume from."""
+    d = tmp_path / "grpo"
+    args = grpo_cli_args(d, ["run.budget.completions=96", "run.budget.eval_every_fraction=1.0", "run.eval.limit=4",
+                             "run.checkpoint_every=0"])
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_steps(d, 2, p)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(120) == PREEMPTED_EXIT
+    rec = load_record(d)
+    assert rec.status == "interrupted"
+    saved = [c.name for c in (d / "trl").glob("checkpoint-*")]
+    assert saved == [f"checkpoint-{rec.series[-1].step}"]
+    assert subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    rec = load_record(d)
+    assert rec.status == "completed" and f"resumed from {saved[0]}" in " ".join(rec.notes)
+    assert [pt.step for pt in rec.series] == list(range(1, 7))
+    assert [c.name for c in (d / "trl").glob("checkpoint-*")] == saved  # none added at the end
 
 
 @pytest.mark.slow

@@ -176,7 +176,10 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
         use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
         vllm_enable_sleep_mode=cfg.vllm_sleep_mode, generation_kwargs=generation_kwargs(cfg, s),
         logging_steps=1, report_to="none", deepspeed=cfg.deepspeed,
-        save_strategy="steps", save_steps=s.checkpoint_every or max_steps + 1, save_total_limit=s.keep_checkpoints,
+        # no periodic checkpoints unless asked: transformers' "steps" strategy also saves at the end of training,
+        # optimizer included (38 GB at 7B) beside the final model; a preemption still checkpoints (on_log)
+        save_strategy="steps" if s.checkpoint_every else "no", save_steps=s.checkpoint_every or 1,
+        save_total_limit=s.keep_checkpoints,
         disable_tqdm=False, remove_unused_columns=False, shuffle_dataset=True,
     )
     peft_config = None
