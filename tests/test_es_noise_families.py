@@ -103,5 +103,10 @@ def test_lowrank_population_in_one_generate_matches_member_by_member(policy_path
     assert texts == [[c.text for c in out["completions"]] for out in alone]
     assert len({tuple(t) for t in texts}) == len(jobs)  # every member generates something of its own
     assert [c.text for c in v.generate(PROMPTS, GREEDY)] == texts[-1]
+    # the next population is written into the slots vLLM holds (no new adapter files): still the reference's members
+    jobs = [(0, 0.0), (13, -0.05), (11, 0.05)]
+    texts = [[c.text for c in out["completions"]] for out in v.evaluate_members(jobs, PROMPTS, GREEDY)]
+    assert texts == [[c.text for c in out["completions"]] for out in hf.evaluate_members(jobs, PROMPTS, GREEDY)]
+    assert sorted(p.name for p in (tmp_path / "v" / "adapters").iterdir()) == ["1", "2", "3"]
     # the update from the same seeds lands identically on both engines (same checksum)
     assert v.apply_update([(11, 0.01), (12, -0.02)]) == hf.apply_update([(11, 0.01), (12, -0.02)])

@@ -259,13 +259,15 @@ def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
         jobs = {"raw": [(0, 0.0)] * share, "member": members + [(0, 0.0)] * (share - len(members))}
     else:
         jobs = {"raw": [(0, 0.0)], "member": [(algorithm.SEED_SPACE, cfg.sigma)]}
-    speed = {}
+    speed, prepare = {}, 0.0
     for kind in ("raw", "member", "raw", "member"):
         outs = pool.submit(0, "evaluate_members", jobs[kind], prompts, sampling).result()
         tokens = sum(c.n_tokens for o in outs for c in o["completions"])
-        speed[kind] = tokens / sum(o["generation"] + o["perturb_restore"] for o in outs)
+        seconds = sum(o["generation"] + o["perturb_restore"] for o in outs)
+        speed[kind], prepare = tokens / seconds, sum(o["perturb_restore"] for o in outs) / seconds
+    # of the member's time, the share spent making members (perturbing, or writing adapters) rather than generating
     return {"raw_generate_tokens_per_s": speed["raw"], "member_tokens_per_s": speed["member"],
-            "member_vs_raw": speed["member"] / speed["raw"]}
+            "member_vs_raw": speed["member"] / speed["raw"], "member_prepare_share": prepare}
 
 
 def save_checkpoint(pool, ctx: RunContext) -> Path:

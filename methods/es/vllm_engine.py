@@ -12,14 +12,14 @@ layers (expert weights rearranged) or MLA attention (absorbed projections): thos
 
 Low-rank ES (``noise.kind: lowrank``) does not touch the base weights to evaluate members: each member is a
 rank-r LoRA adapter built from its seed inside the worker, and one ``generate`` call serves the whole share of
-the population (vLLM's multi-LoRA batching) together with the unperturbed policy.
+the population (vLLM's multi-LoRA batching) together with the unperturbed policy. Adapter ids are fixed (1…k
+for an engine's k members): vLLM loads each once from a file, then keeps it in its slot on the device, and later
+members are written straight into those slots (no file, no reload — loading cost as much as generating at 7B).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -102,7 +102,7 @@ class VLLMEngine(InPlaceES):
             kwargs.update(enable_lora=True, max_loras=max_loras, max_cpu_loras=max_loras,
                           max_lora_rank=lora_rank_limit(self.noise_spec.rank))
             self.adapters = Path(scratch or ".") / "adapters"
-            self._lora_ids = itertools.count(1)  # every adapter a new id: vLLM caches adapters by id
+            self.max_loras, self._loaded = max_loras, set[int]()  # adapter ids vLLM holds in its slots
         self.llm = LLM(model=cfg.model_path, dtype=cfg.dtype, worker_extension_cls=WORKER_EXTENSION,
                        max_model_len=cfg.max_model_len, enforce_eager=cfg.eager(), seed=0,
                        enable_prefix_caching=False, **kwargs)
@@ -126,19 +126,28 @@ class VLLMEngine(InPlaceES):
         from vllm.lora.request import LoRARequest
 
         t0 = time.perf_counter()
-        shutil.rmtree(self.adapters, ignore_errors=True)
         requests: list[Any] = []
+        refill: list[tuple[int, int, float]] = []
         for seed, scale in jobs:
-            if scale:
-                lora_id = next(self._lora_ids)
-                path = self._rpc("es_call", "write_adapter", seed, scale, str(self.adapters / str(lora_id)))
-                requests.append(LoRARequest(f"member-{lora_id}", lora_id, path))
-            else:
+            if not scale:
                 requests.append(None)  # the unperturbed policy rides in the same batch
+                continue
+            lora_id = sum(r is not None for r in requests) + 1
+            if lora_id > self.max_loras:  # vLLM would swap adapters out of their slots mid-batch
+                raise ValueError(f"{lora_id} members for {self.max_loras} LoRA slots")
+            path = self.adapters / str(lora_id)
+            if lora_id in self._loaded:
+                refill.append((lora_id, seed, scale))
+            else:  # vLLM loads it from this file in the generate call below, then keeps it in its slot
+                self._rpc("es_call", "write_adapter", seed, scale, str(path))
+            requests.append(LoRARequest(f"member-{lora_id}", lora_id, str(path)))
+        if refill:
+            self._rpc("es_call", "fill_adapter_slots", refill)
         t1 = time.perf_counter()
         n = len(prompts)
         outs = self._gen.generate([p for _ in jobs for p in prompts], sampling, [r for r in requests for _ in range(n)], n)
         wall = time.perf_counter() - t1
+        self._loaded.update(r.lora_int_id for r in requests if r is not None)
         # one batch: its wall clock is shared out so that the per-member times still sum to the iteration's
         return [{"completions": outs[i * n:(i + 1) * n], "generation": wall / len(jobs),
                  "perturb_restore": (t1 - t0) / len(jobs)} for i in range(len(jobs))]

@@ -111,6 +111,41 @@ class WorkerES(InPlaceES):
              "lora_dropout": 0.0, "bias": "none", "task_type": "CAUSAL_LM"}))
         return str(out)
 
+    def fill_adapter_slots(self, members: list[tuple[int, int, float]]) -> None:
+        """Each (adapter id, seed, scale): that member's factors written into the device slot where vLLM holds
+        the adapter, through the LoRA layers' own ``set_lora`` — what loading the member's adapter file would
+        put there (same values, cast once to vLLM's LoRA dtype), without the file, the CPU copy or the reload."""
+        import math
+
+        manager = getattr(getattr(self._runner, "lora_manager", None), "_adapter_manager", None)
+        if manager is None:
+            raise RuntimeError("this vLLM has no LoRA manager where expected (model_runner.lora_manager)")
+        noise, views = self.noise, dict(self._views)
+        for lora_id, seed, scale in members:
+            if lora_id not in manager.lora_index_to_id:
+                raise RuntimeError(f"adapter {lora_id} is not in a LoRA slot: vLLM evicted it")
+            index = manager.lora_index_to_id.index(lora_id)
+            for module_name, module in manager.modules.items():
+                prefix, _, last = module_name.rpartition(".")
+                lora_a: list[torch.Tensor | None] = []
+                lora_b: list[torch.Tensor | None] = []
+                for sub in manager.packed_modules_mapping.get(last, [last]):
+                    name = f"{prefix}.{sub}.weight".lstrip(".")
+                    v = views.get(name)
+                    if v is None or not noise.covers(name, v):
+                        lora_a.append(None)
+                        lora_b.append(None)
+                        continue
+                    a, b = noise.factors(seed, name, v.shape, v.device)
+                    lora_a.append(b.T)
+                    lora_b.append(a * (scale / math.sqrt(noise.rank)))
+                if all(t is None for t in lora_a):
+                    module.reset_lora(index)
+                elif len(lora_a) == 1:
+                    module.set_lora(index, lora_a[0], lora_b[0])
+                else:
+                    module.set_lora(index, lora_a, lora_b)
+
 
 class ESWorkerExtension:
     """Mixed into vLLM's worker; reached with ``llm.collective_rpc('es_setup' | 'es_call', args=…)``."""
