@@ -10,6 +10,7 @@ Importing this module on the CPU backend also keeps linear weights live (see ``k
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,7 @@ class WorkerES(InPlaceES):
     def __init__(self, views: list[tuple[str, torch.Tensor]], restore_mode: str, noise, model_runner):
         self._views, self.restore_mode, self.noise = views, restore_mode, noise
         self._runner = model_runner
+        self._slot_plan: list | None = None  # where each covered weight's adapter factors go in vLLM's LoRA slots
 
     def named_views(self) -> list[tuple[str, torch.Tensor]]:
         return self._views
@@ -89,7 +91,6 @@ class WorkerES(InPlaceES):
         """The member θ + scale·A·Bᵀ/√r as a PEFT LoRA adapter (lora_A = Bᵀ, lora_B = scale·A/√r, scaling 1),
         drawn here from the seed, so no weights cross the network."""
         import json
-        import math
 
         from safetensors.torch import save_file
 
@@ -113,38 +114,44 @@ class WorkerES(InPlaceES):
 
     def fill_adapter_slots(self, members: list[tuple[int, int, float]]) -> None:
         """Each (adapter id, seed, scale): that member's factors written into the device slot where vLLM holds
-        the adapter, through the LoRA layers' own ``set_lora`` — what loading the member's adapter file would
-        put there (same values, cast once to vLLM's LoRA dtype), without the file, the CPU copy or the reload."""
-        import math
-
+        the adapter — what loading the member's adapter file would put there (lora_A = Bᵀ, lora_B = scale·A/√r,
+        each rounded once to vLLM's LoRA dtype), without the file, the CPU copy or the reload. Slices the noise
+        does not cover stay as activation left them: zero."""
         manager = getattr(getattr(self._runner, "lora_manager", None), "_adapter_manager", None)
         if manager is None:
             raise RuntimeError("this vLLM has no LoRA manager where expected (model_runner.lora_manager)")
-        noise, views = self.noise, dict(self._views)
+        plan = self._slot_plan or self._plan_slots(manager)
+        r = self.noise.rank
         for lora_id, seed, scale in members:
             if lora_id not in manager.lora_index_to_id:
                 raise RuntimeError(f"adapter {lora_id} is not in a LoRA slot: vLLM evicted it")
             index = manager.lora_index_to_id.index(lora_id)
-            for module_name, module in manager.modules.items():
-                prefix, _, last = module_name.rpartition(".")
-                lora_a: list[torch.Tensor | None] = []
-                lora_b: list[torch.Tensor | None] = []
-                for sub in manager.packed_modules_mapping.get(last, [last]):
-                    name = f"{prefix}.{sub}.weight".lstrip(".")
-                    v = views.get(name)
-                    if v is None or not noise.covers(name, v):
-                        lora_a.append(None)
-                        lora_b.append(None)
-                        continue
-                    a, b = noise.factors(seed, name, v.shape, v.device)
-                    lora_a.append(b.T)
-                    lora_b.append(a * (scale / math.sqrt(noise.rank)))
-                if all(t is None for t in lora_a):
-                    module.reset_lora(index)
-                elif len(lora_a) == 1:
-                    module.set_lora(index, lora_a[0], lora_b[0])
-                else:
-                    module.set_lora(index, lora_a, lora_b)
+            c = scale / math.sqrt(r)
+            for name, shape, device, a_stack, b_stack in plan:
+                a, b = self.noise.factors(seed, name, shape, device)
+                a_stack[index, 0, :r].copy_(b.T)
+                torch.mul(a, c, out=b_stack[index, 0, :, :r])  # computed in fp32, rounded once on the store
+
+    def _plan_slots(self, manager) -> list:
+        """(HF name, shape, device, lora_A stack, lora_B stack) for every covered slice of vLLM's LoRA layers
+        (a fused qkv/gate_up layer holds one stack per HF projection, in ``packed_modules_mapping`` order)."""
+        views, plan = dict(self._views), []
+        for module_name, module in manager.modules.items():
+            prefix, _, last = module_name.rpartition(".")
+            for i, sub in enumerate(manager.packed_modules_mapping.get(last, [last])):
+                name = f"{prefix}.{sub}.weight".lstrip(".")
+                v = views.get(name)
+                if v is None or not self.noise.covers(name, v):
+                    continue
+                a_stack, b_stack = module.lora_a_stacked[i], module.lora_b_stacked[i]
+                if a_stack.shape[-1] != v.shape[1] or b_stack.shape[-2] != v.shape[0]:
+                    raise RuntimeError(f"{module_name}: LoRA stacks {tuple(a_stack.shape)}/{tuple(b_stack.shape)} "
+                                       f"do not fit {name} {tuple(v.shape)} (tensor-parallel or another layout)")
+                plan.append((name, v.shape, v.device, a_stack, b_stack))
+        if not plan:
+            raise RuntimeError("no LoRA layer of this vLLM model matches a weight the low-rank noise covers")
+        self._slot_plan = plan
+        return plan
 
 
 class ESWorkerExtension:
