@@ -5,12 +5,17 @@
 2. CUDA graphs and in-place ES (vLLM, bf16): a perturbation changes greedy outputs, a restore brings them back
    exactly, and the perturbed member's token log-probabilities under graphs match an eager engine's.
 3. Low-rank ES: vLLM's one-batch multi-LoRA population against the transformers engine member by member.
-Usage: python scripts/gpu_checks.py OUT_JSON PART (kernels | eager | graphs | lowrank; graphs compares with eager's)
+4. Low-rank speed: the population batch against raw generation of as many sequences for populations 4 to 30
+   (64 prompts × 128 tokens), the share spent making members, and where the batch's device time goes (LoRA
+   kernels against the rest, from the torch profiler).
+Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed; graphs
+compares with eager's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -186,6 +191,48 @@ def lowrank(policy: Path, work: Path, figures: dict) -> dict:
     return out
 
 
+def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
+    from methods.es.vllm_engine import VLLMEngine
+
+    populations = (4, 8, 16, 30)
+    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
+                                gpu_memory_utilization=0.6, max_model_len=512, max_num_seqs=2048),
+                   scratch=str(work / "lowrank-speed"), noise=NoiseSpec(kind="lowrank", rank=1),
+                   max_loras=max(populations))
+    prompts = [f"How do I fix problem number {i}?" for i in range(64)]
+    fixed = SamplingSettings(max_new_tokens=128, ignore_eos=True)
+
+    def speed(jobs) -> tuple[float, float]:
+        outs = v.evaluate_members(jobs, prompts, fixed)
+        seconds = sum(o["generation"] + o["perturb_restore"] for o in outs)
+        return sum(c.n_tokens for o in outs for c in o["completions"]) / seconds, \
+            sum(o["perturb_restore"] for o in outs) / seconds
+
+    out: dict = {}
+    for n in populations:
+        members = [(100 + i, 1e-3) for i in range(n)] + [(0, 0.0)]
+        for _ in range(2):  # the second of each counts: the first loads adapter files and warms shapes up
+            raw, _ = speed([(0, 0.0)] * (n + 1))
+            batch, making = speed(members)
+        out[f"population_{n}"] = {"sequences": (n + 1) * len(prompts), "raw_tokens_per_s": raw,
+                                  "batch_tokens_per_s": batch, "batch_vs_raw": batch / raw,
+                                  "member_making_share": making}
+    from torch.profiler import ProfilerActivity, profile
+
+    n = min(8, max(populations))
+    members = [(200 + i, 1e-3) for i in range(n)] + [(0, 0.0)]
+    for name, jobs in (("raw", [(0, 0.0)] * (n + 1)), ("batch", members)):
+        with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as prof:
+            v.evaluate_members(jobs, prompts, fixed)
+        attr = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        rows = sorted(((e.key, getattr(e, attr)) for e in prof.key_averages()), key=lambda r: -r[1])
+        total = sum(t for _, t in rows) or 1.0
+        lora = sum(t for k, t in rows if any(w in k.lower() for w in ("lora", "shrink", "expand", "sgmv", "bgmv")))
+        out[f"profile_population_{n}_{name}"] = {"ms": total / 1e3, "lora_kernel_share": lora / total,
+                                                "top": [[k[:80], round(t / 1e3, 2)] for k, t in rows[:12]]}
+    return out
+
+
 def main(out_json: str, parts: list[str]) -> None:
     """Each part in its own process (one vLLM engine per process); they add to the same JSON."""
     path = Path(out_json)
@@ -194,10 +241,13 @@ def main(out_json: str, parts: list[str]) -> None:
     work = Path(tempfile.mkdtemp())
     for part in parts:
         try:
-            figures[part] = kernels() if part == "kernels" else \
-                {"eager": eager, "graphs": graphs, "lowrank": lowrank}[part](random_policy("qwen2-0.5b"), work, figures)
+            shape = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b")
+            key = part if shape == "qwen2-0.5b" else f"{part}@{shape}"
+            figures[key] = kernels() if part == "kernels" else \
+                {"eager": eager, "graphs": graphs, "lowrank": lowrank,
+                 "lowrank-speed": lowrank_speed}[part](random_policy(shape), work, figures)
         except Exception as e:  # noqa: BLE001 - one failed check must not hide the others' figures
-            figures[part] = {"error": f"{type(e).__name__}: {e}"[:2000]}
+            figures[key] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         path.write_text(json.dumps(figures, indent=1))
     print(json.dumps({k: v for k, v in figures.items() if k != "eager"}, indent=1)[:6000])
 
