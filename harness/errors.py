@@ -30,6 +30,11 @@ class OutOfMemory(RuntimeError):
 OOM_IN_USE = re.compile(r"this process has ([0-9.]+) GiB memory in use")
 
 
+def error_excerpt(message: str | None, limit: int = 300) -> str:
+    """The head of a run's error: what happened (torch's OOM message ends in allocator advice)."""
+    return (message or "")[:limit]
+
+
 def oom_in_use_mb(message: str) -> float | None:
     m = OOM_IN_USE.search(message)
     return float(m.group(1)) * 1024 if m else None

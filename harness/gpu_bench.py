@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from harness.benchmark import default_locations, load_spec, run_benchmark
-from harness.errors import UserError, oom_in_use_mb
+from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.processes import child_env
 from harness.random_models import random_policy, random_scorer_models
 from harness.records import atomic_write_text, load_record
@@ -188,7 +188,7 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
         if rec.config.get("vllm_sleep_mode"):  # vLLM's pool stays in torch's count while its memory is unmapped
             f["torch_counts_sleeping_vllm"] = True
         if rec.status == "oom":
-            f["error"] = (rec.error or "")[-300:]
+            f["error"] = error_excerpt(rec.error)
             f["oom_process_in_use_mb"] = oom_in_use_mb(rec.error or "")
         if rec.method == "es" and rec.status == "completed":
             lowrank = f["kind"] == "es/vllm/lowrank"

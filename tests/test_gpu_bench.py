@@ -39,12 +39,16 @@ def test_figures_from_the_committed_h100_records(tmp_path):
     figures = collect_figures(runs, "H100")
     oom, es = figures["runs"]["grpo-fp32"], figures["runs"]["es-vllm"]
     assert oom["status"] == "oom" and oom["oom_process_in_use_mb"] == pytest.approx(62.26 * 1024)
+    assert oom["error"].startswith("torch.OutOfMemoryError: CUDA out of memory.")  # what happened, not the advice
     assert oom["torch_counts_sleeping_vllm"] and "torch_counts_sleeping_vllm" not in es
     series = load_record(runs / "es-vllm-s0").series
     t = series[1].times
     assert es["es_overhead_share"] == pytest.approx((t["perturb_restore"] + t["update_sync"]) / t["iteration_wall"])
-    first = series[0].times
-    assert first["update_sync"] > 10 * t["update_sync"]  # the compile the figure leaves out
+    # a first iteration that compiles kernels (session 4's first update took 0.81 s, the next 0.02 s) stays out
+    record = json.loads((runs / "es-vllm-s0" / "record.json").read_text())
+    record["series"][0]["times"]["update_sync"] += 5.0
+    (runs / "es-vllm-s0" / "record.json").write_text(json.dumps(record))
+    assert collect_figures(runs, "H100")["runs"]["es-vllm"]["es_overhead_share"] == pytest.approx(es["es_overhead_share"])
     # memory ratios compare like with like: none against a sleeping vLLM's torch peak, nor against a GRPO-vLLM
     # record without its KV cache figure; with it, both sides leave their KV cache out
     assert "es_vs_baseline_peak_gpu" not in collect_figures(runs, "H100", "grpo-fp32")["runs"]["es-vllm"]

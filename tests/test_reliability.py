@@ -22,12 +22,12 @@ ES_SETS = ["run.budget.completions=540", "run.budget.eval_every_fraction=0.5", "
            "run.checkpoint_every=1"]
 
 
-def es_cli(run_dir: Path, extra=()) -> subprocess.Popen:
+def es_cli_args(run_dir: Path) -> list[str]:
     args = [sys.executable, "-m", "harness.cli", "run", "es", "--config", str(ROOT / "configs/es/cpu-default.yaml"),
             "--run-dir", str(run_dir)]
-    for s in [*ES_SETS, *extra]:
+    for s in ES_SETS:
         args += ["--set", s]
-    return subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return args
 
 
 def wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -52,6 +52,18 @@ def evaluations(run_dir: Path) -> list:
     return [(e.mark, e.step, e.metrics) for e in load_record(run_dir).evals]
 
 
+def stop_after(args: list[str], run_dir: Path, steps: int, sig: int) -> int:
+    """Start a run, signal it once it has logged `steps` steps; its exit status."""
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_steps(run_dir, steps, p)
+    p.send_signal(sig)
+    return p.wait(120)
+
+
+def run_quietly(args: list[str]) -> int:
+    return subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=600).returncode
+
+
 @pytest.fixture(scope="module")
 def reference(policy_path, tmp_path_factory):
     d = tmp_path_factory.mktemp("reference")
@@ -63,22 +75,17 @@ def reference(policy_path, tmp_path_factory):
 def test_es_kill9_sigterm_and_resume_match_the_uninterrupted_run(reference, tmp_path):
     kill_at, term_at = sorted(random.Random(7).sample(range(1, 5), 2))
     d = tmp_path / "run"
-    p = es_cli(d)
-    wait_for_steps(d, kill_at, p)
-    p.send_signal(signal.SIGKILL)  # no chance to clean up
-    p.wait()
+    args = es_cli_args(d)
+    stop_after(args, d, kill_at, signal.SIGKILL)  # no chance to clean up
     assert load_record(d).status == "running"
-    p = es_cli(d)  # same command: resumes from the last complete checkpoint
-    wait_for_steps(d, term_at, p)
-    p.send_signal(signal.SIGTERM)  # what SLURM sends before preemption
-    assert p.wait(120) == PREEMPTED_EXIT
+    # the same command resumes from the last complete checkpoint; SIGTERM is what SLURM sends before preemption
+    assert stop_after(args, d, term_at, signal.SIGTERM) == PREEMPTED_EXIT
     rec = load_record(d)
     assert rec.status == "interrupted" and "SIGTERM" in rec.error
     steps = sorted(int(c.name.split("-")[1]) for c in (d / "checkpoints").glob("step-*"))
     assert steps[-1] == rec.series[-1].step and len(steps) <= 2  # newest kept, older pruned
     assert not list((d / "checkpoints").glob(".tmp-*"))
-    p = es_cli(d)
-    assert p.wait(300) == 0
+    assert run_quietly(args) == 0
     rec = load_record(d)
     assert rec.status == "completed" and len(rec.notes) >= 3  # two resumes noted
     assert trajectory(d) == trajectory(reference)
@@ -122,12 +129,9 @@ def test_grpo_resumes_to_the_same_step_and_lambda(policy_path, tmp_path):
     d = tmp_path / "grpo"
     args = grpo_cli_args(d, ["run.budget.completions=160", "run.budget.eval_every_fraction=0.5", "run.eval.limit=8",
                              "run.checkpoint_every=2"])
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_steps(d, 5, p)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    stop_after(args, d, 5, signal.SIGKILL)
     before = {pt.step: pt for pt in load_record(d).series}
-    assert subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    assert run_quietly(args) == 0
     rec = load_record(d)
     assert rec.status == "completed" and "resumed from checkpoint-4" in " ".join(rec.notes)
     assert [pt.step for pt in rec.series] == list(range(1, 11))  # 160 / 16 steps, none repeated or lost
@@ -144,15 +148,12 @@ def test_grpo_without_periodic_checkpoints_checkpoints_on_sigterm(policy_path, t
     d = tmp_path / "grpo"
     args = grpo_cli_args(d, ["run.budget.completions=96", "run.budget.eval_every_fraction=1.0", "run.eval.limit=4",
                              "run.checkpoint_every=0"])
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_steps(d, 2, p)
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(120) == PREEMPTED_EXIT
+    assert stop_after(args, d, 2, signal.SIGTERM) == PREEMPTED_EXIT
     rec = load_record(d)
     assert rec.status == "interrupted"
     saved = [c.name for c in (d / "trl").glob("checkpoint-*")]
     assert saved == [f"checkpoint-{rec.series[-1].step}"]
-    assert subprocess.run(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+    assert run_quietly(args) == 0
     rec = load_record(d)
     assert rec.status == "completed" and f"resumed from {saved[0]}" in " ".join(rec.notes)
     assert [pt.step for pt in rec.series] == list(range(1, 7))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.config import read_jsonl
-from harness.errors import UserError, oom_in_use_mb
+from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.records import RECORD_FILE, RunRecord, atomic_write_text, load_record
 from harness.report import plots, render
 from harness.report.stats import Interval, bootstrap_mean, bootstrap_paired
@@ -253,7 +253,7 @@ def oom_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
         rows.append({"method": rec.label or rec.method, "seed": rec.seed, "path": str(d),
                      "in_use_mb": oom_in_use_mb(rec.error or ""),
                      "peak_gpu_mb": max(gpu.values()) if gpu else None, "peak_gpu_nvml_mb": rec.memory.get("peak_gpu_nvml_mb"),
-                     "precision": rec.memory.get("training_precision"), "error": (rec.error or "")[-300:]})
+                     "precision": rec.memory.get("training_precision"), "error": error_excerpt(rec.error)})
     return rows
 
 
