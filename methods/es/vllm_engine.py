@@ -143,11 +143,13 @@ class VLLMEngine(InPlaceES):
             requests.append(LoRARequest(f"member-{lora_id}", lora_id, str(path)))
         if refill:
             self._rpc("es_call", "fill_adapter_slots", refill)
+        # marked before generating: should the call fail before vLLM loads a file, the next refill of that id
+        # fails loudly (not in a slot) rather than vLLM keeping stale contents under a known id
+        self._loaded.update(r.lora_int_id for r in requests if r is not None)
         t1 = time.perf_counter()
         n = len(prompts)
         outs = self._gen.generate([p for _ in jobs for p in prompts], sampling, [r for r in requests for _ in range(n)], n)
         wall = time.perf_counter() - t1
-        self._loaded.update(r.lora_int_id for r in requests if r is not None)
         # one batch: its wall clock is shared out so that the per-member times still sum to the iteration's
         return [{"completions": outs[i * n:(i + 1) * n], "generation": wall / len(jobs),
                  "perturb_restore": (t1 - t0) / len(jobs)} for i in range(len(jobs))]
