@@ -192,6 +192,7 @@ def lowrank(policy: Path, work: Path, figures: dict) -> dict:
 
 
 def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
+    from methods.es.trainer import batch_speed
     from methods.es.vllm_engine import VLLMEngine
 
     populations = (4, 8, 16, 30)
@@ -203,10 +204,7 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
     fixed = SamplingSettings(max_new_tokens=128, ignore_eos=True)
 
     def speed(jobs) -> tuple[float, float]:
-        outs = v.evaluate_members(jobs, prompts, fixed)
-        seconds = sum(o["generation"] + o["perturb_restore"] for o in outs)
-        return sum(c.n_tokens for o in outs for c in o["completions"]) / seconds, \
-            sum(o["perturb_restore"] for o in outs) / seconds
+        return batch_speed(v.evaluate_members(jobs, prompts, fixed))
 
     out: dict = {}
     for n in populations:

@@ -259,15 +259,19 @@ def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
         jobs = {"raw": [(0, 0.0)] * share, "member": members + [(0, 0.0)] * (share - len(members))}
     else:
         jobs = {"raw": [(0, 0.0)], "member": [(algorithm.SEED_SPACE, cfg.sigma)]}
-    speed, prepare = {}, 0.0
+    speed, prepare = {}, {}
     for kind in ("raw", "member", "raw", "member"):
-        outs = pool.submit(0, "evaluate_members", jobs[kind], prompts, sampling).result()
-        tokens = sum(c.n_tokens for o in outs for c in o["completions"])
-        seconds = sum(o["generation"] + o["perturb_restore"] for o in outs)
-        speed[kind], prepare = tokens / seconds, sum(o["perturb_restore"] for o in outs) / seconds
-    # of the member's time, the share spent making members (perturbing, or writing adapters) rather than generating
+        speed[kind], prepare[kind] = batch_speed(pool.submit(0, "evaluate_members", jobs[kind], prompts, sampling).result())
     return {"raw_generate_tokens_per_s": speed["raw"], "member_tokens_per_s": speed["member"],
-            "member_vs_raw": speed["member"] / speed["raw"], "member_prepare_share": prepare}
+            "member_vs_raw": speed["member"] / speed["raw"], "member_prepare_share": prepare["member"]}
+
+
+def batch_speed(outs: list[dict[str, Any]]) -> tuple[float, float]:
+    """One ``evaluate_members`` call: generated tokens/s over its whole time, and the share of that time spent
+    making members (perturbing, or writing adapters) rather than generating."""
+    seconds = sum(o["generation"] + o["perturb_restore"] for o in outs)
+    tokens = sum(c.n_tokens for o in outs for c in o["completions"])
+    return tokens / seconds, sum(o["perturb_restore"] for o in outs) / seconds
 
 
 def save_checkpoint(pool, ctx: RunContext) -> Path:
