@@ -14,7 +14,8 @@ Low-rank ES (``noise.kind: lowrank``) does not touch the base weights to evaluat
 rank-r LoRA adapter built from its seed inside the worker, and one ``generate`` call serves the whole share of
 the population (vLLM's multi-LoRA batching) together with the unperturbed policy. Adapter ids are fixed (1…k
 for an engine's k members): vLLM loads each once from a file, then keeps it in its slot on the device, and later
-members are written straight into those slots (no file, no reload — loading cost as much as generating at 7B).
+members are written straight into those slots (no file, no reload: on the H100 at 7B, making members went
+from ~9 % of the population batch's time with a file per member to 3 %).
 """
 
 from __future__ import annotations
