@@ -7,7 +7,8 @@
 3. Low-rank ES: vLLM's one-batch multi-LoRA population against the transformers engine member by member.
 4. Low-rank speed: the population batch against raw generation of as many sequences for populations 4 to 30
    (64 prompts × 128 tokens), the share spent making members, and where the batch's device time goes (LoRA
-   kernels against the rest, from the torch profiler).
+   kernels against the rest, from the torch profiler). At most 1,024 sequences run at once (and fewer at 7B,
+   where the KV cache holds ~500), so the largest populations run in waves, raw and batch alike.
 Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed; graphs
 compares with eager's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
 """
@@ -197,7 +198,7 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
 
     populations = (4, 8, 16, 30)
     v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
-                                gpu_memory_utilization=0.6, max_model_len=512, max_num_seqs=2048),
+                                gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024),
                    scratch=str(work / "lowrank-speed"), noise=NoiseSpec(kind="lowrank", rank=1),
                    max_loras=max(populations))
     prompts = [f"How do I fix problem number {i}?" for i in range(64)]
