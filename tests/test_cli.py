@@ -30,6 +30,7 @@ def run_cli(*args):
     ("run:\n  lambda: {lambda_min: 2.0, lambda_max: 1.0}\n", "lambda_min 2.0 is above lambda_max 1.0"),
     ("run:\n  seed: -3\n", "run.seed: Input should be greater than or equal to 0"),
     ("population: 7\nantithetic: true\n", "population 7 must be even"),
+    ("perturbation: lowrank\nrank: 600\nengine: {kind: vllm}\n", "rank 600: vLLM serves LoRA adapters up to rank 512"),
     ("run:\n  eval: {stop_strings: ['']}\n", "empty stop string"),
     ("run:\n  scorer: {kind: http, url: 'http://x', deadline_s: .inf}\n", "deadline_s: Input should be a finite"),
 ])

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 from harness.run import MethodConfig
 from methods.es.engine import EngineConfig
 from methods.es.noise import LOWRANK_MODULES, NoiseSpec
+from methods.es.vllm_engine import LORA_RANKS
 
 
 class ESConfig(MethodConfig):
@@ -57,4 +58,6 @@ class ESConfig(MethodConfig):
             raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
         if self.perturbation == "lowrank" and self.noise != "independent":
             raise ValueError("noise 'shared_seed' reproduces the published full-rank draw; low-rank ES has its own")
+        if self.batches_population() and self.rank > LORA_RANKS[-1]:
+            raise ValueError(f"rank {self.rank}: vLLM serves LoRA adapters up to rank {LORA_RANKS[-1]}")
         return self
