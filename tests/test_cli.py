@@ -54,6 +54,8 @@ def test_bad_config_names_the_field(tmp_path, yaml_text, message):
     (["compare", "/no/run"], "/no/run: no record.json"),
     (["benchmark", "--spec", "/no/spec.yaml"], "config file not found"),
     (["run", "es", "--set", "population=[1"], "override 'population=[1': not valid YAML"),
+    (["run", "es", "--config", ROOT / "configs/es/cpu-lowrank.yaml", "--set", "lowrank_modules=[q_proj, qproj]"],
+     "lowrank_modules: qproj names no 2-D weight of"),
     (["run", "es", "--set", "run.data={kind: builtin, eval_fraction: 0.999}"], "leaves none to train on"),
     (["serve-scorer", "--port", "70000"], "port: Input should be less than or equal to 65535"),
     (["serve-scorer", "--config", ROOT / "README.md"], "not valid YAML"),

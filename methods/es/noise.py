@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 from typing import Any, Iterable, Literal, Protocol, Sequence
 
 import torch
 from pydantic import Field
 
 from harness.config import StrictModel
+from harness.errors import UserError
 
 LOWRANK_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VOCAB_PADDING = 64  # vLLM pads embeddings and lm_head to a multiple of this (DEFAULT_VOCAB_PADDING_SIZE)
@@ -177,6 +179,24 @@ class LowRankNoise:
             a = torch.cat([a * (c * scale) for (a, _), (_, c) in zip(pairs, terms)], dim=1)
             b = torch.cat([b for _, b in pairs], dim=1)
             v.add_((a @ b.T).to(v.dtype))
+
+
+def check_lowrank_modules(model_dir: Path, modules: Sequence[str]) -> None:
+    """Every module named must hold a 2-D weight of the model: a name that matches none would leave those layers
+    silently unperturbed (or, on vLLM, fail deep inside its LoRA loader). Read from the safetensors headers."""
+    from safetensors import safe_open
+
+    found: set[str] = set()
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                parts = key.split(".")
+                if len(parts) >= 2 and parts[-1] == "weight" and len(st.get_slice(key).get_shape()) == 2:
+                    found.add(parts[-2])
+    missing = [m for m in modules if m not in found]
+    if found and missing:
+        raise UserError(f"lowrank_modules: {', '.join(missing)} names no 2-D weight of {model_dir} "
+                        f"(its 2-D weights belong to: {', '.join(sorted(found))})")
 
 
 def make_noise(spec: NoiseSpec, hf_config: Any) -> Noise:

@@ -24,6 +24,7 @@ from harness.records import reset_gpu_peaks
 from harness.run import RunContext
 from methods.es import algorithm
 from methods.es.config import ESConfig
+from methods.es.noise import check_lowrank_modules
 from methods.es.pool import LocalPool, RayPool, call_all
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
     engine_cfg = cfg.engine.model_copy(update={"model_path": str(weights)})
     scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
     max_loras = -(-cfg.population // cfg.engines)  # one adapter per member of an engine's share
+    if cfg.perturbation == "lowrank":
+        check_lowrank_modules(weights, cfg.lowrank_modules)
     if cfg.pool == "local":
         return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
     return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras,
