@@ -85,9 +85,11 @@ def test_es_improves_the_objective_on_average(two_runs):
 @pytest.mark.slow
 @pytest.mark.vllm
 @pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
-def test_es_on_two_vllm_engines_under_ray(policy_path, tmp_path):
+@pytest.mark.parametrize("perturbation", ["full", "lowrank"])
+def test_es_on_two_vllm_engines_under_ray(policy_path, tmp_path, perturbation):
+    """Low-rank: each engine batches its share of the population and the unperturbed policy (here 3 + 2)."""
     cfg = es_config(**{"run.budget.completions": 200, "pool": "ray", "engines": 2, "engine.kind": "vllm",
-                       "engine.threads": 1, "population": 4, "prompts_per_iteration": 8})
+                       "engine.threads": 1, "population": 4, "prompts_per_iteration": 8, "perturbation": perturbation})
     run_method("es", cfg, tmp_path)
     rec = load_record(tmp_path)
     assert rec.status == "completed" and len(rec.series) >= 2

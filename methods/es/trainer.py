@@ -55,7 +55,7 @@ def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jo
     """Evaluate (seed, scale) jobs on the engines; score each member while others generate. Member by member,
     round-robin as engines free up; or, with ``batch``, each engine's contiguous share in one call."""
     if batch:
-        share = -(-len(jobs) // len(pool))
+        share = engine_share(len(jobs) - 1, len(pool))
         groups = [list(range(i, min(i + share, len(jobs)))) for i in range(0, len(jobs), share)]
     else:
         groups = [[j] for j in range(len(jobs))]
@@ -89,6 +89,12 @@ def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jo
     return results
 
 
+def engine_share(population: int, engines: int) -> int:
+    """Jobs per engine when each evaluates its share in one call: the population and the unperturbed policy,
+    split evenly in order (the first shares are all members)."""
+    return -(-(population + 1) // engines)
+
+
 def iteration_inputs(cfg: ESConfig, ctx: RunContext, it: int) -> tuple[list[str], SamplingSettings]:
     """The prompts and rollout sampling of iteration ``it``: functions of (run seed, iteration), so a resumed
     run draws what the uninterrupted one would."""
@@ -108,7 +114,7 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
     weights = ctx.resume_from / "model" if ctx.resume_from else ctx.policy_path
     engine_cfg = cfg.engine.model_copy(update={"model_path": str(weights)})
     scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
-    max_loras = -(-cfg.population // cfg.engines)  # one adapter per member of an engine's share
+    max_loras = min(engine_share(cfg.population, cfg.engines), cfg.population)  # a slot per member of a share
     if cfg.perturbation == "lowrank":
         check_lowrank_modules(weights, cfg.lowrank_modules)
     if cfg.pool == "local":
@@ -257,8 +263,8 @@ def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
     sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
     if cfg.batches_population():  # a batch as an iteration makes it: at most max_loras adapters, and the base
-        share = -(-(cfg.population + 1) // len(pool))
-        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(share, -(-cfg.population // len(pool))))]
+        share = engine_share(cfg.population, len(pool))
+        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(share, cfg.population))]
         jobs = {"raw": [(0, 0.0)] * share, "member": members + [(0, 0.0)] * (share - len(members))}
     else:
         jobs = {"raw": [(0, 0.0)], "member": [(algorithm.SEED_SPACE, cfg.sigma)]}
