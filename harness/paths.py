@@ -10,4 +10,3 @@ def esgrpo_home() -> Path:
     home = Path(os.environ.get("ESGRPO_HOME", Path.home() / ".cache" / "esgrpo"))
     home.mkdir(parents=True, exist_ok=True)
     return home
-

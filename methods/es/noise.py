@@ -152,6 +152,12 @@ class SharedSeedNoise:
                 v.add_(acc.to(v.dtype))
 
 
+def weight_module(name: str, ndim: int) -> str | None:
+    """The module a 2-D ``….MODULE.weight`` belongs to (what ``lowrank_modules`` names); None for other tensors."""
+    parts = name.split(".")
+    return parts[-2] if ndim == 2 and len(parts) >= 2 and parts[-1] == "weight" else None
+
+
 class LowRankNoise:
     """ε = A·Bᵀ/√r on covered 2-D weights (EGGROLL); the update Σ c·ε is one matmul of rank len(terms)·r."""
 
@@ -159,8 +165,7 @@ class LowRankNoise:
         self.rank, self.modules = rank, tuple(modules)
 
     def covers(self, name: str, tensor: torch.Tensor) -> bool:
-        parts = name.split(".")
-        return tensor.dim() == 2 and len(parts) >= 2 and parts[-2] in self.modules and parts[-1] == "weight"
+        return weight_module(name, tensor.dim()) in self.modules
 
     def factors(self, seed: int, name: str, shape: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A (out × r) and B (in × r), fp32, standard normal, from (seed, name) alone."""
@@ -168,6 +173,12 @@ class LowRankNoise:
         a = torch.randn(shape[0], self.rank, generator=gens[0], device=device, dtype=torch.float32)
         b = torch.randn(shape[1], self.rank, generator=gens[1], device=device, dtype=torch.float32)
         return a, b
+
+    def lora_pair(self, seed: int, name: str, shape: Sequence[int], device: torch.device,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The member's scale·ε as a LoRA pair with scaling 1: lora_A = Bᵀ (r × in), lora_B = scale·A/√r (out × r)."""
+        a, b = self.factors(seed, name, shape, device)
+        return b.T, a * (scale / math.sqrt(self.rank))
 
     @torch.no_grad()
     def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
@@ -189,10 +200,8 @@ def check_lowrank_modules(model_dir: Path, modules: Sequence[str]) -> None:
     found: set[str] = set()
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:
-            for key in st.keys():
-                parts = key.split(".")
-                if len(parts) >= 2 and parts[-1] == "weight" and len(st.get_slice(key).get_shape()) == 2:
-                    found.add(parts[-2])
+            found.update(weight_module(key, len(st.get_slice(key).get_shape())) for key in st.keys())
+    found.discard(None)
     missing = [m for m in modules if m not in found]
     if found and missing:
         raise UserError(f"lowrank_modules: {', '.join(missing)} names no 2-D weight of {model_dir} "

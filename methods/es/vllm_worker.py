@@ -10,7 +10,6 @@ Importing this module on the CPU backend also keeps linear weights live (see ``k
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +100,10 @@ class WorkerES(InPlaceES):
         for name, v in self._views:
             if not noise.covers(name, v):
                 continue
-            a, b = noise.factors(seed, name, v.shape, v.device)
+            lora_a, lora_b = noise.lora_pair(seed, name, v.shape, v.device, scale)
             base = "base_model.model." + name.removesuffix(".weight")
-            tensors[f"{base}.lora_A.weight"] = b.T.contiguous().cpu()
-            tensors[f"{base}.lora_B.weight"] = (a * (scale / math.sqrt(noise.rank))).contiguous().cpu()
+            tensors[f"{base}.lora_A.weight"] = lora_a.contiguous().cpu()
+            tensors[f"{base}.lora_B.weight"] = lora_b.contiguous().cpu()
             modules.add(name.split(".")[-2])
         save_file(tensors, str(out / "adapter_model.safetensors"))
         (out / "adapter_config.json").write_text(json.dumps(
@@ -114,9 +113,8 @@ class WorkerES(InPlaceES):
 
     def fill_adapter_slots(self, members: list[tuple[int, int, float]]) -> None:
         """Each (adapter id, seed, scale): that member's factors written into the device slot where vLLM holds
-        the adapter — what loading the member's adapter file would put there (lora_A = Bᵀ, lora_B = scale·A/√r,
-        each rounded once to vLLM's LoRA dtype), without the file, the CPU copy or the reload. Slices the noise
-        does not cover stay as activation left them: zero."""
+        the adapter — the pair ``write_adapter`` would put in the file, rounded once to vLLM's LoRA dtype, without
+        the file, the CPU copy or the reload. Slices the noise does not cover stay as activation left them: zero."""
         manager = getattr(getattr(self._runner, "lora_manager", None), "_adapter_manager", None)
         if manager is None:
             raise RuntimeError("this vLLM has no LoRA manager where expected (model_runner.lora_manager)")
@@ -126,11 +124,10 @@ class WorkerES(InPlaceES):
             if lora_id not in manager.lora_index_to_id:
                 raise RuntimeError(f"adapter {lora_id} is not in a LoRA slot: vLLM evicted it")
             index = manager.lora_index_to_id.index(lora_id)
-            c = scale / math.sqrt(r)
             for name, shape, device, a_stack, b_stack in plan:
-                a, b = self.noise.factors(seed, name, shape, device)
-                a_stack[index, 0, :r].copy_(b.T)
-                torch.mul(a, c, out=b_stack[index, 0, :, :r])  # computed in fp32, rounded once on the store
+                lora_a, lora_b = self.noise.lora_pair(seed, name, shape, device, scale)
+                a_stack[index, 0, :r].copy_(lora_a)
+                b_stack[index, 0, :, :r].copy_(lora_b)
 
     def _plan_slots(self, manager) -> list:
         """(HF name, shape, device, lora_A stack, lora_B stack) for every covered slice of vLLM's LoRA layers
