@@ -9,7 +9,13 @@
    (64 prompts × 128 tokens), the share spent making members, and where the batch's device time goes (LoRA
    kernels against the rest, from the torch profiler). At most 1,024 sequences run at once (and fewer at 7B,
    where the KV cache holds ~500), so the largest populations run in waves, raw and batch alike.
-Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed; graphs
+5. LoRA kernels: the dense LoRA op (methods/es/vllm_lora.py) and vLLM's multi-LoRA shrink/expand Triton kernels
+   over one decoder layer's linear layers (rank 1, 8 or 30 adapters, 512 or 1,024 decode tokens), replayed from
+   CUDA graphs, against the layer's base GEMMs; vLLM's default kernel configs against a small grid (unless
+   ESGRPO_LORA_GRID=0), the best written as vLLM's tuned-config JSON. ``ESGRPO_LORA_KERNELS=punica`` runs the
+   engine parts on vLLM's kernels instead of the dense op.
+Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed |
+lora-kernels; graphs
 compares with eager's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
 """
 
@@ -196,7 +202,7 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
     from methods.es.trainer import batch_speed
     from methods.es.vllm_engine import VLLMEngine
 
-    populations = (4, 8, 16, 30)
+    populations = tuple(int(n) for n in os.environ.get("ESGRPO_CHECK_POPULATIONS", "4,8,16,30").split(","))
     v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
                                 gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024),
                    scratch=str(work / "lowrank-speed"), noise=NoiseSpec(kind="lowrank", rank=1),
@@ -221,14 +227,129 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
     n = min(8, max(populations))
     members = [(200 + i, 1e-3) for i in range(n)] + [(0, 0.0)]
     for name, jobs in (("raw", [(0, 0.0)] * (n + 1)), ("batch", members)):
+        t = time.perf_counter()
         with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as prof:
             v.evaluate_members(jobs, prompts, fixed)
+        wall = time.perf_counter() - t
         attr = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         rows = sorted(((e.key, getattr(e, attr)) for e in prof.key_averages()), key=lambda r: -r[1])
         total = sum(t for _, t in rows) or 1.0
         lora = sum(t for k, t in rows if any(w in k.lower() for w in ("lora", "shrink", "expand", "sgmv", "bgmv")))
-        out[f"profile_population_{n}_{name}"] = {"ms": total / 1e3, "lora_kernel_share": lora / total,
+        # device time against wall time: a LoRA batch that keeps the device less busy loses time outside kernels
+        out[f"profile_population_{n}_{name}"] = {"ms": total / 1e3, "wall_ms": wall * 1e3, "lora_kernel_share": lora / total,
                                                 "top": [[k[:80], round(t / 1e3, 2)] for k, t in rows[:12]]}
+    return out
+
+
+def graph_ms(fn, replays: int = 20) -> float:
+    """Median milliseconds of one CUDA-graph replay of ``fn`` (as vLLM's decode steps run)."""
+    fn()  # compiles Triton kernels outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def lora_kernels() -> dict:
+    """Where low-rank ES's generation time goes beyond the base model's: vLLM's LoRA kernels per decoder layer."""
+    import itertools
+
+    from vllm.lora.ops.triton_ops import LoRAKernelMeta, lora_expand, lora_expand_op, lora_shrink, lora_shrink_op
+    from vllm.lora.ops.triton_ops.utils import get_lora_op_configs
+
+    from methods.es.vllm_lora import add_lora_dense
+
+    shrink_grid = [dict(block_m=m, block_n=16, block_k=k, split_k=s, num_warps=4, num_ctas=1, group_size_m=8,
+                        num_stages=2, max_nreg=None)
+                   for m, k, s in itertools.product((16, 32, 64), (32, 64, 128, 256), (1, 2, 4, 8))]
+    expand_grid = [dict(block_m=m, block_n=n, block_k=16, num_warps=w, num_ctas=1, num_stages=2, max_nreg=None)
+                   for m, n, w in itertools.product((16, 32, 64, 128), (64, 128, 256), (4, 8))]
+    rank, out, tuned = 1, {}, {"shrink": {}, "expand": {}}
+    for shape in ("qwen2-0.5b", "llama-7b"):
+        p = POLICY_SHAPES[shape]
+        h, i, d = p["hidden_size"], p["intermediate_size"], p["hidden_size"] // p["num_attention_heads"]
+        q, kv = p["num_attention_heads"] * d, p["num_key_value_heads"] * d
+        layers = {"qkv": (h, (q, kv, kv)), "o": (q, (h,)), "gate_up": (h, (i, i)), "down": (i, (h,))}
+        for m_tokens, loras in itertools.product((512, 1024), (8, 30)):
+            dev, bf = "cuda", torch.bfloat16
+            mapping = (torch.arange(m_tokens, device=dev) * (loras + 1) // m_tokens - 1).to(torch.long)
+            meta = LoRAKernelMeta.make(loras, m_tokens, device=dev)
+            meta.prepare_tensors(mapping)
+            args = meta.meta_args(m_tokens, False)
+            ops = []
+            for name, (k_in, outs) in layers.items():
+                x = torch.randn(m_tokens, k_in, device=dev, dtype=bf)
+                a = tuple(torch.randn(loras, 1, rank, k_in, device=dev, dtype=bf) * 0.01 for _ in outs)
+                b = tuple(torch.randn(loras, 1, n, rank, device=dev, dtype=bf) * 0.01 for n in outs)
+                w = torch.randn(sum(outs), k_in, device=dev, dtype=bf) * 0.01
+                y = torch.zeros(m_tokens, sum(outs), device=dev, dtype=bf)
+                buf = torch.zeros(len(outs), m_tokens, rank, device=dev, dtype=torch.float32)
+                ops.append((name, x, a, b, w, y, buf, outs))
+
+            def base():
+                for _, x, _a, _b, w, y, _buf, _o in ops:
+                    torch.mm(x, w.t(), out=y)
+
+            def run(op: str, layer) -> None:
+                _, x, a, b, _w, y, buf, _o = layer
+                if op == "shrink":
+                    lora_shrink(x, a, buf, *args, 1.0)
+                else:
+                    lora_expand(buf, b, y, *args, offset_start=0, add_inputs=True)
+
+            no_lora = torch.tensor([False])
+
+            def dense():
+                for _, x, a, b, _w, y, _buf, outs in ops:
+                    add_lora_dense(y, x, list(a), list(b), mapping, no_lora, list(outs), 1.0)
+
+            row: dict = {"base_linear_ms": graph_ms(base), "dense_ms": graph_ms(dense)}
+            row["dense_vs_base"] = row["dense_ms"] / row["base_linear_ms"]
+            grids = (("shrink", lora_shrink_op, shrink_grid), ("expand", lora_expand_op, expand_grid))
+            for op, module, grid in grids if os.environ.get("ESGRPO_LORA_GRID", "1") == "1" else ():
+                row[f"{op}_default_ms"] = graph_ms(lambda: [run(op, layer) for layer in ops])
+                row[f"{op}_best_ms"] = 0.0
+                for layer in ops:  # each layer's best config (vLLM looks them up by slices, m, k, n)
+                    best = (graph_ms(lambda: run(op, layer), replays=10), None)
+                    for cfg in grid:
+                        module.get_lora_op_configs = lambda *a, _c=cfg, **k: _c
+                        try:
+                            best = min(best, (graph_ms(lambda: run(op, layer), replays=10), cfg), key=lambda r: r[0])
+                        except Exception:  # noqa: BLE001 - a config Triton cannot build is skipped
+                            pass
+                        finally:
+                            module.get_lora_op_configs = get_lora_op_configs
+                    row[f"{op}_best_ms"] += best[0]
+                    outs, k_in = layer[7], layer[1].shape[1]
+                    kk, nn = (k_in, rank) if op == "shrink" else (rank, max(outs))
+                    cfg = best[1] or get_lora_op_configs(op, loras + 1, m_tokens, kk if op == "shrink" else nn,
+                                                         rank, len(outs), add_inputs=True if op == "expand" else None)
+                    row.setdefault(f"{op}_best", {})[layer[0]] = best[1] and {k: v for k, v in cfg.items() if v is not None}
+                    # vLLM's key order: lora_ids size (members + 1), slices, m, k, n
+                    tuned[op].setdefault(str(loras + 1), {}).setdefault(str(len(outs)), {}).setdefault(
+                        str(m_tokens), {}).setdefault(str(kk), {})[str(nn)] = cfg
+            if "shrink_best_ms" in row:
+                row["lora_vs_base_default"] = (row["shrink_default_ms"] + row["expand_default_ms"]) / row["base_linear_ms"]
+                row["lora_vs_base_best"] = (row["shrink_best_ms"] + row["expand_best_ms"]) / row["base_linear_ms"]
+            out[f"{shape}/m{m_tokens}/loras{loras}"] = row
+            torch.cuda.empty_cache()
+    out["tuned_configs"] = tuned
+    out["gpu_name"] = torch.cuda.get_device_name().replace(" ", "_").replace("-", "_")
+    if os.environ.get("ESGRPO_LORA_CONFIGS_OUT"):  # vLLM's VLLM_TUNED_CONFIG_FOLDER layout
+        folder = Path(os.environ["ESGRPO_LORA_CONFIGS_OUT"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{out['gpu_name']}_SHRINK.json").write_text(json.dumps(tuned["shrink"], indent=1))
+        for add in ("TRUE", "FALSE"):  # FALSE: the dual-stream path writes LoRA's output apart
+            (folder / f"{out['gpu_name']}_EXPAND_{add}.json").write_text(json.dumps(tuned["expand"], indent=1))
     return out
 
 
@@ -242,7 +363,7 @@ def main(out_json: str, parts: list[str]) -> None:
         try:
             shape = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b")
             key = part if shape == "qwen2-0.5b" else f"{part}@{shape}"
-            figures[key] = kernels() if part == "kernels" else \
+            figures[key] = kernels() if part == "kernels" else lora_kernels() if part == "lora-kernels" else \
                 {"eager": eager, "graphs": graphs, "lowrank": lowrank,
                  "lowrank-speed": lowrank_speed}[part](random_policy(shape), work, figures)
         except Exception as e:  # noqa: BLE001 - one failed check must not hide the others' figures

