@@ -10,7 +10,7 @@
    kernels against the rest, from the torch profiler). At most 1,024 sequences run at once (and fewer at 7B,
    where the KV cache holds ~500), so the largest populations run in waves, raw and batch alike.
 5. LoRA kernels: the dense LoRA op (methods/es/vllm_lora.py) and vLLM's multi-LoRA shrink/expand Triton kernels
-   over one decoder layer's linear layers (rank 1, 8 or 30 adapters, 512 or 1,024 decode tokens), replayed from
+   over one decoder layer's linear layers (rank 1, 8, 30 or 32 adapters, 512 or 1,024 decode tokens), replayed from
    CUDA graphs, against the layer's base GEMMs; vLLM's default kernel configs against a small grid (unless
    ESGRPO_LORA_GRID=0), the best written as vLLM's tuned-config JSON. ``ESGRPO_LORA_KERNELS=punica`` runs the
    engine parts on vLLM's kernels instead of the dense op.
@@ -279,7 +279,7 @@ def lora_kernels() -> dict:
         h, i, d = p["hidden_size"], p["intermediate_size"], p["hidden_size"] // p["num_attention_heads"]
         q, kv = p["num_attention_heads"] * d, p["num_key_value_heads"] * d
         layers = {"qkv": (h, (q, kv, kv)), "o": (q, (h,)), "gate_up": (h, (i, i)), "down": (i, (h,))}
-        for m_tokens, loras in itertools.product((512, 1024), (8, 30)):
+        for m_tokens, loras in itertools.product((512, 1024), (8, 30, 32)):
             dev, bf = "cuda", torch.bfloat16
             mapping = (torch.arange(m_tokens, device=dev) * (loras + 1) // m_tokens - 1).to(torch.long)
             meta = LoRAKernelMeta.make(loras, m_tokens, device=dev)
@@ -306,11 +306,11 @@ def lora_kernels() -> dict:
                 else:
                     lora_expand(buf, b, y, *args, offset_start=0, add_inputs=True)
 
-            no_lora = torch.tensor([False])
+            no_lora, slots = torch.tensor([False]), (mapping[:, None] == torch.arange(loras, device=dev)).to(bf)
 
             def dense():
                 for _, x, a, b, _w, y, _buf, outs in ops:
-                    add_lora_dense(y, x, list(a), list(b), mapping, no_lora, list(outs), 1.0)
+                    add_lora_dense(y, x, list(a), list(b), slots, no_lora, list(outs), 1.0)
 
             row: dict = {"base_linear_ms": graph_ms(base), "dense_ms": graph_ms(dense)}
             row["dense_vs_base"] = row["dense_ms"] / row["base_linear_ms"]

@@ -18,9 +18,10 @@ def test_dense_lora_adds_each_tokens_own_slot(rank, padded):
         t[..., :rank] = torch.randn(t[..., :rank].shape, generator=g)
     x = torch.randn(tokens, k, generator=g)
     slot = torch.tensor([0, 4, -1, 2, 2, 1, -1, 3, 0])
+    one_hot = (slot[:, None] == torch.arange(slots)).float()
     y0 = torch.randn(tokens, sum(slices), generator=g)
     y = y0.clone()
-    add_lora_dense(y, x, a, b, slot, None, slices, 0.5)
+    add_lora_dense(y, x, a, b, one_hot, None, slices, 0.5)
     want = y0.clone()
     for t, s in enumerate(slot.tolist()):
         if s < 0:
@@ -31,5 +32,5 @@ def test_dense_lora_adds_each_tokens_own_slot(rank, padded):
             start += n
     torch.testing.assert_close(y, want)
     y = y0.clone()  # vLLM's CPU-side flag says no token has an adapter: nothing is added
-    add_lora_dense(y, x, a, b, slot, torch.tensor([True]), slices, 0.5)
+    add_lora_dense(y, x, a, b, one_hot, torch.tensor([True]), slices, 0.5)
     assert torch.equal(y, y0)

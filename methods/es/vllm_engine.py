@@ -99,8 +99,9 @@ class VLLMEngine(InPlaceES):
             kwargs["max_num_seqs"] = cfg.max_num_seqs
             if not cfg.eager():  # capture graphs up to the full batch (vLLM stops at 512 otherwise: larger runs eager)
                 kwargs["compilation_config"] = {"max_cudagraph_capture_size": cfg.max_num_seqs}
-        if self.lowrank:
-            kwargs.update(enable_lora=True, max_loras=max_loras, max_cpu_loras=max_loras,
+        if self.lowrank:  # slots in multiples of 8: the dense LoRA GEMMs' inner sizes stay 16-byte aligned
+            slots = -(-max_loras // 8) * 8
+            kwargs.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots,
                           max_lora_rank=lora_rank_limit(self.noise_spec.rank))
             self.adapters = Path(scratch or ".") / "adapters"
             self.max_loras, self._loaded = max_loras, set[int]()  # adapter ids vLLM holds in its slots

