@@ -28,6 +28,7 @@ from typing import Any, Sequence
 from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings, VLLMGenerator
 from harness.vllm_process import prepare_vllm_process
+from methods.es import vllm_lora
 from methods.es.engine import EngineConfig, InPlaceES
 from methods.es.noise import NoiseSpec
 
@@ -101,8 +102,13 @@ class VLLMEngine(InPlaceES):
                 kwargs["compilation_config"] = {"max_cudagraph_capture_size": cfg.max_num_seqs}
         if self.lowrank:  # slots in multiples of 8: the dense LoRA GEMMs' inner sizes stay 16-byte aligned
             slots = -(-max_loras // 8) * 8
+            # LoRA layers only where the noise goes; this also keys vLLM's compile cache apart from LoRA engines
+            # compiled before the dense LoRA op (its AOT cache key has no code in it: an old artifact would load)
             kwargs.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots,
-                          max_lora_rank=lora_rank_limit(self.noise_spec.rank))
+                          max_lora_rank=lora_rank_limit(self.noise_spec.rank),
+                          lora_target_modules=sorted(self.noise_spec.modules))
+            if not vllm_lora.dense():  # vLLM's own kernels, to compare: nothing from the dense op's cache
+                os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
             self.adapters = Path(scratch or ".") / "adapters"
             self.max_loras, self._loaded = max_loras, set[int]()  # adapter ids vLLM holds in its slots
         self.llm = LLM(model=cfg.model_path, dtype=cfg.dtype, worker_extension_cls=WORKER_EXTENSION,

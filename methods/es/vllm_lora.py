@@ -84,9 +84,13 @@ def with_token_slots(update_metadata):
     return update
 
 
+def dense() -> bool:
+    return os.environ.get("ESGRPO_LORA_KERNELS", "dense") != "punica"
+
+
 def install() -> None:
     """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``."""
-    if os.environ.get("ESGRPO_LORA_KERNELS", "dense") == "punica":
+    if not dense():
         return
     for module, cls in (("vllm.lora.punica_wrapper.punica_gpu", "PunicaWrapperGPU"),
                         ("vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU")):
