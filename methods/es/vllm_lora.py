@@ -11,7 +11,8 @@ Here a LoRA linear layer with slices i (q/k/v, gate/up), slots l and ranks r doe
     U = x · [A_i,l]ᵀ               one GEMM over all slices and slots (x read once)
     U[t, i, l, :] = 0 for l ≠ m(t) each token keeps its own member's columns (a one-hot mask made per mapping)
     y_i += U_i · B_i               one GEMM per slice, accumulated into vLLM's output by cuBLAS (β = 1)
-which is the same sum the punica kernels compute. Installed when this module is imported (the ES worker imports
+which is the same sum the punica kernels compute, for every LoRA linear layer (fused ones too). Installed when this
+module is imported (the ES worker imports
 it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels (to compare).
 """
 
@@ -21,7 +22,7 @@ import os
 
 import torch
 
-calls = 0  # layer applications that computed LoRA products here (tests check the path ran)
+layers_served: set[int] = set()  # LoRA layers (their A stack's address) whose products were computed here
 
 
 @torch.library.custom_op("esgrpo::add_lora_dense", mutates_args=("y",))
@@ -32,10 +33,9 @@ def add_lora_dense(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor],
     graphs captured without LoRA skip it on vLLM's CPU-side flag, not in the graph. Every kernel here runs once per
     layer per decode step, so there are few: one shrink GEMM (one copy to join a fused layer's slices), one
     multiply, one accumulating GEMM per slice."""
-    global calls
     if bool(no_lora.item()) if no_lora is not None else not bool(token_slots.any()):
         return
-    calls += 1
+    layers_served.add(lora_a[0].data_ptr())
     slots, rank = lora_a[0].shape[0], lora_a[0].shape[-2]  # vLLM's stacks: [slots, 1, rank, in], [slots, 1, out, rank]
     tokens = x.shape[0]
     a = lora_a[0].reshape(slots * rank, -1) if len(lora_a) == 1 else \
@@ -88,10 +88,27 @@ def dense() -> bool:
     return os.environ.get("ESGRPO_LORA_KERNELS", "dense") != "punica"
 
 
+def unsharded_through_dense(mcp_apply):
+    """vLLM 0.24 applies LoRA to its fused q/k/v and gate/up layers in ``_mcp_apply`` (straight to the punica
+    shrink and expand, not through ``add_lora_linear``); unsharded, that is the base layer's ``_apply_sync``."""
+
+    def apply(x, bias, layer):
+        return layer._apply_sync(x, bias) if layer.tp_size == 1 else mcp_apply(x, bias, layer)
+
+    return apply
+
+
 def install() -> None:
     """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``."""
     if not dense():
         return
+    try:
+        import vllm.lora.layers.column_parallel_linear as column
+    except ImportError:  # no vLLM here
+        return
+    if getattr(column, "_mcp_apply", None) is not None and not hasattr(column._mcp_apply, "dense"):
+        column._mcp_apply = unsharded_through_dense(column._mcp_apply)
+        column._mcp_apply.dense = True
     for module, cls in (("vllm.lora.punica_wrapper.punica_gpu", "PunicaWrapperGPU"),
                         ("vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU")):
         try:
