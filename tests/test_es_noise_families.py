@@ -98,6 +98,8 @@ def test_lowrank_population_in_one_generate_matches_member_by_member(policy_path
     hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy_path)), LOWRANK)
     jobs = [(11, 0.05), (11, -0.05), (12, 0.05), (0, 0.0)]
     before = v.checksum()
+    # LoRA layers only where the noise goes; it also keys vLLM's compile cache apart from pre-dense-op artifacts
+    assert sorted(v.llm.llm_engine.vllm_config.lora_config.target_modules) == sorted(LOWRANK.modules)
     vllm_lora.layers_served.clear()
     batched = v.evaluate_members(jobs, PROMPTS, GREEDY)
     layers = json.loads((policy_path / "config.json").read_text())["num_hidden_layers"]
