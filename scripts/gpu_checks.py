@@ -6,9 +6,10 @@
    exactly, and the perturbed member's token log-probabilities under graphs match an eager engine's.
 3. Low-rank ES: vLLM's one-batch multi-LoRA population against the transformers engine member by member.
 4. Low-rank speed: the population batch against raw generation of as many sequences for populations 4 to 30
-   (64 prompts × 128 tokens), the share spent making members, and where the batch's device time goes (LoRA
-   kernels against the rest, from the torch profiler). At most 1,024 sequences run at once (and fewer at 7B,
-   where the KV cache holds ~500), so the largest populations run in waves, raw and batch alike.
+   (ESGRPO_CHECK_POPULATIONS; 64 prompts × 128 tokens), the share spent making members, where the batch's device
+   time goes (LoRA kernels against the rest, from the torch profiler) and where the host's Python time goes
+   (cProfile). At most 1,024 sequences run at once (and fewer at 7B, where the KV cache holds ~500), so the
+   largest populations run in waves, raw and batch alike.
 5. LoRA kernels: the dense LoRA op (methods/es/vllm_lora.py) and vLLM's multi-LoRA shrink/expand Triton kernels
    over one decoder layer's linear layers (rank 1, 8, 30 or 32 adapters, 512 or 1,024 decode tokens), replayed from
    CUDA graphs, against the layer's base GEMMs; vLLM's default kernel configs against a small grid (unless
@@ -238,7 +239,24 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
         # device time against wall time: a LoRA batch that keeps the device less busy loses time outside kernels
         out[f"profile_population_{n}_{name}"] = {"ms": total / 1e3, "wall_ms": wall * 1e3, "lora_kernel_share": lora / total,
                                                 "top": [[k[:80], round(t / 1e3, 2)] for k, t in rows[:12]]}
+        out[f"python_population_{n}_{name}"] = python_profile(lambda: v.evaluate_members(jobs, prompts, fixed))
     return out
+
+
+def python_profile(fn, rows: int = 15) -> dict:
+    """Where the host's Python time goes in ``fn`` (cProfile: slower than the real thing, the shares are the point):
+    the device idles while the engine's Python schedules and prepares a step."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.runcall(fn)
+    wall = time.perf_counter() - t
+    stats = pstats.Stats(prof).stats  # (file, line, function) -> (calls, primitive calls, tottime, cumtime, callers)
+    top = sorted(stats.items(), key=lambda kv: -kv[1][2])[:rows]
+    return {"wall_ms": wall * 1e3, "top_self_ms": [[f"{Path(f).name}:{line}({func})", round(v[2] * 1e3, 1), v[0]]
+                                                  for (f, line, func), v in top]}
 
 
 def graph_ms(fn, replays: int = 20) -> float:
