@@ -68,6 +68,13 @@ def test_bad_arguments(tmp_path, args, message):
     assert "Traceback" not in out
 
 
+def test_unknown_lora_kernels_setting_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("ESGRPO_LORA_KERNELS", "triton")
+    code, out = run_cli("run", "es", "--config", ROOT / "configs/es/cpu-lowrank.yaml", "--run-dir", tmp_path / "r")
+    assert code == 2 and "ESGRPO_LORA_KERNELS='triton': use 'dense' (the default) or 'punica'" in out.replace("\n", ""), out
+    assert "Traceback" not in out
+
+
 def test_spec_pointing_at_a_missing_method_config(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: x\nmethods:\n  es: {config: nowhere.yaml}\n")

@@ -22,7 +22,7 @@ from harness.checkpoint import CheckpointManager, Preempted
 from harness.generation import Completion, SamplingSettings
 from harness.records import reset_gpu_peaks
 from harness.run import RunContext
-from methods.es import algorithm
+from methods.es import algorithm, vllm_lora
 from methods.es.config import ESConfig
 from methods.es.noise import check_lowrank_modules
 from methods.es.pool import LocalPool, RayPool, call_all
@@ -117,6 +117,8 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
     max_loras = min(engine_share(cfg.population, cfg.engines), cfg.population)  # a slot per member of a share
     if cfg.perturbation == "lowrank":
         check_lowrank_modules(weights, cfg.lowrank_modules)
+        if cfg.engine.kind == "vllm":
+            vllm_lora.dense()  # a misspelt ESGRPO_LORA_KERNELS, named before any engine starts
     if cfg.pool == "local":
         return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
     return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras,

@@ -24,6 +24,8 @@ import os
 
 import torch
 
+from harness.errors import UserError
+
 layers_served: set[int] = set()  # LoRA layers (their A stack's address) whose products were computed here
 
 
@@ -87,7 +89,11 @@ def with_token_slots(update_metadata):
 
 
 def dense() -> bool:
-    return os.environ.get("ESGRPO_LORA_KERNELS", "dense") != "punica"
+    """ESGRPO_LORA_KERNELS: ``dense`` (the default, this module) or ``punica`` (vLLM's own kernels, to compare)."""
+    kernels = os.environ.get("ESGRPO_LORA_KERNELS", "dense")
+    if kernels not in ("dense", "punica"):
+        raise UserError(f"ESGRPO_LORA_KERNELS={kernels!r}: use 'dense' (the default) or 'punica'")
+    return kernels == "dense"
 
 
 def unsharded_through_dense(mcp_apply):
