@@ -16,8 +16,7 @@
    ESGRPO_LORA_GRID=0), the best written as vLLM's tuned-config JSON. ``ESGRPO_LORA_KERNELS=punica`` runs the
    engine parts on vLLM's kernels instead of the dense op.
 Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed |
-lora-kernels; graphs
-compares with eager's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
+lora-kernels; graphs compares with eager's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
 """
 
 from __future__ import annotations
