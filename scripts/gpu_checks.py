@@ -15,8 +15,10 @@
    CUDA graphs, against the layer's base GEMMs; vLLM's default kernel configs against a small grid (unless
    ESGRPO_LORA_GRID=0), the best written as vLLM's tuned-config JSON. ``ESGRPO_LORA_KERNELS=punica`` runs the
    engine parts on vLLM's kernels instead of the dense op.
+6. Raw speed: raw generation of the same sequences on an engine started without LoRA (lowrank-speed's raw runs
+   on its own LoRA-enabled engine without adapters), and the low-rank batch against it when lowrank-speed ran first.
 Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed |
-lora-kernels; graphs compares with eager's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
+raw-speed | lora-kernels; graphs compares with eager's, raw-speed with lowrank-speed's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
 """
 
 from __future__ import annotations
@@ -242,6 +244,34 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
     return out
 
 
+def raw_speed(policy: Path, work: Path, figures: dict) -> dict:
+    """Raw generation on an engine started without LoRA (the plain full-rank engine), the same sequences as
+    ``lowrank-speed``'s raw and batch rows: the baseline its batch ÷ raw must also hold against."""
+    from methods.es.vllm_engine import VLLMEngine
+
+    populations = tuple(int(n) for n in os.environ.get("ESGRPO_CHECK_POPULATIONS", "4,8,16,30").split(","))
+    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
+                                gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024),
+                   scratch=str(work / "raw-speed"))
+    prompts = [f"How do I fix problem number {i}?" for i in range(64)]
+    fixed = SamplingSettings(max_new_tokens=128, ignore_eos=True)
+    out: dict = {}
+    for n in populations:
+        batch = prompts * (n + 1)
+        for _ in range(2):  # the second counts, as in lowrank-speed
+            t = time.perf_counter()
+            tokens = sum(c.n_tokens for c in v.generate(batch, fixed))
+            seconds = time.perf_counter() - t
+        out[f"population_{n}"] = {"sequences": len(batch), "raw_tokens_per_s": tokens / seconds}
+        lowrank = figures.get(f"lowrank-speed@{os.environ.get('ESGRPO_CHECK_SHAPE', 'qwen2-0.5b')}",
+                              figures.get("lowrank-speed", {})).get(f"population_{n}", {})
+        if "batch_tokens_per_s" in lowrank:
+            out[f"population_{n}"]["lowrank_batch_vs_plain_raw"] = lowrank["batch_tokens_per_s"] / (tokens / seconds)
+    n = min(8, max(populations))
+    out[f"python_population_{n}_raw"] = python_profile(lambda: v.generate(prompts * (n + 1), fixed))
+    return out
+
+
 def python_profile(fn, rows: int = 15) -> dict:
     """Where the host's Python time goes in ``fn`` (cProfile: slower than the real thing, the shares are the point):
     the device idles while the engine's Python schedules and prepares a step."""
@@ -382,7 +412,7 @@ def main(out_json: str, parts: list[str]) -> None:
             key = part if shape == "qwen2-0.5b" else f"{part}@{shape}"
             figures[key] = kernels() if part == "kernels" else lora_kernels() if part == "lora-kernels" else \
                 {"eager": eager, "graphs": graphs, "lowrank": lowrank,
-                 "lowrank-speed": lowrank_speed}[part](random_policy(shape), work, figures)
+                 "lowrank-speed": lowrank_speed, "raw-speed": raw_speed}[part](random_policy(shape), work, figures)
         except Exception as e:  # noqa: BLE001 - one failed check must not hide the others' figures
             figures[key] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         path.write_text(json.dumps(figures, indent=1))

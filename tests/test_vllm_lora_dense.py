@@ -1,36 +1,83 @@
-"""The dense LoRA op that serves low-rank ES members in vLLM's batch, against the sum it replaces, token by token."""
+"""The LoRA sum that serves low-rank ES members in vLLM's batch (the dense op for eager engines, the gathered form
+for compiled ones) against the sum it replaces, token by token — alone and through vLLM's own punica wrapper."""
 
 import pytest
 import torch
 
-from methods.es.vllm_lora import add_lora_dense
+from methods.es import vllm_lora
+from methods.es.vllm_engine import vllm_available
+
+SLOTS, K, SLICES = 5, 12, [6, 2, 2]
+SLOT = torch.tensor([0, 4, -1, 2, 2, 1, -1, 3, 0])  # each token's slot, -1: no adapter
 
 
-@pytest.mark.parametrize("rank,padded", [(1, 1), (3, 8)])  # vLLM pads ranks up to max_lora_rank with zeros
-def test_dense_lora_adds_each_tokens_own_slot(rank, padded):
-    g = torch.Generator().manual_seed(0)
-    slots, k, slices, tokens = 5, 12, [6, 2, 2], 9
-    a = [torch.zeros(slots, 1, padded, k) for _ in slices]
-    b = [torch.zeros(slots, 1, n, padded) for n in slices]
-    for t in a:  # only the first `rank` rows of A and columns of B hold factors, as vLLM fills its stacks
+def stacks(rank: int, padded: int):
+    """vLLM-shaped stacks ([slots, 1, rank, in] and [slots, 1, out, rank]) holding factors only in the first `rank`
+    rows of A and columns of B (vLLM pads ranks up to max_lora_rank with zeros), an input and an output."""
+    g = torch.Generator().manual_seed(rank)
+    a = [torch.zeros(SLOTS, 1, padded, K) for _ in SLICES]
+    b = [torch.zeros(SLOTS, 1, n, padded) for n in SLICES]
+    for t in a:
         t[:, :, :rank] = torch.randn(t[:, :, :rank].shape, generator=g)
     for t in b:
         t[..., :rank] = torch.randn(t[..., :rank].shape, generator=g)
-    x = torch.randn(tokens, k, generator=g)
-    slot = torch.tensor([0, 4, -1, 2, 2, 1, -1, 3, 0])
-    one_hot = (slot[:, None] == torch.arange(slots)).float()
-    y0 = torch.randn(tokens, sum(slices), generator=g)
-    y = y0.clone()
-    add_lora_dense(y, x, a, b, one_hot, None, slices, 0.5)
+    return a, b, torch.randn(len(SLOT), K, generator=g), torch.randn(len(SLOT), sum(SLICES), generator=g)
+
+
+def reference(a, b, x, y0, scale):
     want = y0.clone()
-    for t, s in enumerate(slot.tolist()):
+    for t, s in enumerate(SLOT.tolist()):
         if s < 0:
             continue
         start = 0
-        for ai, bi, n in zip(a, b, slices):
-            want[t, start:start + n] += 0.5 * (bi[s, 0] @ (ai[s, 0] @ x[t]))
+        for ai, bi, n in zip(a, b, SLICES):
+            want[t, start:start + n] += scale * (bi[s, 0] @ (ai[s, 0] @ x[t]))
             start += n
+    return want
+
+
+@pytest.mark.parametrize("rank,padded", [(1, 1), (3, 8)])
+def test_both_forms_add_each_tokens_own_slot(rank, padded):
+    a, b, x, y0 = stacks(rank, padded)
+    want = reference(a, b, x, y0, 0.5)
+    y = y0.clone()
+    vllm_lora.add_lora_dense(y, x, a, b, (SLOT[:, None] == torch.arange(SLOTS)).float(), None, SLICES, 0.5)
     torch.testing.assert_close(y, want)
-    y = y0.clone()  # vLLM's CPU-side flag says no token has an adapter: nothing is added
-    add_lora_dense(y, x, a, b, one_hot, torch.tensor([True]), slices, 0.5)
+    y = y0.clone()
+    vllm_lora.add_lora_gathered(y, x, a, b, SLOT, SLICES, 0.5)
+    torch.testing.assert_close(y, want)
+    y = y0.clone()  # vLLM's CPU-side flag says no token has an adapter: the dense op adds nothing
+    vllm_lora.add_lora_dense(y, x, a, b, torch.zeros(len(SLOT), SLOTS), torch.tensor([True]), SLICES, 0.5)
     assert torch.equal(y, y0)
+
+
+@pytest.mark.vllm
+@pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
+@pytest.mark.parametrize("rank,padded", [(1, 1), (3, 8)])
+def test_vllm_punica_wrapper_routes_eager_and_compiled_models(rank, padded):
+    """vLLM's CPU punica wrapper, patched, given a real adapter mapping: eagerly the dense op serves the layer;
+    traced by torch.compile (as vLLM compiles a model for CUDA graphs) the gathered form does, in one graph."""
+    from vllm.lora.layers import LoRAMapping
+    from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
+
+    assert vllm_lora.install()
+    wrapper = PunicaWrapperCPU(64, 8, "cpu")
+    ids = [11, 12, 13, 14, 15]  # adapter id in each slot
+    mapping = LoRAMapping([ids[s] if s >= 0 else 0 for s in SLOT.tolist()], [0] * len(SLOT))
+    wrapper.update_metadata(mapping, ids, SLOTS + 1, 1000)
+    a, b, x, y0 = stacks(rank, padded)
+    want = reference(a, b, x, y0, 1.0)
+    vllm_lora.layers_served.clear()
+    y = y0.clone()
+    wrapper.add_lora_linear(y, x, tuple(a), tuple(b), 1.0, tuple(SLICES))
+    torch.testing.assert_close(y, want)
+    assert vllm_lora.layers_served == {a[0].data_ptr()}
+
+    def layer(y, x):
+        y = y.clone()
+        wrapper.add_lora_linear(y, x, tuple(a), tuple(b), 1.0, tuple(SLICES))
+        return y
+
+    vllm_lora.layers_served.clear()
+    torch.testing.assert_close(torch.compile(layer, fullgraph=True)(y0, x), want)
+    assert not vllm_lora.layers_served  # not the dense op: the traced form
