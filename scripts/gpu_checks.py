@@ -196,6 +196,12 @@ def lowrank(policy: Path, work: Path, figures: dict) -> dict:
     out["greedy_equal_vllm_lora_vs_hf_merged"] = sum(
         a.text == b.text for x, y in zip(batched, alone) for a, b in zip(x["completions"], y["completions"]))
     out["members_distinct"] = len({tuple(c.text for c in x["completions"]) for x in batched})
+    # bf16 greedy paths part where two near-tied tokens swap; how long they agree first is the test: the members'
+    # (LoRA in the batch against merged weights) should agree about as long as the base's (no LoRA either side)
+    agree = [statistics.fmean(len(os.path.commonprefix([a.text, b.text])) / max(len(b.text), 1)
+                              for a, b in zip(x["completions"], y["completions"])) for x, y in zip(batched, alone)]
+    out["agreeing_prefix_share_members"] = statistics.fmean(agree[:-1])
+    out["agreeing_prefix_share_base"] = agree[-1]
     out["update_checksums_equal"] = v.apply_update([(11, 1e-3), (12, -1e-3)]) == hf.apply_update([(11, 1e-3), (12, -1e-3)])
     return out
 

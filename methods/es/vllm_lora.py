@@ -74,14 +74,17 @@ def add_lora_gathered(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tenso
         torch.cat([t.reshape(slots * rank, -1) for t in lora_a])
     u = (x @ a.t()).view(tokens, len(slices), slots, rank)
     slot = token_index.clamp(0, slots - 1)  # rows past this step's tokens (graph padding) may hold anything
-    keep = (token_index >= 0).to(u.dtype) * scale
-    u = torch.gather(u, 2, slot.view(tokens, 1, 1, 1).expand(tokens, len(slices), 1, rank)).squeeze(2) * keep[:, None, None]
+    has_adapter = (token_index >= 0)[:, None]
+    keep = has_adapter.to(u.dtype) * scale
+    u = torch.gather(u, 2, slot.view(tokens, 1, 1, 1).expand(tokens, len(slices), 1, rank)).squeeze(2) * keep[:, :, None]
     start = 0
     for i, (b, n) in enumerate(zip(lora_b, slices)):
         b_t = b[:, 0][slot]  # (tokens, n, rank): an indexed read inside the fused kernel, not a tensor
         # unrolled over the rank, so the sum stays elementwise (a reduction would not fold into the next kernel)
         delta = sum(b_t[..., k] * u[:, i, k:k + 1] for k in range(rank)) if rank <= 8 else (b_t * u[:, i, None, :]).sum(-1)
-        y[:, start:start + n] += delta
+        part = y[:, start:start + n]
+        # not ``part += delta``: the compiler would fold mm + add into a GEMM that reads delta written out (y's size)
+        part.copy_(torch.where(has_adapter, part + delta, part))
         start += n
 
 
