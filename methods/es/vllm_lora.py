@@ -24,6 +24,7 @@ compare). The traced form puts this file among the sources vLLM's compile cache 
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import torch
@@ -77,15 +78,17 @@ def add_lora_gathered(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tenso
     has_adapter = (token_index >= 0)[:, None]
     keep = has_adapter.to(u.dtype) * scale
     u = torch.gather(u, 2, slot.view(tokens, 1, 1, 1).expand(tokens, len(slices), 1, rank)).squeeze(2) * keep[:, :, None]
-    start = 0
-    for i, (b, n) in enumerate(zip(lora_b, slices)):
-        b_t = b[:, 0][slot]  # (tokens, n, rank): an indexed read inside the fused kernel, not a tensor
-        # unrolled over the rank, so the sum stays elementwise (a reduction would not fold into the next kernel)
-        delta = sum(b_t[..., k] * u[:, i, k:k + 1] for k in range(rank)) if rank <= 8 else (b_t * u[:, i, None, :]).sum(-1)
-        part = y[:, start:start + n]
-        # not ``part += delta``: the compiler would fold mm + add into a GEMM that reads delta written out (y's size)
-        part.copy_(torch.where(has_adapter, part + delta, part))
-        start += n
+    # every output column j at once, so the whole sum is one elementwise expression: its slice i(j) picks the
+    # columns of U, the slices' B stacks joined along the output (a copy of the small stacks, not of activations)
+    cols = torch.arange(y.size(1), device=y.device)
+    col_slice = sum(((cols >= e).long() for e in itertools.accumulate(slices[:-1])), torch.zeros_like(cols))
+    b_t = (lora_b[0] if len(lora_b) == 1 else torch.cat(lora_b, dim=2))[:, 0][slot]  # (tokens, columns, rank): read by index
+    u = u.reshape(tokens, len(slices) * rank)
+    # unrolled over the rank: a reduction would not fold into the next kernel
+    delta = sum(b_t[..., k] * u[:, col_slice * rank + k] for k in range(rank)) if rank <= 8 else \
+        (b_t * u[:, col_slice[:, None] * rank + torch.arange(rank, device=y.device)]).sum(-1)
+    # a select, not ``y += delta``: the compiler folds mm + add into a GEMM that reads delta written out at y's size
+    y.copy_(torch.where(has_adapter, y + delta, y))
 
 
 def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
