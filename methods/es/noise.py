@@ -163,15 +163,20 @@ class LowRankNoise:
 
     def __init__(self, rank: int, modules: Sequence[str]):
         self.rank, self.modules = rank, tuple(modules)
+        self._generators: dict[str, torch.Generator] = {}
 
     def covers(self, name: str, tensor: torch.Tensor) -> bool:
         return weight_module(name, tensor.dim()) in self.modules
 
     def factors(self, seed: int, name: str, shape: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A (out × r) and B (in × r), fp32, standard normal, from (seed, name) alone."""
-        gens = [torch.Generator(device=device).manual_seed(chunk_seed(seed, name, k)) for k in (0, 1)]
-        a = torch.randn(shape[0], self.rank, generator=gens[0], device=device, dtype=torch.float32)
-        b = torch.randn(shape[1], self.rank, generator=gens[1], device=device, dtype=torch.float32)
+        # one generator per device, re-seeded (which resets it fully): making one per factor cost a population of
+        # 30 members at 7B ~13k generator constructions
+        gen = self._generators.get(str(device)) or self._generators.setdefault(str(device), torch.Generator(device=device))
+        a = torch.randn(shape[0], self.rank, generator=gen.manual_seed(chunk_seed(seed, name, 0)), device=device,
+                        dtype=torch.float32)
+        b = torch.randn(shape[1], self.rank, generator=gen.manual_seed(chunk_seed(seed, name, 1)), device=device,
+                        dtype=torch.float32)
         return a, b
 
     def lora_pair(self, seed: int, name: str, shape: Sequence[int], device: torch.device,

@@ -13,18 +13,13 @@ Here a LoRA linear layer with slices i (q/k/v, gate/up), slots l and ranks r doe
     y_i += U_i · B_i               one GEMM per slice, accumulated into vLLM's output by cuBLAS (β = 1)
 which is the same sum the punica kernels compute, for every LoRA linear layer (fused ones too): 0.39× the layer's
 base GEMMs on the same H100 probe (32 slots; the engine rounds slots up to 8 so the inner sizes stay aligned), and
-the population batch went from 0.79 to 0.87 of raw generation. Most of what is left is y read and written once
-more (the base GEMM's output: 12k-22k columns at 7B against 30 adapter columns). So where vLLM compiles the model
-(CUDA graphs) the sum is written in plain torch ops instead, each token *gathering* its own slot's columns of U and
-rows of B: past the shrink GEMM it is elementwise, and the compiler folds it into the kernel that reads y next.
-Eager engines (CPU, ``enforce_eager``) run the dense op. Installed when this module is imported (the ES worker
-imports it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels (to
-compare). The traced form puts this file among the sources vLLM's compile cache is keyed by.
+the population batch went from 0.79 to 0.87 of raw generation. Installed when this module is imported (the ES
+worker imports it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels
+(to compare).
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 
 import torch
@@ -63,44 +58,12 @@ def _(y, x, lora_a, lora_b, token_slots, no_lora, slices, scale) -> None:
     return None
 
 
-def add_lora_gathered(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor], lora_b: list[torch.Tensor],
-                      token_index: torch.Tensor, slices: list[int], scale: float) -> None:
-    """The same sum as ``add_lora_dense`` in plain torch ops, for vLLM's compiled model: each token picks its own
-    slot's columns of U and its own slot's rows of B by index (token_index[t] = m(t), -1 without adapter), so past
-    the shrink GEMM everything is elementwise and the compiler folds it into the kernels that read the layer's
-    output next (rotary embedding, SiLU·mul, residual add + RMSNorm) rather than reading and writing y once more."""
-    slots, rank = lora_a[0].shape[0], lora_a[0].shape[-2]
-    tokens = x.size(0)
-    a = lora_a[0].reshape(slots * rank, -1) if len(lora_a) == 1 else \
-        torch.cat([t.reshape(slots * rank, -1) for t in lora_a])
-    u = (x @ a.t()).view(tokens, len(slices), slots, rank)
-    slot = token_index.clamp(0, slots - 1)  # rows past this step's tokens (graph padding) may hold anything
-    has_adapter = (token_index >= 0)[:, None]
-    keep = has_adapter.to(u.dtype) * scale
-    u = torch.gather(u, 2, slot.view(tokens, 1, 1, 1).expand(tokens, len(slices), 1, rank)).squeeze(2) * keep[:, :, None]
-    # every output column j at once, so the whole sum is one elementwise expression: its slice i(j) picks the
-    # columns of U, the slices' B stacks joined along the output (a copy of the small stacks, not of activations)
-    cols = torch.arange(y.size(1), device=y.device)
-    col_slice = sum(((cols >= e).long() for e in itertools.accumulate(slices[:-1])), torch.zeros_like(cols))
-    b_t = (lora_b[0] if len(lora_b) == 1 else torch.cat(lora_b, dim=2))[:, 0][slot]  # (tokens, columns, rank): read by index
-    u = u.reshape(tokens, len(slices) * rank)
-    # unrolled over the rank: a reduction would not fold into the next kernel
-    delta = sum(b_t[..., k] * u[:, col_slice * rank + k] for k in range(rank)) if rank <= 8 else \
-        (b_t * u[:, col_slice[:, None] * rank + torch.arange(rank, device=y.device)]).sum(-1)
-    # a select, not ``y += delta``: the compiler folds mm + add into a GEMM that reads delta written out at y's size
-    y.copy_(torch.where(has_adapter, y + delta, y))
-
-
 def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
                     lora_b_stacked: tuple[torch.Tensor, ...], scale: float, output_slices: tuple[int, ...], *,
                     buffer: torch.Tensor | None = None, **kwargs) -> None:
     """vLLM's ``PunicaWrapper.add_lora_linear`` contract (y 2-D, changed in place)."""
     if not kwargs.get("add_inputs", True):  # the dual-stream path wants LoRA's output alone
         y.zero_()
-    if torch.compiler.is_compiling():  # vLLM compiling the model (CUDA graphs): the fusable form, always computed
-        add_lora_gathered(y, x, list(lora_a_stacked), list(lora_b_stacked),
-                          torch.narrow(self._token_lora_indices, 0, 0, x.size(0)), list(output_slices), scale)
-        return
     meta = getattr(self, "token_mapping_meta", None)  # the CUDA wrapper's per-step flags
     torch.ops.esgrpo.add_lora_dense(y, x, list(lora_a_stacked), list(lora_b_stacked),
                                     torch.narrow(self.es_token_slots, 0, 0, x.size(0)),
