@@ -41,6 +41,13 @@ from methods.es.engine import EngineConfig  # noqa: E402
 from methods.es.noise import NoiseSpec  # noqa: E402
 
 PROMPTS = [f"How do I fix problem number {i} in my kitchen?" for i in range(8)]
+# the speed probes' batch: 64 prompts × 128 tokens per member, as many members as ESGRPO_CHECK_POPULATIONS says
+SPEED_PROMPTS = [f"How do I fix problem number {i}?" for i in range(64)]
+SPEED_SAMPLING = SamplingSettings(max_new_tokens=128, ignore_eos=True)
+
+
+def check_populations() -> tuple[int, ...]:
+    return tuple(int(n) for n in os.environ.get("ESGRPO_CHECK_POPULATIONS", "4,8,16,30").split(","))
 
 
 def timed(fn, repeat=5) -> float:
@@ -132,8 +139,7 @@ def vllm_engine(policy: Path, work: Path, eager: bool):
 
 
 def member_speed(engine) -> float:
-    prompts = [f"How do I fix problem number {i}?" for i in range(64)]
-    fixed = SamplingSettings(max_new_tokens=128, ignore_eos=True)
+    prompts, fixed = SPEED_PROMPTS, SPEED_SAMPLING
     engine.evaluate_members([(3, 0.001)], prompts, fixed)  # warm-up
     t = time.perf_counter()
     m = engine.evaluate_members([(3, 0.001)], prompts, fixed)[0]
@@ -210,13 +216,12 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
     from methods.es.trainer import batch_speed
     from methods.es.vllm_engine import VLLMEngine
 
-    populations = tuple(int(n) for n in os.environ.get("ESGRPO_CHECK_POPULATIONS", "4,8,16,30").split(","))
+    populations = check_populations()
     v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
                                 gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024),
                    scratch=str(work / "lowrank-speed"), noise=NoiseSpec(kind="lowrank", rank=1),
                    max_loras=max(populations))
-    prompts = [f"How do I fix problem number {i}?" for i in range(64)]
-    fixed = SamplingSettings(max_new_tokens=128, ignore_eos=True)
+    prompts, fixed = SPEED_PROMPTS, SPEED_SAMPLING
 
     def speed(jobs) -> tuple[float, float]:
         return batch_speed(v.evaluate_members(jobs, prompts, fixed))
@@ -255,12 +260,11 @@ def raw_speed(policy: Path, work: Path, figures: dict) -> dict:
     ``lowrank-speed``'s raw and batch rows: the baseline its batch ÷ raw must also hold against."""
     from methods.es.vllm_engine import VLLMEngine
 
-    populations = tuple(int(n) for n in os.environ.get("ESGRPO_CHECK_POPULATIONS", "4,8,16,30").split(","))
+    populations = check_populations()
     v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
                                 gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024),
                    scratch=str(work / "raw-speed"))
-    prompts = [f"How do I fix problem number {i}?" for i in range(64)]
-    fixed = SamplingSettings(max_new_tokens=128, ignore_eos=True)
+    prompts, fixed = SPEED_PROMPTS, SPEED_SAMPLING
     out: dict = {}
     for n in populations:
         batch = prompts * (n + 1)
