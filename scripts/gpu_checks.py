@@ -169,7 +169,7 @@ def graphs(policy: Path, work: Path, figures: dict) -> dict:
     back = logprobs(g.llm, PROMPTS)
     out.update(perturbed_outputs_differ=sum(a[0] != b[0] for a, b in zip(base, pert)),
                restored_outputs_identical=sum(a[0] == b[0] and a[1] == b[1] for a, b in zip(base, back)))
-    ref = figures.get("eager", {}).get("perturbed")
+    ref = figures.get(figure_key("eager"), {}).get("perturbed")  # this shape's eager engine only
     if ref:
         out["perturbed_tokens_graphs_eq_eager"] = sum(list(a[0]) == list(b[0]) for a, b in zip(pert, ref))
         diffs = []  # log-probabilities of the same greedy tokens, up to the first divergence
@@ -273,8 +273,7 @@ def raw_speed(policy: Path, work: Path, figures: dict) -> dict:
             tokens = sum(c.n_tokens for c in v.generate(batch, fixed))
             seconds = time.perf_counter() - t
         out[f"population_{n}"] = {"sequences": len(batch), "raw_tokens_per_s": tokens / seconds}
-        lowrank = figures.get(f"lowrank-speed@{os.environ.get('ESGRPO_CHECK_SHAPE', 'qwen2-0.5b')}",
-                              figures.get("lowrank-speed", {})).get(f"population_{n}", {})
+        lowrank = figures.get(figure_key("lowrank-speed"), {}).get(f"population_{n}", {})  # this shape's only
         if "batch_tokens_per_s" in lowrank:
             out[f"population_{n}"]["lowrank_batch_vs_plain_raw"] = lowrank["batch_tokens_per_s"] / (tokens / seconds)
     n = min(8, max(populations))
@@ -410,6 +409,12 @@ def lora_kernels() -> dict:
     return out
 
 
+def figure_key(part: str) -> str:
+    """Where a part's figures go in the JSON: the default shape's under the part's name, others suffixed."""
+    shape = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b")
+    return part if shape == "qwen2-0.5b" else f"{part}@{shape}"
+
+
 def main(out_json: str, parts: list[str]) -> None:
     """Each part in its own process (one vLLM engine per process); they add to the same JSON."""
     path = Path(out_json)
@@ -418,8 +423,7 @@ def main(out_json: str, parts: list[str]) -> None:
     work = Path(tempfile.mkdtemp())
     for part in parts:
         try:
-            shape = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b")
-            key = part if shape == "qwen2-0.5b" else f"{part}@{shape}"
+            shape, key = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b"), figure_key(part)
             figures[key] = kernels() if part == "kernels" else lora_kernels() if part == "lora-kernels" else \
                 {"eager": eager, "graphs": graphs, "lowrank": lowrank,
                  "lowrank-speed": lowrank_speed, "raw-speed": raw_speed}[part](random_policy(shape), work, figures)
