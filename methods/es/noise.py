@@ -172,7 +172,9 @@ class LowRankNoise:
         """A (out × r) and B (in × r), fp32, standard normal, from (seed, name) alone."""
         # one generator per device, re-seeded (which resets it fully): making one per factor cost a population of
         # 30 members at 7B ~13k generator constructions
-        gen = self._generators.get(str(device)) or self._generators.setdefault(str(device), torch.Generator(device=device))
+        if str(device) not in self._generators:
+            self._generators[str(device)] = torch.Generator(device=device)
+        gen = self._generators[str(device)]
         a = torch.randn(shape[0], self.rank, generator=gen.manual_seed(chunk_seed(seed, name, 0)), device=device,
                         dtype=torch.float32)
         b = torch.randn(shape[1], self.rank, generator=gen.manual_seed(chunk_seed(seed, name, 1)), device=device,
