@@ -409,6 +409,76 @@ def lora_kernels() -> dict:
     return out
 
 
+def lora_concat(dev: str = "cuda") -> dict:
+    """The fused layers' products inside their base GEMM (``linear_lora_concat``: q/k/v and gate/up) against the
+    dense op on every layer, decoder layers' linear layers replayed from CUDA graphs at decode sizes (rank 1; enough
+    layers that their weights overflow the L2 cache). ``raw`` is the base GEMMs alone, ``concat_no_lora`` the
+    same layers with a member-free batch (the base GEMM on W_ext's strided view)."""
+    import itertools
+
+    from methods.es.vllm_lora import add_lora_dense, concat_layout, linear_lora_concat
+
+    out, bf, rank = {}, torch.bfloat16, 1
+    for shape in ("qwen2-0.5b", "llama-7b"):
+        p = POLICY_SHAPES[shape]
+        h, i, d = p["hidden_size"], p["intermediate_size"], p["hidden_size"] // p["num_attention_heads"]
+        q, kv = p["num_attention_heads"] * d, p["num_key_value_heads"] * d
+        shapes = {"qkv": (h, (q, kv, kv)), "o": (q, (h,)), "gate_up": (h, (i, i)), "down": (i, (h,))}
+        layer_bytes = sum(k * sum(n) * 2 for k, n in shapes.values())
+        n_layers = max(1, -(-400 * 2**20 // layer_bytes))
+        for tokens, slots in itertools.product((256, 576, 1024), (8, 32)):
+            mapping = torch.arange(tokens, device=dev) * (slots + 1) // tokens - 1  # the last share: no adapter
+            one_hot = (mapping[:, None] == torch.arange(slots, device=dev)).to(bf)
+            no, yes = torch.tensor([True]), torch.tensor([False])
+            layers = []
+            for _ in range(n_layers):
+                layer = {}
+                for name, (k, outs) in shapes.items():
+                    w = torch.randn(sum(outs), k, device=dev, dtype=bf) * 0.02
+                    a = [torch.randn(slots, 1, rank, k, device=dev, dtype=bf) * 0.02 for _ in outs]
+                    b = [torch.randn(slots, 1, n, rank, device=dev, dtype=bf) * 0.02 for n in outs]
+                    x = torch.randn(tokens, k, device=dev, dtype=bf)
+                    layer[name] = (x, w, a, b, outs)
+                    if len(outs) > 1:
+                        ext, a_all, a_views, b_views = concat_layout(w, outs, slots, rank, bf)
+                        for view, src in zip([*a_views, *b_views], [*a, *b]):
+                            view.copy_(src)
+                        layer[name + "/concat"] = (ext, a_all)
+                layers.append(layer)
+
+            def raw():
+                for layer in layers:
+                    for x, w, _a, _b, _o in [layer[n] for n in shapes]:
+                        x @ w.t()
+
+            def dense():
+                for layer in layers:
+                    for x, w, a, b, outs in [layer[n] for n in shapes]:
+                        y = x @ w.t()
+                        add_lora_dense(y, x, a, b, one_hot, yes, list(outs), 1.0)
+
+            def concat(flag=yes):
+                for layer in layers:
+                    for name in shapes:
+                        x, w, a, b, outs = layer[name]
+                        if name + "/concat" in layer:
+                            ext, a_all = layer[name + "/concat"]
+                            linear_lora_concat(x, ext, None, a_all, one_hot, flag, len(outs))
+                        elif flag is yes:
+                            y = x @ w.t()
+                            add_lora_dense(y, x, a, b, one_hot, yes, list(outs), 1.0)
+                        else:
+                            x @ w.t()
+
+            row = {"layers": n_layers, "raw_ms": graph_ms(raw), "dense_ms": graph_ms(dense),
+                   "concat_ms": graph_ms(concat), "concat_no_lora_ms": graph_ms(lambda: concat(no))}
+            row.update({f"{k}_vs_raw": row[f"{k}_ms"] / row["raw_ms"] for k in ("dense", "concat", "concat_no_lora")})
+            out[f"{shape}/m{tokens}/slots{slots}"] = row
+            layers.clear()
+            torch.cuda.empty_cache()
+    return out
+
+
 def figure_key(part: str) -> str:
     """Where a part's figures go in the JSON: the default shape's under the part's name, others suffixed."""
     shape = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b")
@@ -425,6 +495,7 @@ def main(out_json: str, parts: list[str]) -> None:
         try:
             shape, key = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b"), figure_key(part)
             figures[key] = kernels() if part == "kernels" else lora_kernels() if part == "lora-kernels" else \
+                lora_concat() if part == "lora-concat" else \
                 {"eager": eager, "graphs": graphs, "lowrank": lowrank,
                  "lowrank-speed": lowrank_speed, "raw-speed": raw_speed}[part](random_policy(shape), work, figures)
         except Exception as e:  # noqa: BLE001 - one failed check must not hide the others' figures

@@ -71,7 +71,7 @@ def test_bad_arguments(tmp_path, args, message):
 def test_unknown_lora_kernels_setting_is_named(tmp_path, monkeypatch):
     monkeypatch.setenv("ESGRPO_LORA_KERNELS", "triton")
     code, out = run_cli("run", "es", "--config", ROOT / "configs/es/cpu-lowrank.yaml", "--run-dir", tmp_path / "r")
-    assert code == 2 and "ESGRPO_LORA_KERNELS='triton': use 'dense' (the default) or 'punica'" in out.replace("\n", ""), out
+    assert code == 2 and "ESGRPO_LORA_KERNELS='triton': use one of concat, dense, punica (the first is the default)" in out.replace("\n", ""), out
     assert "Traceback" not in out
 
 

@@ -67,4 +67,25 @@ def test_vllm_punica_wrapper_routes_through_the_dense_op(rank, padded):
     y = y0.clone()
     wrapper.add_lora_linear(y, x, tuple(a), tuple(b), 1.0, tuple(SLICES))
     torch.testing.assert_close(y, reference(a, b, x, y0, 1.0))
-    assert vllm_lora.layers_served == {a[0].data_ptr()}
+    assert vllm_lora.layers_served == {a[0].data_ptr(): "dense"}
+
+
+@pytest.mark.parametrize("rank,padded", [(1, 1), (3, 8)])
+def test_concat_layout_puts_each_tokens_own_slot_inside_the_base_gemm(rank, padded):
+    """vLLM's stacks as views of [W | B] and of one A: whatever is written into them (as vLLM's set_lora and the
+    slot fills do), the one GEMM gives the base output plus each token's own member's product."""
+    a, b, x, _ = stacks(rank, padded)
+    w, bias = torch.randn(sum(SLICES), K), torch.randn(sum(SLICES))
+    ext, a_all, a_views, b_views = vllm_lora.concat_layout(w, tuple(SLICES), SLOTS, padded, w.dtype)
+    assert torch.equal(ext[:, :K], w) and a_views[0].data_ptr() == a_all.data_ptr()
+    for view, src in zip([*a_views, *b_views], [*a, *b]):
+        assert view.shape == src.shape
+        view.copy_(src)
+    slots = (SLOT[:, None] == torch.arange(SLOTS)).float()
+    y = vllm_lora.linear_lora_concat(x, ext, bias, a_all, slots, None, len(SLICES))
+    torch.testing.assert_close(y, reference(a, b, x, x @ w.T + bias, 1.0))
+    no = vllm_lora.linear_lora_concat(x, ext, bias, a_all, torch.zeros(len(SLOT), SLOTS), torch.tensor([True]), 3)
+    torch.testing.assert_close(no, x @ w.T + bias)
+    b_views[1][2].zero_()  # vLLM's reset_lora of slot 2, slice 1: that member's k rows lose their product
+    want = reference(a, [b[0], b[1].index_fill(0, torch.tensor([2]), 0), b[2]], x, x @ w.T + bias, 1.0)
+    torch.testing.assert_close(vllm_lora.linear_lora_concat(x, ext, bias, a_all, slots, None, 3), want)

@@ -118,7 +118,7 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
     if cfg.perturbation == "lowrank":
         check_lowrank_modules(weights, cfg.lowrank_modules)
         if cfg.engine.kind == "vllm":
-            vllm_lora.dense()  # a misspelt ESGRPO_LORA_KERNELS, named before any engine starts
+            vllm_lora.kernels()  # a misspelt ESGRPO_LORA_KERNELS, named before any engine starts
     if cfg.pool == "local":
         return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
     return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras,

@@ -108,9 +108,9 @@ class VLLMEngine(InPlaceES):
             kwargs.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots,
                           max_lora_rank=lora_rank_limit(self.noise_spec.rank),
                           lora_target_modules=sorted(self.noise_spec.modules))
-            if not vllm_lora.dense():  # vLLM's own kernels, to compare: nothing from the dense op's cache
-                os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
-            elif not vllm_lora.install():  # (the worker installs it too; here it is checked before the engine starts)
+            if vllm_lora.kernels() != vllm_lora.KERNELS[0]:  # to compare: no graph compiled for the default (the
+                os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"  # compile cache's key has no environment of ours)
+            if vllm_lora.dense() and not vllm_lora.install():  # (the worker installs it too; here it is checked before the engine starts)
                 raise RuntimeError("this vLLM's punica wrappers (PunicaWrapperGPU/CPU) were not found: low-rank "
                                    "members cannot use the dense LoRA op; ESGRPO_LORA_KERNELS=punica runs vLLM's own")
             self.adapters = Path(scratch or ".") / "adapters"

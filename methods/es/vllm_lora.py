@@ -26,7 +26,7 @@ import torch
 
 from harness.errors import UserError
 
-layers_served: set[int] = set()  # LoRA layers (their A stack's address) whose products were computed here
+layers_served: dict[int, str] = {}  # LoRA layers (their A stack's address) whose products were computed here: by which op
 
 
 @torch.library.custom_op("esgrpo::add_lora_dense", mutates_args=("y",))
@@ -37,9 +37,9 @@ def add_lora_dense(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor],
     graphs captured without LoRA skip it on vLLM's CPU-side flag, not in the graph. Every kernel here runs once per
     layer per decode step, so there are few: one shrink GEMM (one copy to join a fused layer's slices), one
     multiply, one accumulating GEMM per slice."""
-    if bool(no_lora.item()) if no_lora is not None else not bool(token_slots.any()):
+    if skip_lora(token_slots, no_lora):
         return
-    layers_served.add(lora_a[0].data_ptr())
+    layers_served[lora_a[0].data_ptr()] = "dense"
     slots, rank = lora_a[0].shape[0], lora_a[0].shape[-2]  # vLLM's stacks: [slots, 1, rank, in], [slots, 1, out, rank]
     tokens = x.shape[0]
     a = lora_a[0].reshape(slots * rank, -1) if len(lora_a) == 1 else \
@@ -56,6 +56,55 @@ def add_lora_dense(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor],
 @add_lora_dense.register_fake
 def _(y, x, lora_a, lora_b, token_slots, no_lora, slices, scale) -> None:
     return None
+
+
+def skip_lora(token_slots: torch.Tensor, no_lora: torch.Tensor | None) -> bool:
+    """vLLM's CPU-side flag (the CUDA wrapper's), else whether any token has a slot (the CPU wrapper has no flag)."""
+    return bool(no_lora.item()) if no_lora is not None else not bool(token_slots.any())
+
+
+@torch.library.custom_op("esgrpo::linear_lora_concat", mutates_args=())
+def linear_lora_concat(x: torch.Tensor, weight_ext: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
+                       token_slots: torch.Tensor, no_lora: torch.Tensor | None, slices: int) -> torch.Tensor:
+    """A fused layer's output with its members' products inside the base GEMM: x · W_extᵀ where W_ext = [W | B]
+    holds every slice's and slot's B as extra input columns (zero outside the slice's rows) and the input is
+    [x | U], U = x · Aᵀ masked to each token's own slot. The output is written once, as without LoRA."""
+    k = x.shape[1]
+    if skip_lora(token_slots, no_lora):
+        return torch.nn.functional.linear(x, weight_ext[:, :k], bias)
+    layers_served[lora_a.data_ptr()] = "concat"
+    tokens, slots = x.shape[0], token_slots.shape[1]
+    x_ext = torch.empty(tokens, weight_ext.shape[1], dtype=x.dtype, device=x.device)
+    x_ext[:, :k].copy_(x)
+    u = (x @ lora_a.t()).view(tokens, slices, slots, -1)
+    torch.mul(u, token_slots.to(x.dtype)[:, None, :, None], out=x_ext[:, k:].view(tokens, slices, slots, -1))
+    return torch.nn.functional.linear(x_ext, weight_ext, bias)
+
+
+@linear_lora_concat.register_fake
+def _(x, weight_ext, bias, lora_a, token_slots, no_lora, slices) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight_ext.shape[0])
+
+
+def concat_layout(weight: torch.Tensor, output_slices: tuple[int, ...], slots: int, rank: int,
+                  lora_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, tuple, tuple]:
+    """The fused layer's storage for ``linear_lora_concat``: (W_ext, A, lora_a stacks, lora_b stacks). W_ext is
+    [W | B] (out × (in + slices·slots·rank)), its first ``in`` columns the base weight; vLLM's stacks become views,
+    A's [slots, 1, rank, in] of one A (rows: slice, slot, rank) and B's [slots, 1, rows, rank] of W_ext's extra
+    columns, so vLLM's adapter loads and our slot fills write where the GEMM reads, with no copy per step."""
+    out, k = weight.shape
+    extra = len(output_slices) * slots * rank
+    ext = torch.zeros(out, k + extra, dtype=weight.dtype, device=weight.device)
+    ext[:, :k].copy_(weight)
+    a = torch.zeros(extra, k, dtype=lora_dtype, device=weight.device)
+    a_stacks = tuple(a[i * slots * rank:(i + 1) * slots * rank].view(slots, 1, rank, k)
+                     for i in range(len(output_slices)))
+    b_stacks, row = [], 0
+    for i, rows in enumerate(output_slices):
+        b_stacks.append(ext.as_strided((slots, 1, rows, rank), (rank, rank, k + extra, 1),
+                                       row * (k + extra) + k + i * slots * rank))
+        row += rows
+    return ext, a, a_stacks, tuple(b_stacks)
 
 
 def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tuple[torch.Tensor, ...],
@@ -88,12 +137,24 @@ def with_token_slots(update_metadata):
     return update
 
 
+KERNELS = ("concat", "dense", "punica")
+
+
+def kernels() -> str:
+    """ESGRPO_LORA_KERNELS: ``concat`` (the default: fused layers through ``linear_lora_concat``, the others through
+    ``add_lora_dense``), ``dense`` (``add_lora_dense`` everywhere) or ``punica`` (vLLM's own kernels, to compare)."""
+    name = os.environ.get("ESGRPO_LORA_KERNELS", KERNELS[0])
+    if name not in KERNELS:
+        raise UserError(f"ESGRPO_LORA_KERNELS={name!r}: use one of {', '.join(KERNELS)} (the first is the default)")
+    return name
+
+
 def dense() -> bool:
-    """ESGRPO_LORA_KERNELS: ``dense`` (the default, this module) or ``punica`` (vLLM's own kernels, to compare)."""
-    kernels = os.environ.get("ESGRPO_LORA_KERNELS", "dense")
-    if kernels not in ("dense", "punica"):
-        raise UserError(f"ESGRPO_LORA_KERNELS={kernels!r}: use 'dense' (the default) or 'punica'")
-    return kernels == "dense"
+    return kernels() != "punica"
+
+
+def concat() -> bool:
+    return kernels() == "concat"
 
 
 def unsharded_through_dense(mcp_apply):
@@ -104,6 +165,41 @@ def unsharded_through_dense(mcp_apply):
         return layer._apply_sync(x, bias) if layer.tp_size == 1 else mcp_apply(x, bias, layer)
 
     return apply
+
+
+def through_concat(apply):
+    """A fused LoRA layer's ``apply``: ``linear_lora_concat`` where its storage was laid out for it, else vLLM's."""
+
+    def concat_apply(self, x, bias=None):
+        if getattr(self, "es_weight_ext", None) is None or x.dim() != 2:
+            return apply(self, x, bias)
+        wrapper = self.punica_wrapper
+        meta = getattr(wrapper, "token_mapping_meta", None)
+        return torch.ops.esgrpo.linear_lora_concat(
+            x, self.es_weight_ext, bias, self.es_lora_a, torch.narrow(wrapper.es_token_slots, 0, 0, x.size(0)),
+            meta.no_lora_flag_cpu if meta is not None else None, self.n_slices)
+
+    concat_apply.es_concat = True
+    return concat_apply
+
+
+def with_concat_layout(create_lora_weights):
+    """vLLM's ``create_lora_weights`` of a fused layer, then (unsharded, unquantized, LoRA in the weight's dtype) the
+    storage ``linear_lora_concat`` reads: vLLM adds LoRA layers to a model whose weights are loaded, so the base
+    weight is copied into W_ext here and becomes a view of it (in-place ES reaches it as before)."""
+
+    def create(self, max_loras, lora_config, model_config=None):
+        create_lora_weights(self, max_loras, lora_config, model_config)
+        weight, a0 = getattr(self.base_layer, "weight", None), self.lora_a_stacked[0]
+        if (concat() and getattr(type(self).apply, "es_concat", False) and self.tp_size == 1 and isinstance(weight, torch.Tensor) and weight.dim() == 2
+                and type(self.base_layer.quant_method).__name__ == "UnquantizedLinearMethod"
+                and weight.dtype == a0.dtype and weight.shape == (sum(self.output_slices), a0.shape[-1])):
+            ext, a, self.lora_a_stacked, self.lora_b_stacked = concat_layout(
+                weight.data, tuple(self.output_slices), a0.shape[0], a0.shape[2], a0.dtype)
+            weight.data = ext[:, :a0.shape[-1]]
+            self.es_weight_ext, self.es_lora_a = ext, a
+
+    return create
 
 
 def install() -> bool:
@@ -118,6 +214,10 @@ def install() -> bool:
     if getattr(column, "_mcp_apply", None) is not None and not hasattr(column._mcp_apply, "dense"):
         column._mcp_apply = unsharded_through_dense(column._mcp_apply)
         column._mcp_apply.dense = True
+    merged = getattr(column, "MergedColumnParallelLinearWithLoRA", None)  # q/k/v's class inherits from it
+    if merged is not None and not hasattr(merged.apply, "es_concat"):
+        merged.apply = through_concat(merged.apply)
+        merged.create_lora_weights = with_concat_layout(merged.create_lora_weights)
     wrappers = []
     for module, cls in (("vllm.lora.punica_wrapper.punica_gpu", "PunicaWrapperGPU"),
                         ("vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU")):
