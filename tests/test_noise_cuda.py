@@ -43,3 +43,46 @@ def test_fused_noise_kernel_in_the_triton_interpreter(rounds, layout):
     r = subprocess.run([sys.executable, "-c", CHECKS, str(rounds), layout], capture_output=True, text=True, timeout=600,
                        env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+LOWRANK = textwrap.dedent("""
+    import math
+    import torch
+    import methods.es.noise as noise
+    from methods.es.vllm_lora import concat_layout
+    noise.fused_factors = lambda device: True  # the CUDA path, on CPU tensors through the interpreter
+    n = noise.LowRankNoise(rank=2, modules=["q_proj"])
+    a, b = n.factors(5, "m.q_proj.weight", (300, 40), torch.device("cpu"))
+    a2, b2 = n.factors(5, "m.q_proj.weight", (300, 40), torch.device("cpu"))
+    assert torch.equal(a, a2) and torch.equal(b, b2) and a.shape == (300, 2) and b.shape == (40, 2)
+    assert abs(float(a.mean())) < 0.15 and abs(float(a.std()) - 1) < 0.15 and not torch.equal(a[:40], b)
+    other, _ = n.factors(6, "m.q_proj.weight", (300, 40), torch.device("cpu"))
+    assert not torch.equal(a, other) and not torch.equal(a, n.factors(5, "m.k_proj.weight", (300, 40), "cpu")[0])
+    # an update: every term's factors in one launch, the same sum as term by term
+    w = torch.zeros(300, 40)
+    n.add_([("m.q_proj.weight", w), ("m.o_proj.weight", torch.zeros(3, 3))], [(5, 0.5), (6, -2.0)])
+    want = sum(c / math.sqrt(2) * x @ y.T for (x, y), c in
+               ((n.factors(s, "m.q_proj.weight", (300, 40), "cpu"), c) for s, c in ((5, 0.5), (6, -2.0))))
+    torch.testing.assert_close(w, want)
+    # vLLM's slots (lora_B stacks as strided views of a fused layer's [W | B]): members where the table says
+    slices, slots = (12, 4, 4), 3
+    _, _, a_stacks, b_stacks = concat_layout(torch.zeros(20, 40), slices, slots, 8, torch.float32)
+    names = ["m.q_proj.weight", "m.k_proj.weight", "m.v_proj.weight"]
+    writer = n.slot_writer(list(zip(names, a_stacks, b_stacks)))
+    writer.write([(2, 11, 0.01), (0, 12, -0.01)])
+    for index, seed, scale in ((2, 11, 0.01), (0, 12, -0.01)):
+        for name, a_st, b_st, rows in zip(names, a_stacks, b_stacks, slices):
+            lora_a, lora_b = n.lora_pair(seed, name, (rows, 40), "cpu", scale)
+            torch.testing.assert_close(a_st[index, 0, :2], lora_a)
+            torch.testing.assert_close(b_st[index, 0, :, :2], lora_b)
+    assert all(float(t[1].abs().max()) == 0 for t in (*a_stacks, *b_stacks))  # slot 1: untouched
+    assert all(float(t[..., 2:].abs().max()) == 0 for t in b_stacks)  # ranks past 2: vLLM's padding, untouched
+    print("ok")
+""")
+
+
+def test_lowrank_factors_and_slot_writer_in_the_triton_interpreter():
+    """The CUDA path of low-rank noise (one Philox launch per update or population) on CPU tensors."""
+    r = subprocess.run([sys.executable, "-c", LOWRANK], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]

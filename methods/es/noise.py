@@ -158,8 +158,19 @@ def weight_module(name: str, ndim: int) -> str | None:
     return parts[-2] if ndim == 2 and len(parts) >= 2 and parts[-1] == "weight" else None
 
 
+def fused_factors(device: torch.device) -> bool:
+    """Low-rank factors from the fused Philox kernel (CUDA with Triton), else from torch's generators."""
+    from methods.es.noise_cuda import available
+
+    return torch.device(device).type == "cuda" and available()
+
+
 class LowRankNoise:
-    """ε = A·Bᵀ/√r on covered 2-D weights (EGGROLL); the update Σ c·ε is one matmul of rank len(terms)·r."""
+    """ε = A·Bᵀ/√r on covered 2-D weights (EGGROLL); the update Σ c·ε is one matmul of rank len(terms)·r.
+
+    On CUDA the factors come from counter-based Philox keyed by (seed, name, factor) (noise_cuda.py), so one
+    launch draws any set of them straight where they go: a whole population into vLLM's adapter slots, every
+    term of an update. Elsewhere from torch's generators seeded by hash(seed, name, factor)."""
 
     def __init__(self, rank: int, modules: Sequence[str]):
         self.rank, self.modules = rank, tuple(modules)
@@ -168,8 +179,25 @@ class LowRankNoise:
     def covers(self, name: str, tensor: torch.Tensor) -> bool:
         return weight_module(name, tensor.dim()) in self.modules
 
+    def _fused_draw(self, seeds: Sequence[int], name: str, shape: Sequence[int], device: torch.device,
+                    scales: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[scale_k·A_k] and [B_k] side by side (out × k·r, in × k·r) for seeds k, in one launch."""
+        import numpy as np
+
+        from methods.es.noise_cuda import FactorTable, factor_keys
+
+        k, r = len(seeds), self.rank
+        a = torch.empty(shape[0], k * r, device=device, dtype=torch.float32)
+        b = torch.empty(shape[1], k * r, device=device, dtype=torch.float32)
+        table = FactorTable([m[:, i * r:(i + 1) * r] for m in (a, b) for i in range(k)])
+        keys = np.concatenate([factor_keys(seeds, [name], f)[:, 0] for f in (0, 1)])
+        table.fill(np.arange(2 * k), keys, np.concatenate([np.asarray(scales, dtype=np.float64), np.ones(k)]))
+        return a, b
+
     def factors(self, seed: int, name: str, shape: Sequence[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """A (out × r) and B (in × r), fp32, standard normal, from (seed, name) alone."""
+        if fused_factors(device):
+            return self._fused_draw([seed], name, shape, device, [1.0])
         # one generator per device, re-seeded (which resets it fully): making one per factor cost a population of
         # 30 members at 7B ~13k generator constructions
         if str(device) not in self._generators:
@@ -193,10 +221,58 @@ class LowRankNoise:
         for name, v in views:
             if not self.covers(name, v):
                 continue
-            pairs = [self.factors(seed, name, v.shape, v.device) for seed, _ in terms]
-            a = torch.cat([a * (c * scale) for (a, _), (_, c) in zip(pairs, terms)], dim=1)
-            b = torch.cat([b for _, b in pairs], dim=1)
+            if fused_factors(v.device):
+                a, b = self._fused_draw([s for s, _ in terms], name, v.shape, v.device, [c * scale for _, c in terms])
+            else:
+                pairs = [self.factors(seed, name, v.shape, v.device) for seed, _ in terms]
+                a = torch.cat([a * (c * scale) for (a, _), (_, c) in zip(pairs, terms)], dim=1)
+                b = torch.cat([b for _, b in pairs], dim=1)
             v.add_((a @ b.T).to(v.dtype))
+
+    def slot_writer(self, slots: Sequence[tuple[str, torch.Tensor, torch.Tensor]]) -> "SlotWriter":
+        """For (HF name, vLLM lora_A stack, lora_B stack) of every covered weight: what writes members into them."""
+        return SlotWriter(self, slots)
+
+
+class SlotWriter:
+    """Writes members into vLLM's LoRA slots: slot l of weight W gets lora_A = Bᵀ and lora_B = scale·A/√r (scaling
+    1), the pair ``LowRankNoise.lora_pair`` gives. On CUDA every member and weight in one launch, the views'
+    addresses kept once (7B: ~13k factors per population); elsewhere pair by pair."""
+
+    def __init__(self, noise: LowRankNoise, slots: Sequence[tuple[str, torch.Tensor, torch.Tensor]]):
+        self.noise, self.slots = noise, list(slots)
+        self.names = [name for name, _, _ in slots]
+        r, self.table = noise.rank, None
+        a0 = slots[0][1]
+        if fused_factors(a0.device):
+            from methods.es.noise_cuda import FactorTable
+
+            n_slots = a0.shape[0]  # views in order (slot, weight, factor): lora_B's A, then lora_A's B
+            self.table = FactorTable([v for l in range(n_slots) for _, a, b in slots
+                                      for v in (b[l, 0, :, :r], a[l, 0, :r].T)])
+
+    @torch.no_grad()
+    def write(self, members: Sequence[tuple[int, int, float]]) -> None:
+        """Each (slot index, seed, scale): that member's factors in that slot, rounded once to the slots' dtype."""
+        r = self.noise.rank
+        if self.table is None:
+            for index, seed, scale in members:
+                for name, a_stack, b_stack in self.slots:
+                    lora_a, lora_b = self.noise.lora_pair(seed, name, (b_stack.shape[2], a_stack.shape[3]),
+                                                          a_stack.device, scale)
+                    a_stack[index, 0, :r].copy_(lora_a)
+                    b_stack[index, 0, :, :r].copy_(lora_b)
+            return
+        import numpy as np
+
+        from methods.es.noise_cuda import factor_keys
+
+        n, seeds = len(self.names), [seed for _, seed, _ in members]
+        segments = (np.array([i for i, _, _ in members])[:, None] * 2 * n + np.arange(2 * n)).reshape(-1)
+        keys = np.stack([factor_keys(seeds, self.names, f) for f in (0, 1)], axis=-1).reshape(-1)
+        scales = np.stack([np.repeat([[s / math.sqrt(r)] for _, _, s in members], n, axis=1),
+                           np.ones((len(members), n))], axis=-1).reshape(-1)
+        self.table.fill(segments, keys, scales)
 
 
 def check_lowrank_modules(model_dir: Path, modules: Sequence[str]) -> None:

@@ -149,6 +149,61 @@ if triton is not None:
         _apply(ptr, offs + 7 * E, n, a7, DTYPE)
 
 
+if triton is not None:
+
+    @triton.jit
+    def fill_factors_kernel(ptrs, rows, row_strides, col_strides, keys, scales, block_segment, block_start,
+                            RANK: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+        # segment s: a (rows × RANK) matrix of scale·N(0, 1) from Philox keyed by keys[s], element (i, j) from
+        # counter i·RANK + j, stored at ptrs[s] + i·row_strides[s] + j·col_strides[s] (any 2-D view)
+        pid = tl.program_id(0)
+        s = tl.load(block_segment + pid)
+        e = tl.load(block_start + pid) + tl.arange(0, BLOCK)
+        x = tl.randn(tl.load(keys + s), e.to(tl.uint32)) * tl.load(scales + s)
+        ptr = tl.load(ptrs + s).to(tl.pointer_type(DTYPE))
+        where = (e // RANK) * tl.load(row_strides + s) + (e % RANK) * tl.load(col_strides + s)
+        tl.store(ptr + where, x.to(DTYPE), mask=e < tl.load(rows + s) * RANK)
+
+
+class FactorTable:
+    """Where low-rank factors go: 2-D views (rows × rank) of one dtype and device, their addresses and strides
+    kept once (a population at 7B writes ~13k of them), filled in one launch by ``fill``."""
+
+    def __init__(self, views: Sequence[torch.Tensor]):
+        self.views = list(views)  # kept alive: the kernel reaches them only through their addresses
+        self.rank, self.dtype, self.device = views[0].shape[1], views[0].dtype, views[0].device
+        if any(v.shape[1] != self.rank or v.dtype != self.dtype or v.device != self.device for v in views):
+            raise ValueError("one factor table holds views of one rank, dtype and device")
+        self.ptrs = np.array([v.data_ptr() for v in views], dtype=np.int64)
+        self.rows = np.array([v.shape[0] for v in views], dtype=np.int64)
+        self.strides = np.array([v.stride() for v in views], dtype=np.int64)
+        self.blocks = (self.rows * self.rank + BLOCK - 1) // BLOCK
+
+    @torch.no_grad()
+    def fill(self, segments: np.ndarray, keys: np.ndarray, scales: np.ndarray) -> None:
+        """views[segments[k]] = scales[k]·N(0, 1) from Philox key keys[k], for every k, in one launch."""
+        blocks = self.blocks[segments]
+        first = np.cumsum(blocks) - blocks
+        block_segment = np.repeat(np.arange(len(segments), dtype=np.int64), blocks)
+        block_start = (np.arange(int(blocks.sum()), dtype=np.int64) - np.repeat(first, blocks)) * BLOCK
+        ints = np.stack([self.ptrs[segments], self.rows[segments], self.strides[segments, 0],
+                         self.strides[segments, 1], keys.astype(np.uint64).view(np.int64)])
+        table = torch.from_numpy(np.concatenate([ints.reshape(-1), block_segment, block_start]))
+        table = table.to(self.device, non_blocking=True)
+        n = len(segments)
+        floats = torch.from_numpy(scales.astype(np.float32)).to(self.device, non_blocking=True)
+        tl_dtype = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[self.dtype]
+        fill_factors_kernel[(len(block_segment),)](
+            table[0:n], table[n:2 * n], table[2 * n:3 * n], table[3 * n:4 * n], table[4 * n:5 * n], floats,
+            table[5 * n:5 * n + len(block_segment)], table[5 * n + len(block_segment):],
+            RANK=self.rank, DTYPE=tl_dtype, BLOCK=BLOCK)
+
+
+def factor_keys(seeds: Sequence[int], names: Sequence[str], factor: int) -> np.ndarray:
+    """The Philox key of low-rank factor ``factor`` (0: A, 1: B) of each (member seed, tensor name): [seeds, names]."""
+    return philox_keys(seeds, np.array([chunk_seed(0, n, 1 + factor) for n in names], dtype=np.uint64))
+
+
 @lru_cache(maxsize=1)
 def available() -> bool:
     return triton is not None and torch.cuda.is_available()

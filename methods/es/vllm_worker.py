@@ -80,7 +80,7 @@ class WorkerES(InPlaceES):
     def __init__(self, views: list[tuple[str, torch.Tensor]], restore_mode: str, noise, model_runner):
         self._views, self.restore_mode, self.noise = views, restore_mode, noise
         self._runner = model_runner
-        self._slot_plan: list | None = None  # where each covered weight's adapter factors go in vLLM's LoRA slots
+        self._slot_writer = None  # writes members' factors where vLLM holds each covered weight's adapter slots
 
     def named_views(self) -> list[tuple[str, torch.Tensor]]:
         return self._views
@@ -120,19 +120,16 @@ class WorkerES(InPlaceES):
         manager = getattr(getattr(self._runner, "lora_manager", None), "_adapter_manager", None)
         if manager is None:
             raise RuntimeError("this vLLM has no LoRA manager where expected (model_runner.lora_manager)")
-        plan = self._slot_plan or self._plan_slots(manager)
-        r = self.noise.rank
+        writer = self._slot_writer or self._plan_slots(manager)
+        slotted = []
         for lora_id, seed, scale in members:
             if lora_id not in manager.lora_index_to_id:
                 raise RuntimeError(f"adapter {lora_id} is not in a LoRA slot: vLLM evicted it")
-            index = manager.lora_index_to_id.index(lora_id)
-            for name, shape, device, a_stack, b_stack in plan:
-                lora_a, lora_b = self.noise.lora_pair(seed, name, shape, device, scale)
-                a_stack[index, 0, :r].copy_(lora_a)
-                b_stack[index, 0, :, :r].copy_(lora_b)
+            slotted.append((manager.lora_index_to_id.index(lora_id), seed, scale))
+        writer.write(slotted)
 
-    def _plan_slots(self, manager) -> list:
-        """(HF name, shape, device, lora_A stack, lora_B stack) for every covered slice of vLLM's LoRA layers
+    def _plan_slots(self, manager):
+        """The slot writer over (HF name, lora_A stack, lora_B stack) of every covered slice of vLLM's LoRA layers
         (a fused qkv/gate_up layer holds one stack per HF projection, in ``packed_modules_mapping`` order)."""
         views, plan = dict(self._views), []
         for module_name, module in manager.modules.items():
@@ -146,11 +143,11 @@ class WorkerES(InPlaceES):
                 if a_stack.shape[-1] != v.shape[1] or b_stack.shape[-2] != v.shape[0]:
                     raise RuntimeError(f"{module_name}: LoRA stacks {tuple(a_stack.shape)}/{tuple(b_stack.shape)} "
                                        f"do not fit {name} {tuple(v.shape)} (tensor-parallel or another layout)")
-                plan.append((name, v.shape, v.device, a_stack, b_stack))
+                plan.append((name, a_stack, b_stack))
         if not plan:
             raise RuntimeError("no LoRA layer of this vLLM model matches a weight the low-rank noise covers")
-        self._slot_plan = plan
-        return plan
+        self._slot_writer = self.noise.slot_writer(plan)
+        return self._slot_writer
 
 
 class ESWorkerExtension:
