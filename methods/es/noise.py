@@ -250,6 +250,7 @@ class SlotWriter:
             n_slots = a0.shape[0]  # views in order (slot, weight, factor): lora_B's A, then lora_A's B
             self.table = FactorTable([v for l in range(n_slots) for _, a, b in slots
                                       for v in (b[l, 0, :, :r], a[l, 0, :r].T)])
+            self.table.warm_up()
 
     @torch.no_grad()
     def write(self, members: Sequence[tuple[int, int, float]]) -> None:

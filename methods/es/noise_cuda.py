@@ -186,6 +186,22 @@ class FactorTable:
         first = np.cumsum(blocks) - blocks
         block_segment = np.repeat(np.arange(len(segments), dtype=np.int64), blocks)
         block_start = (np.arange(int(blocks.sum()), dtype=np.int64) - np.repeat(first, blocks)) * BLOCK
+        self._launch(segments, keys, scales, block_segment, block_start)
+
+    def warm_up(self) -> None:
+        """Compile the kernel for these views with one block that writes nothing (past segment 0's end): the first
+        population written must not pay Triton's compilation."""
+        end = np.array([self.rows[0] * self.rank], dtype=np.int64)
+        self._launch(np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.uint64), np.zeros(1), np.zeros(1, np.int64), end)
+
+    def _launch(self, segments, keys, scales, block_segment, block_start) -> None:
+        # one host-to-device copy for the integer tables; every part an even number of int64s, so each part's
+        # address keeps the same 16-byte alignment (Triton compiles a kernel per alignment of its pointers)
+        if len(block_segment) % 2:  # a block past segment 0's end: it writes nothing
+            block_segment = np.append(block_segment, 0)
+            block_start = np.append(block_start, self.rows[segments[0]] * self.rank)
+        if len(segments) % 2:
+            segments, keys, scales = np.append(segments, segments[0]), np.append(keys, keys[0]), np.append(scales, 0)
         ints = np.stack([self.ptrs[segments], self.rows[segments], self.strides[segments, 0],
                          self.strides[segments, 1], keys.astype(np.uint64).view(np.int64)])
         table = torch.from_numpy(np.concatenate([ints.reshape(-1), block_segment, block_start]))
