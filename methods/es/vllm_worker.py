@@ -117,10 +117,8 @@ class WorkerES(InPlaceES):
         """Each (adapter id, seed, scale): that member's factors written into the device slot where vLLM holds
         the adapter — the pair ``write_adapter`` would put in the file, rounded once to vLLM's LoRA dtype, without
         the file, the CPU copy or the reload. Slices the noise does not cover stay as activation left them: zero."""
-        manager = getattr(getattr(self._runner, "lora_manager", None), "_adapter_manager", None)
-        if manager is None:
-            raise RuntimeError("this vLLM has no LoRA manager where expected (model_runner.lora_manager)")
-        writer = self._slot_writer or self._plan_slots(manager)
+        manager = self._lora_manager()
+        writer = self.slot_writer()
         slotted = []
         for lora_id, seed, scale in members:
             if lora_id not in manager.lora_index_to_id:
@@ -128,9 +126,19 @@ class WorkerES(InPlaceES):
             slotted.append((manager.lora_index_to_id.index(lora_id), seed, scale))
         writer.write(slotted)
 
-    def _plan_slots(self, manager):
+    def _lora_manager(self):
+        manager = getattr(getattr(self._runner, "lora_manager", None), "_adapter_manager", None)
+        if manager is None:
+            raise RuntimeError("this vLLM has no LoRA manager where expected (model_runner.lora_manager)")
+        return manager
+
+    def slot_writer(self):
         """The slot writer over (HF name, lora_A stack, lora_B stack) of every covered slice of vLLM's LoRA layers
-        (a fused qkv/gate_up layer holds one stack per HF projection, in ``packed_modules_mapping`` order)."""
+        (a fused qkv/gate_up layer holds one stack per HF projection, in ``packed_modules_mapping`` order). Made
+        once, when the engine starts: at 7B, with its kernel's compilation, ~0.6 s."""
+        if self._slot_writer is not None:
+            return self._slot_writer
+        manager = self._lora_manager()
         views, plan = dict(self._views), []
         for module_name, module in manager.modules.items():
             prefix, _, last = module_name.rpartition(".")
@@ -163,6 +171,8 @@ class ESWorkerExtension:
         if spec.kind == "shared_seed":
             check_published_layout(model, hf_config)
         self._es = WorkerES(views, restore_mode, make_noise(spec, hf_config), self.model_runner)  # type: ignore[attr-defined]
+        if spec.kind == "lowrank" and getattr(self.model_runner, "lora_manager", None) is not None:  # type: ignore[attr-defined]
+            self._es.slot_writer()
         return self._es.count_elements()
 
     def es_call(self, method: str, *args: Any) -> Any:
