@@ -111,3 +111,34 @@ def test_vllm_engine_live_weights_match_the_hf_engine(policy_path, tmp_path):
     from harness.paths import esgrpo_home
 
     assert (esgrpo_home() / "vllm-cache" / "modelinfos").is_dir() and not (tmp_path / "vllm-cache").exists()
+
+
+def test_broadcast_reaches_strided_weights_and_nothing_beside_them():
+    """A low-rank vLLM engine holds its fused weights as views of [W | B] (members' B columns beside them): the
+    broadcast update must land in the view only (gloo wrote a strided view's storage as if it were contiguous)."""
+    import threading
+
+    from methods.es.engine import InPlaceES
+
+    class Strided(InPlaceES):
+        def __init__(self, base: float):
+            self.ext = torch.arange(24, dtype=torch.float32).view(4, 6) + base
+            self.v = self.ext[:, :4]
+
+        def named_views(self):
+            return [("w", self.v)]
+
+    engines = [Strided(0.0), Strided(100.0)]
+    address = engines[0].sync_address()
+
+    def together(fn):
+        out = {}
+        threads = [threading.Thread(target=lambda i=i, e=e: out.__setitem__(i, fn(i, e))) for i, e in enumerate(engines)]
+        [t.start() for t in threads]
+        [t.join(timeout=60) for t in threads]
+        return [out[i] for i in range(len(engines))]
+
+    together(lambda i, e: e.sync_init(address, i, 2))
+    sums = together(lambda i, e: e.broadcast_weights(0))
+    assert sums[0] == sums[1] and torch.equal(engines[1].v, engines[0].v)
+    assert torch.equal(engines[1].ext[:, 4:], torch.arange(24.0).view(4, 6)[:, 4:] + 100)  # B columns: its own

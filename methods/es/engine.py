@@ -207,7 +207,11 @@ class InPlaceES:
         views = [v for _, v in self.named_views()]
         with torch.no_grad():
             for v in views:
-                self._group.broadcast(v, src).wait()
+                # the collectives need contiguous tensors; a low-rank vLLM engine's fused weights are strided views
+                buf = v if v.is_contiguous() else v.contiguous()
+                self._group.broadcast(buf, src).wait()
+                if buf is not v:
+                    v.copy_(buf)
             if self._snapshot is not None:
                 torch._foreach_copy_(self._snapshot, views)
         self._sync()

@@ -10,12 +10,21 @@ best of a grid (``scripts/gpu_checks.py lora-kernels``), and a quarter of the po
 Here a LoRA linear layer with slices i (q/k/v, gate/up), slots l and ranks r does, for tokens t of slot m(t):
     U = x · [A_i,l]ᵀ               one GEMM over all slices and slots (x read once)
     U[t, i, l, :] = 0 for l ≠ m(t) each token keeps its own member's columns (a one-hot mask made per mapping)
-    y_i += U_i · B_i               one GEMM per slice, accumulated into vLLM's output by cuBLAS (β = 1)
-which is the same sum the punica kernels compute, for every LoRA linear layer (fused ones too): 0.39× the layer's
-base GEMMs on the same H100 probe (32 slots; the engine rounds slots up to 8 so the inner sizes stay aligned), and
-the population batch went from 0.79 to 0.87 of raw generation. Installed when this module is imported (the ES
-worker imports it before vLLM builds and compiles the model); ``ESGRPO_LORA_KERNELS=punica`` keeps vLLM's kernels
-(to compare).
+and then adds U_i · B_i to the layer's output in one of two ways:
+- ``add_lora_dense`` (o and down): one GEMM per slice accumulated into vLLM's output by cuBLAS (β = 1). At 7B the
+  dense op cost 0.39× the layer's base GEMMs (32 slots; the engine rounds slots up to 8 so inner sizes stay
+  aligned) and took the population batch from 0.79 to 0.87 of raw generation; what it still cost was mostly the
+  second pass over the output (+8.6 % of the batch's device time).
+- ``linear_lora_concat`` (the fused q/k/v and gate/up layers, whose outputs are 3-5× wider than their input): the
+  base GEMM does it, over [x | U] and a weight stored as [W | B] (every slice's and slot's B as extra input columns,
+  zero outside the slice's rows), so the output is written once. vLLM's lora_B stacks are views of those columns and
+  its lora_A stacks views of one A, so its adapter loads and the ES slot fills write where the GEMM reads; the base
+  layer's weight is a view of W_ext too (in-place ES reaches it as before). Per 7B decoder layer, 32 slots, 1,024
+  tokens: 1.16× the base GEMMs against the dense op's 1.25× (``gpu_checks.py lora-concat``); the batch's extra
+  device time went from +8.6 % to +6.4 %.
+Installed when this module is imported (the ES worker imports it before vLLM builds and compiles the model);
+``ESGRPO_LORA_KERNELS`` picks ``concat`` (the default: both, as above), ``dense`` (the dense op everywhere) or
+``punica`` (vLLM's kernels), to compare.
 """
 
 from __future__ import annotations
@@ -27,6 +36,11 @@ import torch
 from harness.errors import UserError
 
 layers_served: dict[int, str] = {}  # LoRA layers (their A stack's address) whose products were computed here: by which op
+
+
+def skip_lora(token_slots: torch.Tensor, no_lora: torch.Tensor | None) -> bool:
+    """vLLM's CPU-side flag (the CUDA wrapper's), else whether any token has a slot (the CPU wrapper has no flag)."""
+    return bool(no_lora.item()) if no_lora is not None else not bool(token_slots.any())
 
 
 @torch.library.custom_op("esgrpo::add_lora_dense", mutates_args=("y",))
@@ -56,11 +70,6 @@ def add_lora_dense(y: torch.Tensor, x: torch.Tensor, lora_a: list[torch.Tensor],
 @add_lora_dense.register_fake
 def _(y, x, lora_a, lora_b, token_slots, no_lora, slices, scale) -> None:
     return None
-
-
-def skip_lora(token_slots: torch.Tensor, no_lora: torch.Tensor | None) -> bool:
-    """vLLM's CPU-side flag (the CUDA wrapper's), else whether any token has a slot (the CPU wrapper has no flag)."""
-    return bool(no_lora.item()) if no_lora is not None else not bool(token_slots.any())
 
 
 @torch.library.custom_op("esgrpo::linear_lora_concat", mutates_args=())
