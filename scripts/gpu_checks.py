@@ -17,8 +17,10 @@
    engine parts on vLLM's kernels instead of the dense op.
 6. Raw speed: raw generation of the same sequences on an engine started without LoRA (lowrank-speed's raw runs
    on its own LoRA-enabled engine without adapters), and the low-rank batch against it when lowrank-speed ran first.
+7. LoRA concat: the fused layers' products inside their base GEMM (``linear_lora_concat``) against the dense op on
+   every layer, per decoder layer's linear layers from CUDA graphs (needs only torch).
 Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed |
-raw-speed | lora-kernels; graphs compares with eager's, raw-speed with lowrank-speed's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
+raw-speed | lora-kernels | lora-concat; graphs compares with eager's, raw-speed with lowrank-speed's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
 """
 
 from __future__ import annotations

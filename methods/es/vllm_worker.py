@@ -6,7 +6,7 @@ below cut the fused tensors back into HF-named row slices, so noise, checksums a
 the transformers engine exactly.
 
 Importing this module on the CPU backend also keeps linear weights live (see ``keep_cpu_weights_live``), and on
-every backend routes LoRA layers through dense GEMMs (``methods.es.vllm_lora``) before vLLM builds the model.
+every backend routes LoRA layers through our ops (``methods.es.vllm_lora``) before vLLM builds the model.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from methods.es import vllm_lora
 from methods.es.engine import InPlaceES
 
 keep_cpu_weights_live()  # loaded into every vLLM worker before its model: CPU linear weights stay live
-vllm_lora.install()  # before the model is built and compiled, so its graphs hold the dense LoRA op
+vllm_lora.install()  # before the model is built and compiled, so its graphs hold our LoRA ops
 
 
 def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Tensor]]:
