@@ -208,16 +208,19 @@ class FactorTable:
         table = table.to(self.device, non_blocking=True)
         n = len(segments)
         floats = torch.from_numpy(scales.astype(np.float32)).to(self.device, non_blocking=True)
-        tl_dtype = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[self.dtype]
         fill_factors_kernel[(len(block_segment),)](
             table[0:n], table[n:2 * n], table[2 * n:3 * n], table[3 * n:4 * n], table[4 * n:5 * n], floats,
             table[5 * n:5 * n + len(block_segment)], table[5 * n + len(block_segment):],
-            RANK=self.rank, DTYPE=tl_dtype, BLOCK=BLOCK)
+            RANK=self.rank, DTYPE=triton_dtype(self.dtype), BLOCK=BLOCK)
 
 
 def factor_keys(seeds: Sequence[int], names: Sequence[str], factor: int) -> np.ndarray:
     """The Philox key of low-rank factor ``factor`` (0: A, 1: B) of each (member seed, tensor name): [seeds, names]."""
     return philox_keys(seeds, np.array([chunk_seed(0, n, 1 + factor) for n in names], dtype=np.uint64))
+
+
+def triton_dtype(dtype: torch.dtype):
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
 
 
 @lru_cache(maxsize=1)
@@ -271,7 +274,6 @@ class FusedNoise:
     @torch.no_grad()
     def add_(self, terms: Sequence[tuple[int, float]]) -> None:
         """θ += Σ c·ε(seed) over every tensor, accumulated in fp32 and rounded once."""
-        tl_dtype = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
         for g in self.groups:
             seeds = torch.from_numpy(philox_keys([s for s, _ in terms], g["name_keys"]).view(np.int64))
             coeffs = torch.tensor([c for _, c in terms], dtype=torch.float32)
@@ -279,4 +281,4 @@ class FusedNoise:
             kernel[(g["n_blocks"],)](
                 g["ptrs"], g["numels"], seeds.to(g["device"], non_blocking=True), g["block_tensor"],
                 g["block_start"], coeffs.to(g["device"], non_blocking=True), len(terms), len(g["names"]),
-                DTYPE=tl_dtype[g["dtype"]], BLOCK=BLOCK, ROUNDS=self.variant.rounds, FAST=self.variant.fast)
+                DTYPE=triton_dtype(g["dtype"]), BLOCK=BLOCK, ROUNDS=self.variant.rounds, FAST=self.variant.fast)
