@@ -200,9 +200,10 @@ def with_concat_layout(create_lora_weights):
     def create(self, max_loras, lora_config, model_config=None):
         create_lora_weights(self, max_loras, lora_config, model_config)
         weight, a0 = getattr(self.base_layer, "weight", None), self.lora_a_stacked[0]
-        if (concat() and getattr(type(self).apply, "es_concat", False) and self.tp_size == 1 and isinstance(weight, torch.Tensor) and weight.dim() == 2
+        if (concat() and getattr(type(self).apply, "es_concat", False) and self.tp_size == 1
+                and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.dtype == a0.dtype
                 and type(self.base_layer.quant_method).__name__ == "UnquantizedLinearMethod"
-                and weight.dtype == a0.dtype and weight.shape == (sum(self.output_slices), a0.shape[-1])):
+                and weight.shape == (sum(self.output_slices), a0.shape[-1])):
             ext, a, self.lora_a_stacked, self.lora_b_stacked = concat_layout(
                 weight.data, tuple(self.output_slices), a0.shape[0], a0.shape[2], a0.dtype)
             weight.data = ext[:, :a0.shape[-1]]
