@@ -116,5 +116,8 @@ def test_lowrank_population_in_one_generate_matches_member_by_member(policy_path
     texts = [[c.text for c in out["completions"]] for out in v.evaluate_members(jobs, PROMPTS, GREEDY)]
     assert texts == [[c.text for c in out["completions"]] for out in hf.evaluate_members(jobs, PROMPTS, GREEDY)]
     assert sorted(p.name for p in (tmp_path / "v" / "adapters").iterdir()) == ["1", "2", "3"]
-    # the update from the same seeds lands identically on both engines (same checksum)
-    assert v.apply_update([(11, 0.01), (12, -0.02)]) == hf.apply_update([(11, 0.01), (12, -0.02)])
+    # the update from the same seeds lands identically on both engines (same checksum), and vLLM generates with it:
+    # its fused layers' GEMMs read the base weight inside [W | B], the view the update wrote
+    assert v.apply_update([(11, 0.05), (12, -0.1)]) == hf.apply_update([(11, 0.05), (12, -0.1)])
+    updated = [c.text for c in v.generate(PROMPTS, GREEDY)]
+    assert updated == [c.text for c in hf.generate(PROMPTS, GREEDY)] and updated != texts[0]  # texts[0]: the base before
