@@ -218,7 +218,7 @@ class LowRankNoise:
     @torch.no_grad()
     def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
         scale = 1 / math.sqrt(self.rank)
-        for name, v in views:
+        for name, v in views if terms else ():  # no terms: nothing to add (and no factors to draw)
             if not self.covers(name, v):
                 continue
             if fused_factors(v.device):
