@@ -214,13 +214,18 @@ def lowrank(policy: Path, work: Path, figures: dict) -> dict:
     return out
 
 
+def speed_engine(policy: Path) -> EngineConfig:
+    """The speed probes' engine: the same for the low-rank batch and the plain raw generation it is divided by."""
+    return EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
+                        gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024)
+
+
 def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
     from methods.es.trainer import batch_speed
     from methods.es.vllm_engine import VLLMEngine
 
     populations = check_populations()
-    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
-                                gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024),
+    v = VLLMEngine(speed_engine(policy),
                    scratch=str(work / "lowrank-speed"), noise=NoiseSpec(kind="lowrank", rank=1),
                    max_loras=max(populations))
     prompts, fixed = SPEED_PROMPTS, SPEED_SAMPLING
@@ -263,8 +268,7 @@ def raw_speed(policy: Path, work: Path, figures: dict) -> dict:
     from methods.es.vllm_engine import VLLMEngine
 
     populations = check_populations()
-    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
-                                gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024),
+    v = VLLMEngine(speed_engine(policy),
                    scratch=str(work / "raw-speed"))
     prompts, fixed = SPEED_PROMPTS, SPEED_SAMPLING
     out: dict = {}
@@ -487,6 +491,11 @@ def figure_key(part: str) -> str:
     return part if shape == "qwen2-0.5b" else f"{part}@{shape}"
 
 
+WITHOUT_POLICY = {"kernels": kernels, "lora-kernels": lora_kernels, "lora-concat": lora_concat}  # tensors only
+WITH_POLICY = {"eager": eager, "graphs": graphs, "lowrank": lowrank, "lowrank-speed": lowrank_speed,
+               "raw-speed": raw_speed}  # engines on a random policy of the chosen shape
+
+
 def main(out_json: str, parts: list[str]) -> None:
     """Each part in its own process (one vLLM engine per process); they add to the same JSON."""
     path = Path(out_json)
@@ -496,10 +505,10 @@ def main(out_json: str, parts: list[str]) -> None:
     for part in parts:
         try:
             shape, key = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b"), figure_key(part)
-            figures[key] = kernels() if part == "kernels" else lora_kernels() if part == "lora-kernels" else \
-                lora_concat() if part == "lora-concat" else \
-                {"eager": eager, "graphs": graphs, "lowrank": lowrank,
-                 "lowrank-speed": lowrank_speed, "raw-speed": raw_speed}[part](random_policy(shape), work, figures)
+            if part in WITHOUT_POLICY:
+                figures[key] = WITHOUT_POLICY[part]()
+            else:
+                figures[key] = WITH_POLICY[part](random_policy(shape), work, figures)
         except Exception as e:  # noqa: BLE001 - one failed check must not hide the others' figures
             figures[key] = {"error": f"{type(e).__name__}: {e}"[:2000]}
         path.write_text(json.dumps(figures, indent=1))
