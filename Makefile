@@ -78,6 +78,8 @@ containers:
 	    --build-arg BASE=$(BASE) --build-arg TORCH=$(TORCH) --build-arg EXTRAS=$(IMAGE_EXTRAS) \
 	    --build-arg OFFLINE=$(OFFLINE) $(if $(SYSTEM_PACKAGES),--build-arg SYSTEM_PACKAGES="$(SYSTEM_PACKAGES)") . || exit 1; \
 	done
+	@# a rebuild moves the tag and leaves the old image dangling: repeated builds (tests) would fill the disk
+	docker image prune -f --filter label=org.esgrpo.project=esgrpo >/dev/null
 
 # The wheels an image build needs, from this machine's pip (its cache, its local CPU torch wheel).
 wheelhouse: setup

@@ -14,6 +14,7 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends docker.io debootstrap >/dev/null
+  apt-get clean  # the downloaded .debs are not needed again
 fi
 if ! docker info >/dev/null 2>&1; then
   mkdir -p /var/log/docker

@@ -64,3 +64,35 @@ def test_scorer_and_es_run_in_their_containers(cpu_images, policy_path, tmp_path
     left = subprocess.run(["docker", "ps", "-aq", "--filter", f"name=esgrpo-{run_dir.name}-"],
                           capture_output=True, text=True).stdout.split()
     assert left == []
+
+
+def _tiny_image(base: str, tag: str, label: str | None, content: str, where: Path) -> str:
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "Dockerfile").write_text(f"FROM {base}\n" + (f"LABEL {label}\n" if label else "")
+                                      + f"RUN echo {content} > /marker\n")
+    r = subprocess.run(["docker", "build", "-q", "-t", tag, str(where)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def test_rebuilds_leave_no_dangling_project_images(docker_daemon, tmp_path):
+    """Every test run rebuilds the images; the tag moves and the old 2-3 GB image stayed behind until the
+    machine's disk filled. `make containers` prunes this project's untagged images, and only those."""
+    base = os.environ.get("ESGRPO_DOCKER_BASE", "localbase:bookworm")
+    label = "org.esgrpo.project=esgrpo"
+    assert label in (ROOT / "containers" / "Dockerfile").read_text()  # the images carry what the prune selects
+    ours = _tiny_image(base, "esgrpo-prune-test:latest", label, "one", tmp_path / "a")
+    _tiny_image(base, "esgrpo-prune-test:latest", label, "two", tmp_path / "b")  # leaves `ours` dangling
+    theirs = _tiny_image(base, "not-esgrpo-prune-test:latest", None, "one", tmp_path / "c")
+    _tiny_image(base, "not-esgrpo-prune-test:latest", None, "two", tmp_path / "d")
+    try:
+        r = subprocess.run(["make", "-s", "containers", "IMAGES="], cwd=ROOT, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+
+        def exists(image: str) -> bool:
+            return subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode == 0
+
+        assert not exists(ours) and exists(theirs) and exists("esgrpo-prune-test:latest")
+    finally:
+        subprocess.run(["docker", "rmi", "-f", "esgrpo-prune-test:latest", "not-esgrpo-prune-test:latest", theirs],
+                       capture_output=True)

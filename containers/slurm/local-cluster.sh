@@ -13,6 +13,7 @@ if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null
   apt-get install -y -qq --no-install-recommends slurm-wlm slurmctld slurmd slurm-client munge >/dev/null
+  apt-get clean  # the downloaded .debs are not needed again
 fi
 host=$(hostname -s)
 cpus=$(nproc)
