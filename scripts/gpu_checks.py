@@ -4,7 +4,8 @@
    LLaMA-7B-shaped set of bf16 tensors: one perturbation pass against the copy bound, and the noise's moments.
 2. CUDA graphs and in-place ES (vLLM, bf16): a perturbation changes greedy outputs, a restore brings them back
    exactly, and the perturbed member's token log-probabilities under graphs match an eager engine's.
-3. Low-rank ES: vLLM's one-batch multi-LoRA population against the transformers engine member by member.
+3. Low-rank ES: vLLM's one-batch multi-LoRA population against the transformers engine member by member: greedy
+   texts, and teacher-forced log-probabilities of the same tokens (``ESGRPO_CHECK_DTYPE`` bfloat16 or float32).
 4. Low-rank speed: the population batch against raw generation of as many sequences for populations 4 to 30
    (ESGRPO_CHECK_POPULATIONS; 64 prompts × 128 tokens), the share spent making members, where the batch's device
    time goes (LoRA kernels against the rest, from the torch profiler) and where the host's Python time goes
@@ -186,21 +187,80 @@ def graphs(policy: Path, work: Path, figures: dict) -> dict:
     return out
 
 
+def forced_logprobs_vllm(llm, sequences: list[list[int]], start: list[int], requests: list) -> list[list[float]]:
+    """Each sequence's log-probabilities of its own tokens from ``start`` on (teacher forcing), under its adapter."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences],
+                        SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=1), lora_request=requests,
+                        use_tqdm=False)
+    return [[o.prompt_logprobs[k][s[k]].logprob for k in range(b, len(s))] for o, s, b in zip(outs, sequences, start)]
+
+
+def forced_logprobs_hf(model, sequences: list[list[int]], start: list[int]) -> list[list[float]]:
+    rows = []
+    for s, b in zip(sequences, start):  # one at a time: no padding to line up
+        with torch.no_grad():
+            lp = model(torch.tensor([s], device=model.device)).logits[0].float().log_softmax(-1)
+        rows.append([lp[k - 1, s[k]].item() for k in range(b, len(s))])
+    return rows
+
+
+def mean_abs(a: list[list[float]], b: list[list[float]]) -> float:
+    return statistics.fmean(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+def teacher_forced(v, hf, jobs: list[tuple[int, float]], continuations: list[str]) -> dict:
+    """Greedy texts part wherever two near-tied tokens swap, which in bf16 says little. Here both engines score
+    the same tokens (the prompts and the base's continuations): vLLM with each member as an adapter in its slot
+    (``evaluate_members`` loaded ids 1… in job order) against transformers with the member merged into its weights.
+    Their gap is to be read against the base's gap (no LoRA on either side: the engines' own numerics) and
+    against how far the members move the log-probabilities from the base's."""
+    from vllm.lora.request import LoRARequest
+
+    from harness.template import format_prompt
+
+    tok = hf.tokenizer
+    prompt_ids = [tok(format_prompt(p)).input_ids for p in PROMPTS]
+    seqs = [ids + tok(c, add_special_tokens=False).input_ids for ids, c in zip(prompt_ids, continuations)]
+    start = [len(ids) for ids in prompt_ids]
+    n = len(seqs)
+    members = [(i + 1, seed, scale) for i, (seed, scale) in enumerate(j for j in jobs if j[1])]
+    lora = [[LoRARequest(f"member-{i}", i, str(v.adapters / str(i)))] * n for i, _, _ in members]
+    got = forced_logprobs_vllm(v.llm, seqs * (len(members) + 1), start * (len(members) + 1),
+                               [r for rs in lora for r in rs] + [None] * n)
+    vllm_rows = [got[k * n:(k + 1) * n] for k in range(len(members) + 1)]
+    hf_rows = []
+    for _, seed, scale in members:
+        hf.perturb(seed, scale)
+        hf_rows.append(forced_logprobs_hf(hf.model, seqs, start))
+        hf.restore(seed, scale)
+    hf_rows.append(forced_logprobs_hf(hf.model, seqs, start))
+    gaps = [mean_abs(a, b) for a, b in zip(vllm_rows, hf_rows)]
+    return {"tokens_scored": sum(len(s) - b for s, b in zip(seqs, start)),
+            "members_vllm_lora_vs_hf_merged": gaps[:-1], "base_vllm_vs_hf": gaps[-1],
+            "members_shift_from_base_hf": [mean_abs(a, hf_rows[-1]) for a in hf_rows[:-1]],
+            "max_abs_members_vllm_lora_vs_hf_merged": max(abs(x - y) for a, b in zip(vllm_rows[:-1], hf_rows[:-1])
+                                                          for ra, rb in zip(a, b) for x, y in zip(ra, rb))}
+
+
 def lowrank(policy: Path, work: Path, figures: dict) -> dict:
     from methods.es.hf_engine import HFEngine
     from methods.es.vllm_engine import VLLMEngine
 
-    spec = NoiseSpec(kind="lowrank", rank=1)
-    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
+    spec, dtype = NoiseSpec(kind="lowrank", rank=1), os.environ.get("ESGRPO_CHECK_DTYPE", "bfloat16")
+    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype=dtype,
                                 gpu_memory_utilization=0.25, max_model_len=512, max_num_seqs=1024),
                    scratch=str(work / "lowrank"), noise=spec, max_loras=8)
-    hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy), device="cuda", dtype="bfloat16", batch_size=64), spec)
+    hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy), device="cuda", dtype=dtype, batch_size=64), spec)
     greedy = SamplingSettings(max_new_tokens=32, ignore_eos=True)
     jobs = [(11, 0.02), (11, -0.02), (12, 0.02), (13, 0.02), (0, 0.0)]
     before = v.checksum()
     batched = v.evaluate_members(jobs, PROMPTS, greedy)
     alone = hf.evaluate_members(jobs, PROMPTS, greedy)
-    out = {"base_unchanged": v.checksum() == before, "sequences": len(jobs) * len(PROMPTS)}
+    out = {"base_unchanged": v.checksum() == before, "sequences": len(jobs) * len(PROMPTS), "dtype": dtype}
+    out["teacher_forced_logprobs"] = teacher_forced(v, hf, jobs, [c.text for c in alone[-1]["completions"]])
     out["greedy_equal_vllm_lora_vs_hf_merged"] = sum(
         a.text == b.text for x, y in zip(batched, alone) for a, b in zip(x["completions"], y["completions"]))
     out["members_distinct"] = len({tuple(c.text for c in x["completions"]) for x in batched})
@@ -488,7 +548,8 @@ def lora_concat(dev: str = "cuda") -> dict:
 def figure_key(part: str) -> str:
     """Where a part's figures go in the JSON: the default shape's under the part's name, others suffixed."""
     shape = os.environ.get("ESGRPO_CHECK_SHAPE", "qwen2-0.5b")
-    return part if shape == "qwen2-0.5b" else f"{part}@{shape}"
+    dtype = os.environ.get("ESGRPO_CHECK_DTYPE", "bfloat16")
+    return part + ("" if shape == "qwen2-0.5b" else f"@{shape}") + ("" if dtype == "bfloat16" else f":{dtype}")
 
 
 WITHOUT_POLICY = {"kernels": kernels, "lora-kernels": lora_kernels, "lora-concat": lora_concat}  # tensors only

@@ -117,3 +117,11 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     moved = {n for n in after if not (after[n] == before[n]).all()}
     assert moved and all(n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj") for n in moved)  # only the covered matrices moved
+    # the same run in calls of 4 members (each call's members scored while the next generates) is the same run
+    split = load_config(ESConfig, lowrank, ["run.budget.completions=270", "run.budget.eval_every_fraction=1.0",
+                                            "members_per_call=4"])
+    run_method("es", split, tmp_path / "split")
+    rec_split = load_record(tmp_path / "split")
+    assert rec_split.memory["weights_checksum"] == rec.memory["weights_checksum"]
+    assert [(p.reward, p.cost, p.lam) for p in rec_split.series] == [(p.reward, p.cost, p.lam) for p in rec.series]
+    assert len(rec.series) >= 3  # several updates compared, not only the start

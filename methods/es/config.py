@@ -12,6 +12,12 @@ from methods.es.noise import LOWRANK_MODULES, NoiseSpec
 from methods.es.vllm_engine import LORA_RANKS
 
 
+def engine_share(population: int, engines: int) -> int:
+    """Jobs per engine when each evaluates its share in one call: the population and the unperturbed policy,
+    split evenly in order (the first shares are all members)."""
+    return -(-(population + 1) // engines)
+
+
 class ESConfig(MethodConfig):
     population: int = Field(30, gt=1)
     sigma: float = Field(0.001, gt=0)
@@ -40,6 +46,10 @@ class ESConfig(MethodConfig):
     # independent: ε per tensor from hash(seed, name); shared_seed: the published code's draw (one generator
     # reseeded with the member's seed for every tensor: same-shape tensors get the same ε), to reproduce it
     noise: Literal["independent", "shared_seed"] = "independent"
+    # low-rank on vLLM: members per generate call (None: an engine's whole share in one call). While one call
+    # generates, the previous call's members are scored; a call should still fill the engine's concurrent batch
+    # (max_num_seqs, or what the KV cache holds) — split only a population that outgrows it.
+    members_per_call: int | None = Field(None, gt=0)
 
     def noise_spec(self) -> NoiseSpec:
         if self.perturbation == "lowrank":
@@ -47,8 +57,16 @@ class ESConfig(MethodConfig):
         return NoiseSpec(kind=self.noise)
 
     def batches_population(self) -> bool:
-        """Whether one engine call evaluates its whole share of the population (low-rank on vLLM)."""
+        """Whether one engine call evaluates many members at once (low-rank on vLLM)."""
         return self.perturbation == "lowrank" and self.engine.kind == "vllm"
+
+    def jobs_per_call(self) -> int:
+        """How many jobs (members, and the unperturbed policy) one engine call evaluates: one member by member;
+        a batching engine its share of the population, or ``members_per_call`` of it."""
+        if not self.batches_population():
+            return 1
+        share = engine_share(self.population, self.engines)
+        return min(share, self.members_per_call or share)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ESConfig":
@@ -58,6 +76,8 @@ class ESConfig(MethodConfig):
             raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
         if self.perturbation == "lowrank" and self.noise != "independent":
             raise ValueError("noise 'shared_seed' reproduces the published full-rank draw; low-rank ES has its own")
+        if self.members_per_call and not self.batches_population():
+            raise ValueError("members_per_call: only low-rank ES on vLLM evaluates several members in one call")
         if self.batches_population() and self.rank > LORA_RANKS[-1]:
             raise ValueError(f"rank {self.rank}: vLLM serves LoRA adapters up to rank {LORA_RANKS[-1]}")
         return self

@@ -51,15 +51,10 @@ class EngineGenerator:
 
 
 def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jobs: list[tuple[int, float]],
-                   prompts: list[str], sampling: SamplingSettings, batch: bool = False) -> list[MemberResult]:
-    """Evaluate (seed, scale) jobs on the engines; score each member while others generate. Member by member,
-    round-robin as engines free up; or, with ``batch``, each engine's contiguous share in one call."""
-    if batch:
-        share = engine_share(len(jobs) - 1, len(pool))
-        groups = [list(range(i, min(i + share, len(jobs)))) for i in range(0, len(jobs), share)]
-    else:
-        groups = [[j] for j in range(len(jobs))]
-    queue = list(groups)
+                   prompts: list[str], sampling: SamplingSettings, per_call: int = 1) -> list[MemberResult]:
+    """Evaluate (seed, scale) jobs on the engines, ``per_call`` consecutive jobs per engine call, handed out as
+    engines free up; each call's members are scored while the next call generates."""
+    queue = [list(range(i, min(i + per_call, len(jobs)))) for i in range(0, len(jobs), per_call)]
     free = list(range(len(pool)))
     running: dict[Future, tuple[int, list[int]]] = {}
     scoring: dict[int, Future] = {}
@@ -89,12 +84,6 @@ def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jo
     return results
 
 
-def engine_share(population: int, engines: int) -> int:
-    """Jobs per engine when each evaluates its share in one call: the population and the unperturbed policy,
-    split evenly in order (the first shares are all members)."""
-    return -(-(population + 1) // engines)
-
-
 def iteration_inputs(cfg: ESConfig, ctx: RunContext, it: int) -> tuple[list[str], SamplingSettings]:
     """The prompts and rollout sampling of iteration ``it``: functions of (run seed, iteration), so a resumed
     run draws what the uninterrupted one would."""
@@ -114,7 +103,7 @@ def make_pool(cfg: ESConfig, ctx: RunContext):
     weights = ctx.resume_from / "model" if ctx.resume_from else ctx.policy_path
     engine_cfg = cfg.engine.model_copy(update={"model_path": str(weights)})
     scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
-    max_loras = min(engine_share(cfg.population, cfg.engines), cfg.population)  # a slot per member of a share
+    max_loras = min(cfg.jobs_per_call(), cfg.population)  # a slot per member of a call
     if cfg.perturbation == "lowrank":
         check_lowrank_modules(weights, cfg.lowrank_modules)
         if cfg.engine.kind == "vllm":
@@ -159,7 +148,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 prompts, sampling = iteration_inputs(cfg, ctx, it)
                 jobs = [(seed, sign * cfg.sigma) for seed, sign in members] + [(0, 0.0)]  # last: unperturbed
                 t_pop = time.perf_counter()
-                results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling, cfg.batches_population())
+                results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling, cfg.jobs_per_call())
                 t_pop = time.perf_counter() - t_pop
                 population, base = results[:-1], results[-1]
 
@@ -264,10 +253,10 @@ def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
     takes the engine's snapshot of the weights)."""
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
     sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
-    if cfg.batches_population():  # a batch as an iteration makes it: at most max_loras adapters, and the base
-        share = engine_share(cfg.population, len(pool))
-        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(share, cfg.population))]
-        jobs = {"raw": [(0, 0.0)] * share, "member": members + [(0, 0.0)] * (share - len(members))}
+    if cfg.batches_population():  # a call as an iteration makes it: at most max_loras adapters, and the base
+        size = cfg.jobs_per_call()
+        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(size, cfg.population))]
+        jobs = {"raw": [(0, 0.0)] * size, "member": members + [(0, 0.0)] * (size - len(members))}
     else:
         jobs = {"raw": [(0, 0.0)], "member": [(algorithm.SEED_SPACE, cfg.sigma)]}
     speed, prepare = {}, {}
