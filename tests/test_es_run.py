@@ -2,6 +2,7 @@
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +91,14 @@ def test_es_on_two_vllm_engines_under_ray(policy_path, tmp_path, perturbation):
     """Low-rank: each engine batches its share of the population and the unperturbed policy (here 3 + 2)."""
     cfg = es_config(**{"run.budget.completions": 200, "pool": "ray", "engines": 2, "engine.kind": "vllm",
                        "engine.threads": 1, "population": 4, "prompts_per_iteration": 8, "perturbation": perturbation})
+    ray_dirs = set(Path(tempfile.gettempdir()).glob("esgrpo-ray-*"))
     run_method("es", cfg, tmp_path)
     rec = load_record(tmp_path)
     assert rec.status == "completed" and len(rec.series) >= 2
     assert "2 vllm engine(s)" in rec.notes[0]
+    # the private Ray instance's session folder is gone; the engines' logs went with the run
+    assert set(Path(tempfile.gettempdir()).glob("esgrpo-ray-*")) == ray_dirs
+    assert list(tmp_path.glob("engines-*/ray-logs/worker-*.out"))
     assert np.isfinite([p.reward for p in rec.series]).all()
 
 

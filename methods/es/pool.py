@@ -6,8 +6,10 @@ Both return ``concurrent.futures.Future`` objects, so the driver schedules the s
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 from methods.es.engine import EngineConfig
@@ -87,14 +89,15 @@ class RayPool:
 
         gpu = cfg.device == "cuda"
         self._owns_ray = not ray.is_initialized()
+        self._scratch, self._ray_tmp = scratch, None
         if self._owns_ray:
             if address is None:
                 for k in [k for k in os.environ if k.startswith("RAY_ADDRESS")]:
                     os.environ.pop(k)
-            # Unix socket paths are limited to ~107 bytes: Ray's session dir must stay short.
-            tmp = tempfile.mkdtemp(prefix="esgrpo-ray-")
+                # Unix socket paths are limited to ~107 bytes: Ray's session dir must stay short (not the run dir)
+                self._ray_tmp = tempfile.mkdtemp(prefix="esgrpo-ray-")
             ray.init(address=address, num_cpus=None if address else max(n * cfg.threads, os.cpu_count() or 1),
-                     include_dashboard=False, _temp_dir=None if address else tmp, namespace=f"esgrpo-{os.getpid()}",
+                     include_dashboard=False, _temp_dir=self._ray_tmp, namespace=f"esgrpo-{os.getpid()}",
                      log_to_driver=False, configure_logging=False)
         # Actors start from Ray's environment, not this process's: hand them the NCCL/PyTorch settings set here
         # (e.g. NVLink multicast off: NCCL_NVLS_ENABLE=0 on hosts that require it).
@@ -124,3 +127,8 @@ class RayPool:
         self.actors.clear()
         if self._owns_ray:
             ray.shutdown()
+        if self._ray_tmp:  # the engines' logs (not sent to the driver) go with the run; nothing stays in /tmp
+            for logs in Path(self._ray_tmp).glob("session_*/logs"):
+                shutil.copytree(logs, Path(self._scratch) / "ray-logs", dirs_exist_ok=True)
+            shutil.rmtree(self._ray_tmp, ignore_errors=True)
+            self._ray_tmp = None
