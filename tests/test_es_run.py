@@ -107,9 +107,14 @@ def test_es_on_two_vllm_engines_under_ray(policy_path, tmp_path, perturbation):
 @pytest.mark.skipif(not vllm_available(), reason="vLLM not installed")
 def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path):
     lowrank = Path(__file__).parents[1] / "configs" / "es" / "cpu-lowrank.yaml"
-    cfg = load_config(ESConfig, lowrank, ["run.budget.completions=270", "run.budget.eval_every_fraction=1.0"])
+    # at most 48 sequences at once: the population's call (9 jobs × 12 prompts) runs in waves, and the record says so
+    sets = ["run.budget.completions=270", "run.budget.eval_every_fraction=1.0", "engine.max_num_seqs=48"]
+    cfg = load_config(ESConfig, lowrank, sets)
     run_method("es", cfg, tmp_path)
     rec = load_record(tmp_path)
+    waves = [n for n in rec.notes if "more than the engine runs at once" in n]
+    assert len(waves) == 1 and "call of 108 sequences" in waves[0] and "(48 of" in waves[0]
+    assert rec.memory["kv_cache_tokens"] > 0
     assert rec.status == "completed" and rec.series[-1].samples >= 270
     # the whole batch against a plain generate of as many unperturbed sequences (measured before training)
     speed = rec.throughput
@@ -123,10 +128,10 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     assert moved and all(n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj") for n in moved)  # only the covered matrices moved
     # the same run in calls of 4 members (each call's members scored while the next generates) is the same run
-    split = load_config(ESConfig, lowrank, ["run.budget.completions=270", "run.budget.eval_every_fraction=1.0",
-                                            "members_per_call=4"])
+    split = load_config(ESConfig, lowrank, [*sets, "members_per_call=4"])
     run_method("es", split, tmp_path / "split")
     rec_split = load_record(tmp_path / "split")
+    assert not [n for n in rec_split.notes if "at once" in n]  # 48 sequences a call: one wave each
     assert rec_split.memory["weights_checksum"] == rec.memory["weights_checksum"]
     assert [(p.reward, p.cost, p.lam) for p in rec_split.series] == [(p.reward, p.cost, p.lam) for p in rec.series]
     assert len(rec.series) >= 3  # several updates compared, not only the start

@@ -207,6 +207,15 @@ def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> None:
     kv = pool.submit(0, "kv_cache_bytes").result()
     if kv:
         rec.memory["kv_cache_mb"] = round(kv / 2**20, 1)
+    if cfg.batches_population():
+        sampling = iteration_inputs(cfg, ctx, 0)[1]
+        at_once, rec.memory["kv_cache_tokens"] = pool.submit(0, "sequences_at_once", sampling.max_new_tokens).result()
+        call = cfg.jobs_per_call() * cfg.prompts_per_iteration
+        if call > at_once:
+            rec.notes.append(f"a low-rank call of {call} sequences is more than the engine runs at once ({at_once} "
+                             f"of {sampling.max_new_tokens}+ tokens: max_num_seqs or its KV cache): it runs in waves, "
+                             "and its members are scored only after the last; members_per_call splits it")
+            log.warning(rec.notes[-1])
     # snapshot restore leaves no trace; low-rank members on vLLM are adapters, with no in-place pass to time
     if cfg.probe_engine and cfg.engine.restore == "snapshot" and not cfg.batches_population():
         rec.throughput.update({f"probe_{k}": v for k, v in pool.submit(0, "probe").result().items()})
