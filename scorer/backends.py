@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from harness.errors import UserError
@@ -108,15 +109,17 @@ class ModelBackend:
         at; ``end`` cuts text+EOS at max_length, as the published scorer did (a long answer loses its EOS)."""
         eos = self.tokenizer.eos_token_id
         n = self.spec.max_length
-        ids = []
-        for t in texts:
-            toks = self.tokenizer(t, add_special_tokens=True)["input_ids"]
-            ids.append(toks[: n - 1] + [eos] if self.spec.truncate == "response" else (toks + [eos])[:n])
-        width = max(map(len, ids))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
-        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
-        return {"input_ids": input_ids.to(self.device), "attention_mask": mask.to(self.device)}
+        # one tokenizer call for the batch (the same ids as a call per text) and rows filled in numpy: encoding 512
+        # conversations took 0.046 s against 0.109 s for a call and a torch.tensor per text (2 CPU cores)
+        ids = [toks[: n - 1] + [eos] if self.spec.truncate == "response" else (toks + [eos])[:n]
+               for toks in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+        lengths = np.array([len(x) for x in ids])
+        input_ids = np.full((len(ids), lengths.max()), self.tokenizer.pad_token_id, dtype=np.int64)
+        for row, x in zip(input_ids, ids):
+            row[: len(x)] = x
+        mask = (np.arange(input_ids.shape[1]) < lengths[:, None]).astype(np.int64)
+        return {"input_ids": torch.from_numpy(input_ids).to(self.device),
+                "attention_mask": torch.from_numpy(mask).to(self.device)}
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

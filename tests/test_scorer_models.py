@@ -135,3 +135,14 @@ def test_truncation_keeps_the_eos_or_cuts_like_the_published_scorer(beaver_dir):
     assert keep.encode([long])["input_ids"][0, -1] == eos and keep.encode([long])["input_ids"].shape[1] == 64
     assert cut.encode([long])["input_ids"][0, -1] != eos and cut.encode([long])["input_ids"].shape[1] == 64
     assert cut.encode(TEXTS[1:])["input_ids"][0, -1] == eos  # short texts end at the EOS either way
+
+
+def test_a_batch_encodes_each_text_as_alone(beaver_dir):
+    """The batch is tokenized in one call; each row must hold the ids of its text tokenized alone, EOS appended
+    (cut at max_length), then padding the mask excludes."""
+    b = ModelBackend(BackendSpec(kind="beaver", path=str(beaver_dir), device="cpu", max_length=48))
+    texts = [*TEXTS, "", "naïve café — 改善 🙂 " * 3, TEXTS[0] + " and then" * 40]
+    batch = b.encode(texts)
+    for row, mask, text in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), texts):
+        alone = b.tokenizer(text, add_special_tokens=True)["input_ids"]
+        assert row[: sum(mask)] == alone[:47] + [b.tokenizer.eos_token_id]
