@@ -32,7 +32,8 @@ def run_cli(*args):
     ("population: 7\nantithetic: true\n", "population 7 must be even"),
     ("perturbation: lowrank\nrank: 600\nengine: {kind: vllm}\n", "rank 600: vLLM serves LoRA adapters up to rank 512"),
     ("members_per_call: 4\n", "members_per_call: only low-rank ES on vLLM evaluates several members in one call"),
-    ("perturbation: lowrank\nengine: {kind: vllm}\nmembers_per_call: 0\n", "members_per_call: Input should be greater"),
+    ("perturbation: lowrank\nengine: {kind: vllm}\nmembers_per_call: 0\n",
+     "members_per_call: Value error, 0: a positive number of members, or 'auto'"),
     ("run:\n  eval: {stop_strings: ['']}\n", "empty stop string"),
     ("run:\n  scorer: {kind: http, url: 'http://x', deadline_s: .inf}\n", "deadline_s: Input should be a finite"),
 ])

@@ -112,8 +112,8 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     cfg = load_config(ESConfig, lowrank, sets)
     run_method("es", cfg, tmp_path)
     rec = load_record(tmp_path)
-    waves = [n for n in rec.notes if "more than the engine runs at once" in n]
-    assert len(waves) == 1 and "call of 108 sequences" in waves[0] and "(48 of" in waves[0]
+    assert "9 jobs (108 sequences) per generate call; the engine runs 48 of" in "\n".join(rec.notes)
+    assert len([n for n in rec.notes if "more than the engine runs at once" in n]) == 1
     assert rec.memory["kv_cache_tokens"] > 0
     assert rec.status == "completed" and rec.series[-1].samples >= 270
     # the whole batch against a plain generate of as many unperturbed sequences (measured before training)
@@ -127,11 +127,23 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     moved = {n for n in after if not (after[n] == before[n]).all()}
     assert moved and all(n.split(".")[-2] in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                "down_proj") for n in moved)  # only the covered matrices moved
-    # the same run in calls of 4 members (each call's members scored while the next generates) is the same run
-    split = load_config(ESConfig, lowrank, [*sets, "members_per_call=4"])
+    # the same run in calls that fit (auto: 48 // 12 = 4 jobs; each call's members scored while the next
+    # generates) is the same run
+    split = load_config(ESConfig, lowrank, [*sets, "members_per_call=auto"])
     run_method("es", split, tmp_path / "split")
     rec_split = load_record(tmp_path / "split")
-    assert not [n for n in rec_split.notes if "at once" in n]  # 48 sequences a call: one wave each
+    assert "4 jobs (48 sequences) per generate call" in "\n".join(rec_split.notes)
+    assert not [n for n in rec_split.notes if "more than the engine runs at once" in n]
     assert rec_split.memory["weights_checksum"] == rec.memory["weights_checksum"]
     assert [(p.reward, p.cost, p.lam) for p in rec_split.series] == [(p.reward, p.cost, p.lam) for p in rec.series]
     assert len(rec.series) >= 3  # several updates compared, not only the start
+
+
+@pytest.mark.parametrize("members_per_call, at_once, want", [
+    (None, 48, 9), (3, 48, 3), (3, None, 3), (20, None, 9), ("auto", 48, 4), ("auto", 5, 1), ("auto", None, 9)])
+def test_jobs_per_call(members_per_call, at_once, want):
+    """Population 8 and the base on one engine, 12 prompts: its share in one call, m members, or as many as fit."""
+    cfg = ESConfig(perturbation="lowrank", engine={"kind": "vllm"}, population=8, prompts_per_iteration=12,
+                   members_per_call=members_per_call)
+    assert cfg.jobs_per_call(at_once) == want
+    assert ESConfig(population=8).jobs_per_call(48) == 1  # full-rank: member by member

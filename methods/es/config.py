@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from harness.run import MethodConfig
 from methods.es.engine import EngineConfig
@@ -16,6 +16,13 @@ def engine_share(population: int, engines: int) -> int:
     """Jobs per engine when each evaluates its share in one call: the population and the unperturbed policy,
     split evenly in order (the first shares are all members)."""
     return -(-(population + 1) // engines)
+
+
+def members_or_auto(v: object) -> object:
+    """One message for the field (a union's members would each add their own)."""
+    if v is None or v == "auto" or (type(v) is int and v > 0):
+        return v
+    raise ValueError(f"{v!r}: a positive number of members, or 'auto'")
 
 
 class ESConfig(MethodConfig):
@@ -46,10 +53,10 @@ class ESConfig(MethodConfig):
     # independent: ε per tensor from hash(seed, name); shared_seed: the published code's draw (one generator
     # reseeded with the member's seed for every tensor: same-shape tensors get the same ε), to reproduce it
     noise: Literal["independent", "shared_seed"] = "independent"
-    # low-rank on vLLM: members per generate call (None: an engine's whole share in one call). While one call
-    # generates, the previous call's members are scored; a call should still fill the engine's concurrent batch
-    # (max_num_seqs, or what the KV cache holds) — split only a population that outgrows it.
-    members_per_call: int | None = Field(None, gt=0)
+    # low-rank on vLLM: members per generate call (None: an engine's whole share in one call; auto: as many as
+    # the engine runs at once, read off it when it starts). While one call generates, the previous call's members
+    # are scored; a call should still fill the engine's concurrent batch: split only a population that outgrows it.
+    members_per_call: Annotated[int | Literal["auto"] | None, BeforeValidator(members_or_auto)] = None
 
     def noise_spec(self) -> NoiseSpec:
         if self.perturbation == "lowrank":
@@ -60,13 +67,17 @@ class ESConfig(MethodConfig):
         """Whether one engine call evaluates many members at once (low-rank on vLLM)."""
         return self.perturbation == "lowrank" and self.engine.kind == "vllm"
 
-    def jobs_per_call(self) -> int:
+    def jobs_per_call(self, at_once: int | None = None) -> int:
         """How many jobs (members, and the unperturbed policy) one engine call evaluates: one member by member;
-        a batching engine its share of the population, or ``members_per_call`` of it."""
+        a batching engine its share of the population, or ``members_per_call`` of it (``auto``: as many as fill
+        the ``at_once`` sequences the engine runs at once; its whole share while that is not known)."""
         if not self.batches_population():
             return 1
         share = engine_share(self.population, self.engines)
-        return min(share, self.members_per_call or share)
+        m = self.members_per_call
+        if m == "auto":
+            m = max(1, at_once // self.prompts_per_iteration) if at_once else share
+        return min(share, m or share)
 
     @model_validator(mode="after")
     def _consistent(self) -> "ESConfig":

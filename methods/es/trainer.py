@@ -121,7 +121,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}, "
                                    f"on {len(set(pool.nodes))} node(s)")
     ctx.writer.record.environment["engine_nodes"] = pool.nodes
-    record_engine_figures(pool, cfg, ctx)
+    per_call = cfg.jobs_per_call(record_engine_figures(pool, cfg, ctx))
     if cfg.update == "broadcast" and len(pool) > 1:
         address = pool.submit(0, "sync_address").result()
         [f.result() for f in [pool.submit(i, "sync_init", address, i, len(pool)) for i in range(len(pool))]]
@@ -132,7 +132,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     try:
         ctx.evaluate_due(generator)
         if cfg.probe_engine:
-            ctx.writer.record.throughput.update(probe_speed(pool, cfg, ctx))
+            ctx.writer.record.throughput.update(probe_speed(pool, cfg, ctx, per_call))
         ctx.start_clock()
         columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                    TimeElapsedColumn(), TextColumn("{task.description}")]
@@ -148,7 +148,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 prompts, sampling = iteration_inputs(cfg, ctx, it)
                 jobs = [(seed, sign * cfg.sigma) for seed, sign in members] + [(0, 0.0)]  # last: unperturbed
                 t_pop = time.perf_counter()
-                results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling, cfg.jobs_per_call())
+                results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling, per_call)
                 t_pop = time.perf_counter() - t_pop
                 population, base = results[:-1], results[-1]
 
@@ -201,25 +201,30 @@ def update_engines(pool, cfg: ESConfig, terms: list[tuple[int, float]]) -> list[
     return call_all(pool, "apply_update", terms)
 
 
-def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> None:
-    """Engine 0's perturbation pass against the bandwidth bound, and its preallocated KV cache (vLLM)."""
+def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> int | None:
+    """Engine 0's perturbation pass against the bandwidth bound and its preallocated KV cache (vLLM); for a
+    batching engine, how many sequences it runs at once (returned), and how the population's calls compare."""
     rec = ctx.writer.record
     kv = pool.submit(0, "kv_cache_bytes").result()
     if kv:
         rec.memory["kv_cache_mb"] = round(kv / 2**20, 1)
+    at_once = None
     if cfg.batches_population():
         sampling = iteration_inputs(cfg, ctx, 0)[1]
         at_once, rec.memory["kv_cache_tokens"] = pool.submit(0, "sequences_at_once", sampling.max_new_tokens).result()
-        call = cfg.jobs_per_call() * cfg.prompts_per_iteration
-        if call > at_once:
-            rec.notes.append(f"a low-rank call of {call} sequences is more than the engine runs at once ({at_once} "
-                             f"of {sampling.max_new_tokens}+ tokens: max_num_seqs or its KV cache): it runs in waves, "
-                             "and its members are scored only after the last; members_per_call splits it")
+        jobs = cfg.jobs_per_call(at_once)
+        rec.notes.append(f"low-rank population: {jobs} jobs ({jobs * cfg.prompts_per_iteration} sequences) per "
+                         f"generate call; the engine runs {at_once} of {sampling.max_new_tokens}+ tokens at once")
+        if jobs * cfg.prompts_per_iteration > at_once:
+            rec.notes.append("a low-rank call is more than the engine runs at once (max_num_seqs, or what its KV "
+                             "cache holds): it runs in waves, and its members are scored only after the last; "
+                             "members_per_call (auto: calls that fit) splits it")
             log.warning(rec.notes[-1])
     # snapshot restore leaves no trace; low-rank members on vLLM are adapters, with no in-place pass to time
     if cfg.probe_engine and cfg.engine.restore == "snapshot" and not cfg.batches_population():
         rec.throughput.update({f"probe_{k}": v for k, v in pool.submit(0, "probe").result().items()})
         reset_gpu_peaks()  # the probe's copy buffers are not the run's memory
+    return at_once
 
 
 @dataclass
@@ -255,7 +260,7 @@ class MemberSpeed:
 PROBE_TOKENS = 128  # probe rollouts: long enough for steady decoding, short enough to cost seconds at 7B
 
 
-def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
+def probe_speed(pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> dict[str, float]:
     """Before the training clock, on engine 0 with nothing else on the device: an engine's share of perturbed
     members (one member, or a population batch of adapters) against as many unperturbed sequences, on
     iteration 0's prompts. Each runs twice; the second counts (the first warms shapes up and, for a member,
@@ -263,9 +268,8 @@ def probe_speed(pool, cfg: ESConfig, ctx: RunContext) -> dict[str, float]:
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
     sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
     if cfg.batches_population():  # a call as an iteration makes it: at most max_loras adapters, and the base
-        size = cfg.jobs_per_call()
-        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(size, cfg.population))]
-        jobs = {"raw": [(0, 0.0)] * size, "member": members + [(0, 0.0)] * (size - len(members))}
+        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(per_call, cfg.population))]
+        jobs = {"raw": [(0, 0.0)] * per_call, "member": members + [(0, 0.0)] * (per_call - len(members))}
     else:
         jobs = {"raw": [(0, 0.0)], "member": [(algorithm.SEED_SPACE, cfg.sigma)]}
     speed, prepare = {}, {}
