@@ -112,7 +112,7 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     cfg = load_config(ESConfig, lowrank, sets)
     run_method("es", cfg, tmp_path)
     rec = load_record(tmp_path)
-    assert "9 jobs (108 sequences) per generate call; the engine runs 48 of" in "\n".join(rec.notes)
+    assert "9 jobs (108 sequences) per generate call; the engine runs 48 at once" in "\n".join(rec.notes)
     assert len([n for n in rec.notes if "more than the engine runs at once" in n]) == 1
     assert rec.memory["kv_cache_tokens"] > 0
     assert rec.status == "completed" and rec.series[-1].samples >= 270
@@ -140,7 +140,7 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
 
 
 @pytest.mark.parametrize("members_per_call, at_once, want", [
-    (None, 48, 9), (3, 48, 3), (3, None, 3), (20, None, 9), ("auto", 48, 4), ("auto", 5, 1), ("auto", None, 9)])
+    (None, 48, 9), (3, 48, 3), (3, None, 3), (20, None, 9), ("auto", 48, 4), ("auto", 5, 1), ("auto", 0, 1), ("auto", None, 9)])
 def test_jobs_per_call(members_per_call, at_once, want):
     """Population 8 and the base on one engine, 12 prompts: its share in one call, m members, or as many as fit."""
     cfg = ESConfig(perturbation="lowrank", engine={"kind": "vllm"}, population=8, prompts_per_iteration=12,

@@ -76,7 +76,7 @@ class ESConfig(MethodConfig):
         share = engine_share(self.population, self.engines)
         m = self.members_per_call
         if m == "auto":
-            m = max(1, at_once // self.prompts_per_iteration) if at_once else share
+            m = share if at_once is None else max(1, at_once // self.prompts_per_iteration)
         return min(share, m or share)
 
     @model_validator(mode="after")

@@ -210,11 +210,13 @@ def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> int | None:
         rec.memory["kv_cache_mb"] = round(kv / 2**20, 1)
     at_once = None
     if cfg.batches_population():
-        sampling = iteration_inputs(cfg, ctx, 0)[1]
-        at_once, rec.memory["kv_cache_tokens"] = pool.submit(0, "sequences_at_once", sampling.max_new_tokens).result()
+        prompts, sampling = iteration_inputs(cfg, ctx, 0)  # its longest prompt stands for the run's
+        at_once, rec.memory["kv_cache_tokens"] = pool.submit(0, "sequences_at_once", prompts,
+                                                             sampling.max_new_tokens).result()
         jobs = cfg.jobs_per_call(at_once)
         rec.notes.append(f"low-rank population: {jobs} jobs ({jobs * cfg.prompts_per_iteration} sequences) per "
-                         f"generate call; the engine runs {at_once} of {sampling.max_new_tokens}+ tokens at once")
+                         f"generate call; the engine runs {at_once} at once (longest prompt + "
+                         f"{sampling.max_new_tokens} tokens)")
         if jobs * cfg.prompts_per_iteration > at_once:
             rec.notes.append("a low-rank call is more than the engine runs at once (max_num_seqs, or what its KV "
                              "cache holds): it runs in waves, and its members are scored only after the last; "

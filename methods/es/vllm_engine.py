@@ -167,14 +167,19 @@ class VLLMEngine(InPlaceES):
         return [{"completions": outs[i * n:(i + 1) * n], "generation": wall / len(jobs),
                  "perturb_restore": (t1 - t0) / len(jobs)} for i in range(len(jobs))]
 
-    def sequences_at_once(self, tokens_per_sequence: int) -> tuple[int, int]:
-        """How many sequences of that length vLLM runs at once (its max_num_seqs, or what its KV cache holds),
-        and the KV cache's size in tokens; a call of more runs in waves (and may see sequences preempted)."""
+    def sequences_at_once(self, prompts: Sequence[str], max_new_tokens: int) -> tuple[int, int]:
+        """How many sequences of the longest of these prompts plus ``max_new_tokens`` vLLM runs at once (its
+        max_num_seqs, or what its KV cache holds), and the cache's size in tokens; a call of more runs in waves
+        (and may see sequences preempted)."""
+        from harness.template import format_prompt
+
         vc = self.llm.llm_engine.vllm_config  # the in-process engine core sized the cache into this config
         kv_tokens = (vc.cache_config.num_gpu_blocks or 0) * vc.cache_config.block_size
         if not kv_tokens:  # not sized here (an engine core in another process): only max_num_seqs is known
             return vc.scheduler_config.max_num_seqs, 0
-        return min(vc.scheduler_config.max_num_seqs, kv_tokens // tokens_per_sequence), kv_tokens
+        tokenizer = self.llm.get_tokenizer()
+        longest = max(len(tokenizer(format_prompt(p)).input_ids) for p in prompts)
+        return min(vc.scheduler_config.max_num_seqs, kv_tokens // (longest + max_new_tokens)), kv_tokens
 
     def info(self) -> dict[str, Any]:
         return {"engine": "vllm", "device": self.cfg.device, "dtype": self.cfg.dtype, "parameters": self.n_elements,
