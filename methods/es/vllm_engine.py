@@ -111,9 +111,9 @@ class VLLMEngine(InPlaceES):
                           lora_target_modules=sorted(self.noise_spec.modules))
             if vllm_lora.kernels() != vllm_lora.KERNELS[0]:  # to compare: no graph compiled for the default (the
                 os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"  # compile cache's key has no environment of ours)
-            if vllm_lora.dense() and not vllm_lora.install():  # (the worker installs it too; here it is checked before the engine starts)
+            if vllm_lora.ours() and not vllm_lora.install():  # (the worker installs it too; here it is checked before the engine starts)
                 raise RuntimeError("this vLLM's punica wrappers (PunicaWrapperGPU/CPU) were not found: low-rank "
-                                   "members cannot use the dense LoRA op; ESGRPO_LORA_KERNELS=punica runs vLLM's own")
+                                   "members cannot use our LoRA ops; ESGRPO_LORA_KERNELS=punica runs vLLM's own")
             self.adapters = Path(scratch or ".") / "adapters"
             self.max_loras, self._loaded = max_loras, set[int]()  # adapter ids vLLM holds in its slots
         self.llm = LLM(model=cfg.model_path, dtype=cfg.dtype, worker_extension_cls=WORKER_EXTENSION,

@@ -158,7 +158,8 @@ def kernels() -> str:
     return name
 
 
-def dense() -> bool:
+def ours() -> bool:
+    """Whether vLLM's LoRA layers go through this module's ops (``concat`` or ``dense``), not vLLM's punica kernels."""
     return kernels() != "punica"
 
 
@@ -213,9 +214,10 @@ def with_concat_layout(create_lora_weights):
 
 
 def install() -> bool:
-    """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``; False where there is
-    nothing to route (the punica kernels asked for, no vLLM, or a vLLM whose punica wrappers moved)."""
-    if not dense():
+    """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``, and the fused ones through
+    ``linear_lora_concat`` where ``concat`` is asked for; False where there is nothing to route (the punica kernels
+    asked for, no vLLM, or a vLLM whose punica wrappers moved)."""
+    if not ours():
         return False
     try:
         import vllm.lora.layers.column_parallel_linear as column
