@@ -3,32 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata as md
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from harness.errors import UserError
-
-if TYPE_CHECKING:
-    from harness.run import MethodConfig, RunContext
+from harness.method import Method, MethodConfig
 
 GROUP = "esgrpo.methods"
-
-
-class Method(Protocol):
-    """A training method. ``run`` trains from ``ctx`` (policy, prompts, scorer, budget, λ, record writer)
-    until the budget is spent, evaluating through ``ctx.evaluate_due`` and logging through ``ctx.log_point``.
-    ``launcher`` says how a job spanning several nodes starts it: ``ray`` (one driver, workers as Ray actors on
-    every node) or ``accelerate`` (one process per node, ranks from SLURM). docs/adding-a-method.md says more."""
-
-    name: ClassVar[str]
-    config_model: ClassVar[type["MethodConfig"]]
-    launcher: ClassVar[str]
-
-    def run(self, config: "MethodConfig", ctx: "RunContext") -> None: ...
-
-    def latest_checkpoint(self, run_dir: Path) -> Path | None:
-        """The newest complete checkpoint in ``run_dir`` (it holds ``esgrpo_state.json``), or None."""
-        ...
 
 
 def available() -> list[str]:
@@ -37,8 +16,6 @@ def available() -> list[str]:
 
 def check_conformance(name: str, cls: type) -> None:
     """A registered method has everything the harness calls, or a clear error names what is missing."""
-    from harness.run import MethodConfig
-
     problems = [f"no '{attr}'" for attr in ("name", "config_model", "launcher", "run", "latest_checkpoint")
                 if not hasattr(cls, attr)]
     if hasattr(cls, "config_model") and not (isinstance(cls.config_model, type) and issubclass(cls.config_model, MethodConfig)):

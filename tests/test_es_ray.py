@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from harness.generation import SamplingSettings
-from methods.es.engine import EngineConfig
+from methods.es.engine import EngineConfig, Member
 from methods.es.pool import RayPool, call_all
 
 ROOT = Path(__file__).parents[1]
@@ -18,15 +18,15 @@ def test_two_ray_engines_stay_identical(policy_path, tmp_path):
     try:
         prompts = ["How do I cook rice on the stove?"]
         sampling = SamplingSettings(max_new_tokens=16)
-        start = [pool.submit(i, "checksum").result() for i in range(2)]
+        start = call_all(pool, lambda e: e.checksum())
         assert start[0] == start[1]
         # different members on different engines, as the driver schedules them
-        outs = [pool.submit(i, "evaluate_member", 100 + i, 0.01, prompts, sampling).result() for i in range(2)]
-        assert all(o["completions"] for o in outs)
-        assert [pool.submit(i, "checksum").result() for i in range(2)] == start  # restored
+        outs = [pool.submit(i, lambda e, i=i: e.evaluate_members([Member(100 + i, 0.01)], prompts, sampling)).result()
+                for i in range(2)]
+        assert all(o[0].completions for o in outs)
+        assert call_all(pool, lambda e: e.checksum()) == start  # restored
         for step in range(3):
-            sums = [f.result() for f in [pool.submit(i, "apply_update", [(step, 0.001), (step + 7, -0.002)])
-                                         for i in range(2)]]
+            sums = call_all(pool, lambda e: e.apply_update([(step, 0.001), (step + 7, -0.002)]))
             assert sums[0] == sums[1] != start[0]
     finally:
         pool.shutdown()
@@ -41,13 +41,13 @@ def test_broadcast_update_equals_seed_replay(policy_path, tmp_path):
 
     pool = RayPool(EngineConfig(kind="hf", model_path=str(policy_path)), 2, str(tmp_path))
     try:
-        address = pool.submit(0, "sync_address").result()
-        [f.result() for f in [pool.submit(i, "sync_init", address, i, 2) for i in range(2)]]
-        start = pool.submit(0, "checksum").result()
+        address = pool.submit(0, lambda e: e.sync_address()).result()
+        [f.result() for f in [pool.submit(i, lambda e, i=i: e.sync_init(address, i, 2)) for i in range(2)]]
+        start = pool.submit(0, lambda e: e.checksum()).result()
         terms = [(3, 0.001), (9, -0.002)]
-        replayed_on_0 = pool.submit(0, "apply_update", terms).result()  # what seed replay gives
-        assert replayed_on_0 != start and pool.submit(1, "checksum").result() == start
-        received = call_all(pool, "broadcast_weights", 0)
+        replayed_on_0 = pool.submit(0, lambda e: e.apply_update(terms)).result()  # what seed replay gives
+        assert replayed_on_0 != start and pool.submit(1, lambda e: e.checksum()).result() == start
+        received = call_all(pool, lambda e: e.broadcast_weights(0))
         assert received == [replayed_on_0, replayed_on_0]
         # the trainer's path: both engines move together again, by broadcast
         sent = update_engines(pool, ESConfig(update="broadcast", engines=2), terms)
@@ -81,7 +81,7 @@ def test_es_engines_on_two_ray_nodes(policy_path, tmp_path):
                         "false", *common], env=env, check=True, capture_output=True)
         subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", *common], env=env, check=True,
                        capture_output=True)
-        r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "es", "--config",
+        r = subprocess.run([sys.executable, "-m", "harness.launch.cli", "run", "es", "--config",
                             str(ROOT / "configs/es/cpu-default.yaml"), "--run-dir", str(tmp_path / "run"),
                             "--set", "pool=ray", "--set", "engines=2", "--set", f"ray_address=127.0.0.1:{port}",
                             "--set", "engine.threads=1", "--set", "engine_start_timeout_s=180",

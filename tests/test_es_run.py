@@ -141,9 +141,9 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
 
 @pytest.mark.parametrize("members_per_call, at_once, want", [
     (None, 48, 9), (3, 48, 3), (3, None, 3), (20, None, 9), ("auto", 48, 4), ("auto", 5, 1), ("auto", 0, 1), ("auto", None, 9)])
-def test_jobs_per_call(members_per_call, at_once, want):
+def test_members_per_call_for(members_per_call, at_once, want):
     """Population 8 and the base on one engine, 12 prompts: its share in one call, m members, or as many as fit."""
     cfg = ESConfig(perturbation="lowrank", engine={"kind": "vllm"}, population=8, prompts_per_iteration=12,
                    members_per_call=members_per_call)
-    assert cfg.jobs_per_call(at_once) == want
-    assert ESConfig(population=8).jobs_per_call(48) == 1  # full-rank: member by member
+    assert cfg.members_per_call_for(at_once) == want
+    assert ESConfig(population=8).members_per_call_for(48) == 1  # full-rank: member by member

@@ -62,8 +62,8 @@ def test_scorer_api_never_fails_or_amplifies(scorer_api, label, mode):
     check()
 
 
-CONFIG_MODELS = ["harness.benchmark:BenchmarkSpec", "methods.es.config:ESConfig", "methods.grpo.config:GRPOSettings",
-                 "scorer.service_config:ScorerServiceConfig", "harness.slurm:ClusterSettings"]
+CONFIG_MODELS = ["harness.launch.benchmark:BenchmarkSpec", "methods.es.config:ESConfig", "methods.grpo.config:GRPOSettings",
+                 "scorer.service_config:ScorerServiceConfig", "harness.launch.slurm:ClusterSettings"]
 
 
 def model(path: str):

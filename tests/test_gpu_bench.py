@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.random_models import build_random_policy, padded_tokenizer
+from harness.fixtures.random_models import build_random_policy, padded_tokenizer
 
 ROOT = Path(__file__).parents[1]
 
@@ -29,7 +29,7 @@ def test_figures_from_the_committed_h100_records(tmp_path):
     and an ES run whose first iteration compiled kernels."""
     import shutil
 
-    from harness.gpu_bench import collect_figures, render_readme
+    from harness.launch.gpu_bench import collect_figures, render_readme
     from harness.records import load_record
 
     runs = tmp_path / "runs"
@@ -71,7 +71,7 @@ def test_figures_from_the_committed_h100_records(tmp_path):
 @pytest.mark.slow
 def test_bench_gpu_pipeline_on_cpu(policy_path, tmp_path):
     out, runs = tmp_path / "out", tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "harness.cli", "bench", "gpu", "--spec",
+    r = subprocess.run([sys.executable, "-m", "harness.launch.cli", "bench", "gpu", "--spec",
                         str(ROOT / "tests" / "fixtures" / "bench-cpu.yaml"), "--shape", "tiny",
                         "--scorer-shape", "tiny", "--out", str(out), "--runs-dir", str(runs)],
                        capture_output=True, text=True, cwd=ROOT)

@@ -33,6 +33,8 @@ def test_grpo_steps_through_the_scorer_service(policy_path, scorer_service, tmp_
         assert p.lam == pytest.approx(state.value) and p.j_c == pytest.approx(p.cost)
     assert rec.series[-1].lam != rec.series[0].lam
     assert {"generation", "scoring", "backward_optimizer"} <= rec.series[0].times.keys()
+    # the TRL hook fired on every step: generation is TRL's generate-and-score phase less scoring, never 0
+    assert all(p.times["generation"] > 0 for p in rec.series)
     assert "loss" in rec.series[0].extra
     assert rec.scorer["url"].startswith("http://127.0.0.1")
     assert (tmp_path / "model_saves" / "latest_hf" / "model.safetensors").is_file()
@@ -86,7 +88,7 @@ def test_grpo_generates_with_colocated_vllm_and_syncs_its_weights(policy_path, t
         return {n: p.detach().cpu().clone() for n, p in worker.model_runner.model.named_parameters() if n in wanted}
 
     llm = trainer.vllm_generation.llm
-    from harness.vllm_memory import llm_kv_cache_bytes
+    from harness.vllm.memory import llm_kv_cache_bytes
 
     # the KV cache the record reports apart: VLLM_CPU_KVCACHE_SPACE=1 GiB preallocated
     assert llm_kv_cache_bytes(llm) == pytest.approx(2**30, rel=0.05)
@@ -119,7 +121,7 @@ def test_grpo_on_two_processes_agrees_on_lambda_and_budget(policy_path, tmp_path
     cfg.write_text("run:\n  budget: {completions: 64, eval_every_fraction: 1.0}\n  eval: {max_new_tokens: 16, limit: 8}\n"
                    "num_generations: 4\nprompts_per_step: 4\nlearning_rate: 5.0e-5\nthreads: 1\n")
     torchrun = str(Path(sys.executable).parent / "torchrun")
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "harness.cli", "run", "grpo", "--config", str(cfg),
+    r = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "harness.launch.cli", "run", "grpo", "--config", str(cfg),
                         "--run-dir", str(tmp_path / "run")], capture_output=True, text=True,
                        cwd=Path(__file__).parents[1])
     assert r.returncode == 0, r.stderr[-3000:]
@@ -141,3 +143,33 @@ def test_vllm_sleep_mode_is_refused_where_vllm_cannot_sleep():
             load_config(GRPOSettings, CPU_DEFAULT, extra)
     ok = load_config(GRPOSettings, CPU_DEFAULT, ["vllm_sleep_mode=true", "use_vllm=true", "device=cuda"])
     assert ok.vllm_sleep_mode
+
+
+def test_a_trl_without_the_generate_and_score_hook_is_named():
+    from trl import GRPOTrainer
+
+    from methods.grpo import trl_compat
+
+    class Moved(GRPOTrainer):
+        _generate_and_score_completions = None
+
+    with pytest.raises(trl_compat.TRLIncompatible, match="Moved._generate_and_score_completions not found"):
+        trl_compat.timed_trainer(Moved, lambda s: None)
+    seconds = []
+
+    class Fake:  # the hook wraps the class's own method and reports its time
+        def _generate_and_score_completions(self, inputs):
+            return inputs * 2
+
+    timed = trl_compat.timed_trainer(Fake, seconds.append)
+    assert timed()._generate_and_score_completions(21) == 42 and len(seconds) == 1 and seconds[0] >= 0
+
+
+def test_an_unchecked_trl_release_is_refused(monkeypatch):
+    import trl
+
+    from methods.grpo import trl_compat
+
+    monkeypatch.setattr(trl, "__version__", "1.99.0")
+    with pytest.raises(trl_compat.TRLIncompatible, match=r"TRL 1.99.0 is not a release .* \(supported: 1.16.x\)"):
+        trl_compat.check_version()

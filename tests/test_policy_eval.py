@@ -18,7 +18,7 @@ ROOT = Path(__file__).parents[1]
 
 
 def eval_cli(out: Path, rendezvous: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", "eval", "--out", str(out), "--label", "base",
+    return subprocess.Popen([sys.executable, "-m", "harness.launch.cli", "eval", "--out", str(out), "--label", "base",
                              "--from-spec", str(ROOT / "benchmarks" / "cpu-default.yaml"),
                              "--set", f"scorer={{kind: http, rendezvous: {rendezvous}}}", "--set", "batch_size=5"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT)

@@ -23,7 +23,7 @@ ES_SETS = ["run.budget.completions=540", "run.budget.eval_every_fraction=0.5", "
 
 
 def es_cli_args(run_dir: Path) -> list[str]:
-    args = [sys.executable, "-m", "harness.cli", "run", "es", "--config", str(ROOT / "configs/es/cpu-default.yaml"),
+    args = [sys.executable, "-m", "harness.launch.cli", "run", "es", "--config", str(ROOT / "configs/es/cpu-default.yaml"),
             "--run-dir", str(run_dir)]
     for s in ES_SETS:
         args += ["--set", s]
@@ -117,7 +117,7 @@ def test_es_survives_a_scorer_outage(reference, make_scorer_service, tmp_path):
 
 
 def grpo_cli_args(run_dir: Path, sets: list[str]) -> list[str]:
-    args = [sys.executable, "-m", "harness.cli", "run", "grpo", "--config", str(ROOT / "configs/grpo/cpu-default.yaml"),
+    args = [sys.executable, "-m", "harness.launch.cli", "run", "grpo", "--config", str(ROOT / "configs/grpo/cpu-default.yaml"),
             "--run-dir", str(run_dir)]
     for s in ["num_generations=4", "prompts_per_step=4", "run.lambda.eta=0.5", *sets]:
         args += ["--set", s]
@@ -181,7 +181,7 @@ def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, t
     runs, run_dir = tmp_path / "runs", tmp_path / "runs" / "es-s0"
 
     def bench(*extra) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "harness.cli", "benchmark", "--spec", str(path), "--runs-dir",
+        return subprocess.Popen([sys.executable, "-m", "harness.launch.cli", "benchmark", "--spec", str(path), "--runs-dir",
                                  str(runs), "--out", str(tmp_path / "report"), *extra],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from harness.errors import BadScorerReply, ScorerError, UserError
-from harness.scoring import ScorerSpec, make_scorer
+from harness.run import make_scorer
+from harness.scoring import ScorerSpec
 from scorer.server import check_rendezvous, create_app
 from scorer.service_config import ScorerServiceConfig
 

@@ -92,7 +92,7 @@ def test_hf_classifier_and_mixed_backends(tmp_path, policy_path):
 def test_safe_rlhf_saved_checkpoint_normalizes_as_safe_rlhf(tmp_path, policy_path, score_type, expected):
     """config.json as safe-rlhf writes it (list-valued mean/var, do_normalize) scores as its Normalizer does:
     reward models affine, cost models scale, epsilon 1e-8."""
-    from harness.random_models import build_random_beaver
+    from harness.fixtures.random_models import build_random_beaver
 
     raw_dir = build_random_beaver("tiny", tmp_path / "raw", score_type, seed=3)
     norm_dir = build_random_beaver("tiny", tmp_path / "norm", score_type, seed=3, normalize=(0.258, 2.1))

@@ -8,7 +8,8 @@ import httpx
 import pytest
 
 from harness.errors import ScorerUnavailable, UserError
-from harness.scoring import ScorerSpec, make_scorer
+from harness.run import make_scorer
+from harness.scoring import ScorerSpec
 from harness.scoring.builtin import BuiltinScorer
 from scorer.server import create_app
 from scorer.service_config import ScorerServiceConfig

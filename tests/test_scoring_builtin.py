@@ -1,5 +1,6 @@
 from harness.data import load_prompt_set
-from harness.scoring import ScorerSpec, make_scorer
+from harness.run import make_scorer
+from harness.scoring import ScorerSpec
 from harness.scoring.builtin import BuiltinScorer, JudgeScorer
 from harness.template import cut_at_stop, format_conversation, split_conversation
 

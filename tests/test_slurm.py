@@ -41,7 +41,7 @@ def tiny_spec(tmp_path: Path) -> Path:
 
 def test_rendered_scripts_are_plain_sbatch(tmp_path):
     from harness.config import load_config
-    from harness.slurm import ClusterSettings, render
+    from harness.launch.slurm import ClusterSettings, render
 
     cluster = load_config(ClusterSettings, ROOT / "containers/slurm/cluster-example.yaml")
     _, scripts, _ = render(tiny_spec(tmp_path), cluster, runs_dir=tmp_path / "runs")
@@ -60,7 +60,7 @@ def test_rendered_scripts_are_plain_sbatch(tmp_path):
 def test_values_are_quoted_and_names_cannot_inject(tmp_path):
     from harness.config import load_config
     from harness.errors import UserError
-    from harness.slurm import ClusterSettings, dry_run, render
+    from harness.launch.slurm import ClusterSettings, dry_run, render
 
     cluster = load_config(ClusterSettings, ROOT / "containers/slurm/local.yaml")
     runs = tmp_path / "my runs; touch PWNED"
@@ -86,7 +86,7 @@ def test_values_are_quoted_and_names_cannot_inject(tmp_path):
 def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, grpo_entries):
     from typer.testing import CliRunner
 
-    from harness.cli import app
+    from harness.launch.cli import app
 
     r = CliRunner().invoke(app, ["slurm", "submit", "--spec", str(ROOT / "benchmarks" / spec), "--cluster",
                                  str(ROOT / "containers/slurm/cluster-gpu.yaml"), "--runs-dir", str(tmp_path), "--dry-run"])
@@ -103,14 +103,14 @@ def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, g
     assert '"rendezvous": ' in es and '"token_file": ' in es and "apptainer exec --nv" in es
     for name in grpo_entries:  # one process per GPU under accelerate (DeepSpeed ZeRO-2 from the GRPO config)
         grpo = parts[f"{name}.sbatch"]
-        assert "#SBATCH --gres=gpu:4" in grpo and "accelerate launch --num_processes 4 -m harness.cli benchmark" in grpo
+        assert "#SBATCH --gres=gpu:4" in grpo and "accelerate launch --num_processes 4 -m harness.launch.cli benchmark" in grpo
         assert f"--only {name}" in grpo
     assert "--report-only" in parts["report.sbatch"] and "scancel" in parts["report.sbatch"]
 
 
 def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
     from harness.config import load_config
-    from harness.slurm import ClusterSettings, render
+    from harness.launch.slurm import ClusterSettings, render
 
     base = load_config(ClusterSettings, ROOT / "containers/slurm/cluster-example.yaml").model_dump()
     cluster = ClusterSettings.model_validate({**base, "methods": {"es": {"nodes": 3, "gpus": 4, "cpus": 32},
@@ -129,7 +129,7 @@ def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
     # GRPO: accelerate on each node, machine rank from SLURM, 8 processes
     assert "srun --nodes=2 --ntasks-per-node=1 --gres=gpu:4 bash" in grpo
     node = (slurm_dir / "grpo-node.sh").read_text()
-    assert '--machine_rank "$SLURM_NODEID"' in node and "--num_processes 8" in node and "-m harness.cli benchmark" in node
+    assert '--machine_rank "$SLURM_NODEID"' in node and "--num_processes 8" in node and "-m harness.launch.cli benchmark" in node
     assert subprocess.run(["bash", "-n", str(slurm_dir / "grpo-node.sh")]).returncode == 0
 
 

@@ -57,7 +57,7 @@ def test_vllm_punica_wrapper_routes_through_the_dense_op(rank, padded):
     from vllm.lora.layers import LoRAMapping
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-    assert vllm_lora.install()
+    vllm_lora.install("dense")
     wrapper = PunicaWrapperCPU(64, 8, "cpu")
     ids = [11, 12, 13, 14, 15]  # adapter id in each slot
     mapping = LoRAMapping([ids[s] if s >= 0 else 0 for s in SLOT.tolist()], [0] * len(SLOT))

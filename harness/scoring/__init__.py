@@ -1,6 +1,6 @@
-"""The scorer contract: ``score(prompts, responses) -> Scores(rewards, costs)``; cost <= 0 means safe."""
+"""The scorer contract: ``score(prompts, responses) -> Scores(rewards, costs)``; cost <= 0 means safe. The run driver
+(``harness.run.make_scorer``) builds the one a run names."""
 
 from harness.scoring.protocol import Scorer, Scores, ScorerSpec
-from harness.scoring.factory import make_scorer
 
-__all__ = ["Scorer", "Scores", "ScorerSpec", "make_scorer"]
+__all__ = ["Scorer", "Scores", "ScorerSpec"]

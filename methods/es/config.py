@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from harness.run import MethodConfig
+from harness.method import MethodConfig
 from methods.es.engine import EngineConfig
 from methods.es.noise import LOWRANK_MODULES, NoiseSpec
 from methods.es.vllm_engine import LORA_RANKS
@@ -67,8 +67,8 @@ class ESConfig(MethodConfig):
         """Whether one engine call evaluates many members at once (low-rank on vLLM)."""
         return self.perturbation == "lowrank" and self.engine.kind == "vllm"
 
-    def jobs_per_call(self, at_once: int | None = None) -> int:
-        """How many jobs (members, and the unperturbed policy) one engine call evaluates: one member by member;
+    def members_per_call_for(self, at_once: int | None = None) -> int:
+        """How many members (the unperturbed policy among them) one engine call evaluates: one member by member;
         a batching engine its share of the population, or ``members_per_call`` of it (``auto``: as many as fill
         the ``at_once`` sequences the engine runs at once; its whole share while that is not known)."""
         if not self.batches_population():

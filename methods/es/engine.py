@@ -1,32 +1,26 @@
-"""The ES engine contract (``ESEngine``) and the in-place implementation every engine shares (``InPlaceES``).
+"""The ES engine contract: what the trainer asks of an engine (``ESEngine``), the jobs it hands out (``Member``) and
+what comes back (``MemberOutput``).
 
-An engine holds one copy of the policy weights and does, in place: ``perturb(seed, scale)`` θ += scale·ε(seed);
-``restore(seed, scale)`` back to θ exactly (snapshot) or θ −= scale·ε(seed) (subtract: exact in fp32 up to
-rounding, not in bf16); ``apply_update(terms)`` θ += Σ c·ε(seed); ``generate``; ``checksum``; ``save_hf(dir)``.
-ε is the engine's ``Noise`` (noise.py). A new operation is written once, in ``InPlaceES``: the transformers
-engine inherits it, and the vLLM engine reaches the same code inside its worker through one RPC
-(``VLLMEngine.IN_WORKER`` names the operations that run there).
+An engine holds one copy of the policy weights and changes them in place, keyed by integer seeds, so engines agree
+without sending weights. Two engines meet the contract: ``HFEngine`` (transformers, in this process) and
+``VLLMEngine`` (an ``LLM`` whose worker holds the weights; it reaches them through a typed worker proxy). Both share
+the weight operations of ``methods.es.in_place.InPlaceES`` and the member loop below (``evaluate_in_place``).
 """
 
 from __future__ import annotations
 
-import shutil
-import statistics
+import os
 import time
-from pathlib import Path
+import warnings
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.config import StrictModel
 from harness.generation import Completion, SamplingSettings
-from methods.es.noise import Noise
-
-PROBE_COPY_BYTES = 256 << 20
-PROBE_SEED = 2**31 - 1  # outside the trainer's member seeds; the probe restores exactly (snapshot) anyway
-HF_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "chat_template.jinja")
+from methods.es.noise import UpdateTerms
 
 
 class EngineConfig(StrictModel):
@@ -45,14 +39,59 @@ class EngineConfig(StrictModel):
     enforce_eager: bool | None = None
     max_model_len: int = Field(256, gt=0)
     max_num_seqs: int | None = Field(None, gt=0)  # vLLM's concurrent sequences (None: vLLM's default)
+    # low-rank members on vLLM: how their products are computed (methods/es/vllm_lora.py). concat: the fused
+    # q/k/v and gate/up layers inside their base GEMM, the others by the dense op; dense: the dense op everywhere;
+    # punica: vLLM's own kernels (to compare)
+    lora_ops: Literal["concat", "dense", "punica"] = "concat"
 
     def eager(self) -> bool:
         return self.device == "cpu" if self.enforce_eager is None else self.enforce_eager
 
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_lora_env(cls, data: Any) -> Any:
+        """``ESGRPO_LORA_KERNELS`` picked the LoRA ops before ``lora_ops`` existed: it still does, for one release,
+        where the config leaves the key unset (and the record keeps what it picked)."""
+        old = os.environ.get("ESGRPO_LORA_KERNELS")
+        if old and isinstance(data, dict) and "lora_ops" not in data:
+            warnings.warn("ESGRPO_LORA_KERNELS is deprecated and goes in the next release: set the ES config key "
+                          f"engine.lora_ops: {old} instead", DeprecationWarning, stacklevel=2)
+            data = {**data, "lora_ops": old}
+        return data
+
+
+@dataclass(frozen=True)
+class Member:
+    """One job of a population: the policy θ + scale·ε(seed). ``UNPERTURBED`` (scale 0) is θ itself."""
+
+    seed: int
+    scale: float
+
+    @property
+    def perturbed(self) -> bool:
+        return self.scale != 0.0
+
+
+UNPERTURBED = Member(seed=0, scale=0.0)
+
+
+@dataclass
+class MemberOutput:
+    """A member's completions and the seconds spent on it: generating, and making it (perturbing and restoring in
+    place, or writing its adapter)."""
+
+    completions: list[Completion]
+    generation_s: float
+    prepare_s: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(c.n_tokens for c in self.completions)
+
 
 class ESEngine(Protocol):
-    """What the ES trainer asks of an engine. All weight changes are in place and keyed by integer seeds, so
-    engines agree without sending weights; every method may be called from another process (Ray)."""
+    """Every operation the ES trainer, its speed probe and the weight sync call. Weight changes are in place and
+    finished on the device when a call returns; every call may come from another process (Ray)."""
 
     def perturb(self, seed: int, scale: float) -> None:
         """θ += scale·ε(seed)."""
@@ -60,13 +99,12 @@ class ESEngine(Protocol):
     def restore(self, seed: int, scale: float) -> None:
         """Back to θ from before ``perturb(seed, scale)``."""
 
-    def apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
-        """θ += Σ c·ε(seed); returns the weights' checksum (engines must agree)."""
+    def apply_update(self, terms: UpdateTerms) -> str:
+        """θ += Σ c·ε(seed) over (seed, c) terms; returns the weights' checksum (engines must agree)."""
 
-    def evaluate_members(self, jobs: Sequence[tuple[int, float]], prompts: Sequence[str],
-                         sampling: SamplingSettings) -> list[dict[str, Any]]:
-        """For each (seed, scale) job, the completions of θ + scale·ε(seed) on ``prompts`` (scale 0: θ itself),
-        with the seconds spent generating and perturbing; θ is unchanged afterwards."""
+    def evaluate_members(self, members: Sequence[Member], prompts: Sequence[str],
+                         sampling: SamplingSettings) -> list[MemberOutput]:
+        """Each member's completions on ``prompts``, in order; θ is unchanged afterwards."""
 
     def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
         """One completion per prompt with the current weights."""
@@ -74,196 +112,66 @@ class ESEngine(Protocol):
     def checksum(self) -> str:
         """Fingerprint of the weights (float64 sum and sum of squares): equal iff engines agree."""
 
-    def count_elements(self) -> int: ...
+    def count_elements(self) -> int:
+        """How many weight elements ES perturbs."""
 
     def save_hf(self, out_dir: str, source_dir: str) -> str:
         """An HF checkpoint of the current weights (config and tokenizer from ``source_dir``)."""
 
-
-class InPlaceES:
-    """Perturb/restore/update over ``named_views()``: (HF name, live tensor view) pairs, through ``self.noise``."""
-
-    restore_mode: str = "snapshot"
-    noise: Noise
-    _snapshot: list[torch.Tensor] | None = None
-
-    def named_views(self) -> list[tuple[str, torch.Tensor]]:
-        raise NotImplementedError
-
-    def perturb(self, seed: int, scale: float) -> None:
-        views = self.named_views()
-        if self.restore_mode == "snapshot" and self._snapshot is None:
-            self._snapshot = [v.detach().clone() for _, v in views]
-        self.noise.add_(views, [(seed, scale)])
-
-    def restore(self, seed: int, scale: float) -> None:
-        views = self.named_views()
-        if self.restore_mode == "snapshot":
-            assert self._snapshot is not None, "restore() without perturb()"
-            with torch.no_grad():
-                torch._foreach_copy_([v for _, v in views], self._snapshot)  # one launch, not one per tensor
-        else:
-            self.noise.add_(views, [(seed, -scale)])
-
-    def apply_update(self, terms: Sequence[tuple[int, float]]) -> str:
-        views = self.named_views()
-        self.noise.add_(views, list(terms))
-        if self._snapshot is not None:
-            with torch.no_grad():
-                torch._foreach_copy_(self._snapshot, [v for _, v in views])
-        self._sync()
-        return self.checksum()
-
-    def _sync(self) -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-
-    def checksum(self) -> str:
-        """Cheap fingerprint of the weights: float64 sum and sum of squares, equal iff engines agree (same device
-        type). Reduced on the device with one transfer at the end (one per tensor made it 7 % of a 0.5B
-        iteration on an H100)."""
-        views = [v for _, v in self.named_views()]
-        with torch.no_grad():
-            sums = torch.stack([v.sum(dtype=torch.float64) for v in views]).sum()
-            norms = torch.stack([torch.linalg.vector_norm(v, dtype=torch.float64) for v in views])
-            total, sq = torch.stack([sums, (norms * norms).sum()]).tolist()
-        return f"{total:.10e}/{sq:.10e}"
-
-    def count_elements(self) -> int:
-        return sum(v.numel() for _, v in self.named_views())
-
     def probe(self, repeat: int = 5) -> dict[str, float]:
-        """One perturbation pass over all weights, timed against its memory-bandwidth bound: 2 × weight bytes
-        (read + write) ÷ a device-to-device copy measured here (256 MiB at most: enough to saturate it)."""
-        views = self.named_views()
-        weight_bytes = sum(v.numel() * v.element_size() for _, v in views)
-        probe_bytes = min(weight_bytes, PROBE_COPY_BYTES)
-        src = torch.empty(probe_bytes, dtype=torch.uint8, device=views[0][1].device)
-        dst = torch.empty_like(src)
-        copy_s = self._median_seconds(lambda: dst.copy_(src), repeat)
-        src = dst = None  # freed before the rest of the probe
-        if torch.cuda.is_available():  # hand the buffers back: they must not count in the run's memory peak
-            torch.cuda.empty_cache()
-        copy_bps = 2 * probe_bytes / copy_s
-        seed, passes, restores = PROBE_SEED, [], []
-        for _ in range(repeat + 1):  # the first pass warms up (and takes the snapshot)
-            # each timed on its own: a restore still running on the device when the next perturbation's clock
-            # starts is counted in it (the H100 figures before this, 2.06-2.42 × the bound, were pass + restore)
-            for op, times in ((self.perturb, passes), (self.restore, restores)):
-                self._sync()
-                t = time.perf_counter()
-                op(seed, 1e-3)
-                self._sync()
-                times.append(time.perf_counter() - t)
-        bound = 2 * weight_bytes / copy_bps
-        perturb_s = statistics.median(passes[1:])
-        return {"weight_bytes": weight_bytes, "copy_GBps": copy_bps / 1e9, "perturb_pass_s": perturb_s,
-                "restore_pass_s": statistics.median(restores[1:]), "bandwidth_bound_s": bound,
-                "perturb_vs_bound": perturb_s / bound}
-
-    def _median_seconds(self, fn, repeat: int) -> float:
-        fn()
-        times = []
-        for _ in range(repeat):
-            self._sync()
-            t = time.perf_counter()
-            fn()
-            self._sync()
-            times.append(time.perf_counter() - t)
-        return statistics.median(times)
-
-    # -- the broadcast update: engine 0 applies it, every engine receives its weights (NCCL on GPU, gloo on CPU)
-
-    def sync_address(self) -> str:
-        """Where engine 0 hosts the rendezvous store of the engines' weight-sync group."""
-        import socket
-
-        try:
-            import ray
-
-            host = ray.util.get_node_ip_address()
-        except Exception:  # noqa: BLE001 - no Ray: one machine
-            host = "127.0.0.1"
-        with socket.socket() as s:
-            s.bind(("", 0))
-            return f"{host}:{s.getsockname()[1]}"
-
-    def sync_init(self, address: str, rank: int, world: int) -> None:
-        """Join the weight-sync group: its own process group (vLLM holds the default one in its workers)."""
-        import datetime
-
-        import torch.distributed as dist
-
-        host, port = address.rsplit(":", 1)
-        store = dist.TCPStore(host, int(port), world, is_master=rank == 0, timeout=datetime.timedelta(minutes=10))
-        store = dist.PrefixStore("esgrpo-weights", store)
-        device = self.named_views()[0][1].device
-        self._group = (dist.ProcessGroupNCCL(store, rank, world) if device.type == "cuda"
-                       else dist.ProcessGroupGloo(store, rank, world, datetime.timedelta(minutes=10)))
-        self._store = store  # the store must outlive the group
-
-    def broadcast_weights(self, src: int = 0) -> str:
-        """Every weight from engine ``src`` (which applied the update) to this engine, in place."""
-        views = [v for _, v in self.named_views()]
-        with torch.no_grad():
-            for v in views:
-                # the collectives need contiguous tensors; a low-rank vLLM engine's fused weights are strided views
-                buf = v if v.is_contiguous() else v.contiguous()
-                self._group.broadcast(buf, src).wait()
-                if buf is not v:
-                    v.copy_(buf)
-            if self._snapshot is not None:
-                torch._foreach_copy_(self._snapshot, views)
-        self._sync()
-        return self.checksum()
+        """One perturbation pass over all weights timed against its memory-bandwidth bound."""
 
     def kv_cache_bytes(self) -> int:
-        return 0  # engines that preallocate a KV cache (vLLM) report it
+        """The KV cache the engine preallocated (0 for engines that allocate as they go)."""
 
-    def export_state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: v.detach().to("cpu", copy=True).contiguous() for name, v in self.named_views()}
+    def sequences_at_once(self, prompts: Sequence[str], max_new_tokens: int) -> tuple[int, int]:
+        """How many sequences of the longest prompt plus ``max_new_tokens`` the engine runs at once, and its KV
+        cache in tokens (0: not preallocated)."""
 
-    def save_hf(self, out_dir: str, source_dir: str) -> str:
-        """HF-format checkpoint (safetensors + the source model's config and tokenizer), written atomically."""
-        from safetensors.torch import save_file
+    def sync_address(self) -> str:
+        """Where engine 0 hosts the rendezvous of the engines' weight-sync group."""
 
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in HF_FILES:
-            if (Path(source_dir) / f).is_file():
-                shutil.copy2(Path(source_dir) / f, tmp / f)
-        save_file(self.export_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        return str(out)
+    def sync_init(self, address: str, rank: int, world: int) -> None:
+        """Join the weight-sync group."""
 
-    def evaluate_members(self, jobs: Sequence[tuple[int, float]], prompts: Sequence[str],
-                         sampling: SamplingSettings) -> list[dict[str, Any]]:
-        return [self.evaluate_member(seed, scale, prompts, sampling) for seed, scale in jobs]
+    def broadcast_weights(self, src: int = 0) -> str:
+        """Every weight from engine ``src`` to this one, in place; returns the checksum."""
 
-    def evaluate_member(self, seed: int, scale: float, prompts: Sequence[str],
-                        sampling: SamplingSettings) -> dict[str, Any]:
-        """Perturb, generate, restore: one population member. ``scale`` 0 is the unperturbed policy."""
+    def info(self) -> dict[str, Any]:
+        """What the engine is (kind, device, dtype, parameters), for the record."""
+
+
+class InPlaceMembers(Protocol):
+    """What the member loop needs of an engine whose members are made in place."""
+
+    def perturb(self, seed: int, scale: float) -> None: ...
+
+    def restore(self, seed: int, scale: float) -> None: ...
+
+    def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]: ...
+
+    def sync(self) -> None:
+        """Wait until the device has finished the weight change (the clock stops only then)."""
+
+
+def evaluate_in_place(engine: InPlaceMembers, members: Sequence[Member], prompts: Sequence[str],
+                      sampling: SamplingSettings) -> list[MemberOutput]:
+    """Perturb, generate, restore, member by member: the one member loop of engines that change weights in place."""
+    outputs = []
+    for m in members:
         t0 = time.perf_counter()
-        if scale:
-            self.perturb(seed, scale)
-            self._sync()
+        if m.perturbed:
+            engine.perturb(m.seed, m.scale)
+            engine.sync()
         t1 = time.perf_counter()
-        completions = self.generate(prompts, sampling)
+        completions = engine.generate(prompts, sampling)
         t2 = time.perf_counter()
-        if scale:
-            self.restore(seed, scale)
-            self._sync()
+        if m.perturbed:
+            engine.restore(m.seed, m.scale)
+            engine.sync()
         t3 = time.perf_counter()
-        return {"completions": completions, "generation": t2 - t1, "perturb_restore": (t1 - t0) + (t3 - t2)}
-
-    def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
-        raise NotImplementedError
+        outputs.append(MemberOutput(completions, generation_s=t2 - t1, prepare_s=(t1 - t0) + (t3 - t2)))
+    return outputs
 
 
 def torch_dtype(name: str) -> torch.dtype:

@@ -7,7 +7,8 @@ from typing import Any, Sequence
 import torch
 
 from harness.generation import Completion, HFGenerator, SamplingSettings
-from methods.es.engine import EngineConfig, InPlaceES, torch_dtype
+from methods.es.engine import EngineConfig, Member, MemberOutput, evaluate_in_place, torch_dtype
+from methods.es.in_place import InPlaceES
 from methods.es.noise import NoiseSpec, make_noise
 
 
@@ -32,6 +33,13 @@ class HFEngine(InPlaceES):
 
     def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
         return self._gen.generate(prompts, sampling)
+
+    def evaluate_members(self, members: Sequence[Member], prompts: Sequence[str],
+                         sampling: SamplingSettings) -> list[MemberOutput]:
+        return evaluate_in_place(self, members, prompts, sampling)
+
+    def sequences_at_once(self, prompts: Sequence[str], max_new_tokens: int) -> tuple[int, int]:
+        return self.cfg.batch_size, 0  # generates in batches of this size; no preallocated KV cache
 
     def info(self) -> dict[str, Any]:
         return {"engine": "hf", "device": self.cfg.device, "dtype": self.cfg.dtype,

@@ -7,7 +7,7 @@ from typing import ClassVar
 from pathlib import Path
 
 from harness.checkpoint import CheckpointManager
-from harness.run import RunContext
+from harness.method import RunContext
 from methods.es.config import ESConfig
 
 

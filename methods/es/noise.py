@@ -31,6 +31,7 @@ from harness.errors import UserError
 
 LOWRANK_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 VOCAB_PADDING = 64  # vLLM pads embeddings and lm_head to a multiple of this (DEFAULT_VOCAB_PADDING_SIZE)
+UpdateTerms = Sequence[tuple[int, float]]  # (seed, coefficient) pairs: θ += Σ c·ε(seed)
 
 
 class NoiseSpec(StrictModel):
@@ -42,7 +43,7 @@ class NoiseSpec(StrictModel):
 
 
 class Noise(Protocol):
-    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: UpdateTerms) -> None:
         """θ += Σ c·ε(seed) for every (name, tensor) view, in place, accumulated in fp32 and rounded once."""
         ...
 
@@ -72,7 +73,7 @@ def add_noise_(tensor: torch.Tensor, name: str, seed: int, scale: float) -> None
 
 
 @torch.no_grad()
-def add_combination_(tensor: torch.Tensor, name: str, terms: Sequence[tuple[int, float]]) -> None:
+def add_combination_(tensor: torch.Tensor, name: str, terms: UpdateTerms) -> None:
     """tensor += Σ c · ε(seed, name), accumulated in fp32 and added once (one rounding in low precision)."""
     for k, part in _chunks(tensor.view(-1)):
         acc = torch.zeros(part.numel(), dtype=torch.float32, device=part.device)
@@ -88,7 +89,7 @@ class IndependentNoise:
         self._fused = self._fused_key = None
 
     @torch.no_grad()
-    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: UpdateTerms) -> None:
         from methods.es.noise_cuda import FusedNoise
         from methods.es.noise_cuda import available as fused_available
 
@@ -134,7 +135,7 @@ class SharedSeedNoise:
         self.hf_config = hf_config
 
     @torch.no_grad()
-    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: UpdateTerms) -> None:
         # the slices of one fused parameter (q/k/v, gate/up) share one draw per seed: draw it once for all of them
         groups: dict[str, list[tuple[torch.Tensor, tuple[int, ...], int]]] = {}
         for name, v in views:
@@ -216,7 +217,7 @@ class LowRankNoise:
         return b.T, a * (scale / math.sqrt(self.rank))
 
     @torch.no_grad()
-    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: Sequence[tuple[int, float]]) -> None:
+    def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: UpdateTerms) -> None:
         scale = 1 / math.sqrt(self.rank)
         for name, v in views if terms else ():  # no terms: nothing to add (and no factors to draw)
             if not self.covers(name, v):

@@ -1,6 +1,7 @@
 """Engines behind futures: Ray actors (one per GPU, or CPU actors), or one in-process engine.
 
-Both return ``concurrent.futures.Future`` objects, so the driver schedules the same way either way.
+The driver hands a pool typed calls on the ``ESEngine`` contract (``pool.submit(i, lambda e: e.checksum())``); both
+pools return ``concurrent.futures.Future`` objects, so the driver schedules the same way either way.
 """
 
 from __future__ import annotations
@@ -10,13 +11,17 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Callable, Protocol, TypeVar
 
-from methods.es.engine import EngineConfig
+from methods.es.engine import EngineConfig, ESEngine
 from methods.es.noise import NoiseSpec
 
+T = TypeVar("T")
+EngineCall = Callable[[ESEngine], T]
 
-def make_engine(cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec | None = None, max_loras: int = 1):
+
+def make_engine(cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec | None = None,
+                max_loras: int = 1) -> ESEngine:
     if cfg.kind == "vllm":
         from methods.es.vllm_engine import VLLMEngine
 
@@ -26,18 +31,22 @@ def make_engine(cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec 
     return HFEngine(cfg, noise)
 
 
+def count_elements(engine: ESEngine) -> int:
+    return engine.count_elements()
+
+
 PASSED_ENV_PREFIXES = ("NCCL_", "TORCH_SYMM_MEM", "NVSHMEM_", "CUDA_", "VLLM_", "PYTHONPATH")
 
 
 class EngineHost:
-    """What a Ray actor (or the local pool) holds: one engine; ``call`` dispatches by method name."""
+    """What a Ray actor (or the local pool) holds: one engine, and the calls made on it."""
 
     def __init__(self, cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec | None = None,
                  max_loras: int = 1):
         self.engine = make_engine(cfg, scratch, noise, max_loras)
 
-    def call(self, method: str, *args: Any) -> Any:
-        return getattr(self.engine, method)(*args)
+    def call(self, op: EngineCall[T]) -> T:
+        return op(self.engine)
 
     def where(self) -> str:
         """The Ray node this engine runs on (an actor), or this host (the local pool). Never starts Ray: asking
@@ -50,9 +59,21 @@ class EngineHost:
         return socket.gethostname()
 
 
-def call_all(pool, method: str, *args: Any) -> list[Any]:
-    """``method`` on every engine of ``pool`` at once; the results in engine order."""
-    return [f.result() for f in [pool.submit(i, method, *args) for i in range(len(pool))]]
+class Pool(Protocol):
+    """Engines by index; ``submit`` runs a call on one of them."""
+
+    nodes: list[str]
+
+    def __len__(self) -> int: ...
+
+    def submit(self, i: int, op: EngineCall[T]) -> Future[T]: ...
+
+    def shutdown(self) -> None: ...
+
+
+def call_all(pool: Pool, op: EngineCall[T]) -> list[T]:
+    """``op`` on every engine of ``pool`` at once; the results in engine order."""
+    return [f.result() for f in [pool.submit(i, op) for i in range(len(pool))]]
 
 
 class LocalPool:
@@ -65,10 +86,10 @@ class LocalPool:
     def __len__(self) -> int:
         return len(self.hosts)
 
-    def submit(self, i: int, method: str, *args: Any) -> Future:
-        fut: Future = Future()
+    def submit(self, i: int, op: EngineCall[T]) -> Future[T]:
+        fut: Future[T] = Future()
         try:
-            fut.set_result(self.hosts[i].call(method, *args))
+            fut.set_result(self.hosts[i].call(op))
         except BaseException as e:  # surface engine errors where the driver waits
             fut.set_exception(e)
         return fut
@@ -107,7 +128,7 @@ class RayPool:
         self.actors = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}"), noise, max_loras) for i in range(n)]
         try:  # every engine up: on a cluster, actors wait until the nodes that can hold them have joined
             self.nodes = ray.get([a.where.remote() for a in self.actors], timeout=start_timeout_s)
-            ray.get([a.call.remote("count_elements") for a in self.actors], timeout=start_timeout_s)
+            ray.get([a.call.remote(count_elements) for a in self.actors], timeout=start_timeout_s)
         except GetTimeoutError:
             need = f"{n} engines × {cfg.threads} CPU{' + 1 GPU' if gpu else ''}"
             raise UserError(f"ES engines did not start within {start_timeout_s:.0f} s: the Ray cluster offers "
@@ -116,8 +137,8 @@ class RayPool:
     def __len__(self) -> int:
         return len(self.actors)
 
-    def submit(self, i: int, method: str, *args: Any) -> Future:
-        return self.actors[i].call.remote(method, *args).future()
+    def submit(self, i: int, op: EngineCall[T]) -> Future[T]:
+        return self.actors[i].call.remote(op).future()
 
     def shutdown(self) -> None:
         import ray

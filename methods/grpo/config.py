@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from harness.config import StrictModel
-from harness.run import MethodConfig
+from harness.method import MethodConfig
 
 
 class LoraSettings(StrictModel):

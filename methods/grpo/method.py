@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from pathlib import Path
 
-from harness.run import RunContext
+from harness.method import RunContext
 from methods.grpo.config import GRPOSettings
 
 

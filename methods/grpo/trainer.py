@@ -23,10 +23,11 @@ from harness.checkpoint import STATE_FILE, Preempted
 from harness.errors import UserError
 from harness.generation import HFGenerator
 from harness.records import atomic_write_text
-from harness.run import RunContext, RunSettings
+from harness.method import RunContext, RunSettings
 from harness.template import cut_at_stop, format_prompt
-from harness.vllm_process import prepare_vllm_process
-from harness.vllm_memory import llm_kv_cache_bytes
+from harness.vllm.process import prepare_vllm_process
+from harness.vllm.memory import llm_kv_cache_bytes
+from methods.grpo import trl_compat
 from methods.grpo.config import GRPOSettings
 
 
@@ -189,14 +190,10 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
         peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                                  target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
 
-    class TimedGRPOTrainer(GRPOTrainer):
-        def _generate_and_score_completions(self, inputs):
-            t = time.perf_counter()
-            out = super()._generate_and_score_completions(inputs)
-            stats.generate_and_score += time.perf_counter() - t
-            return out
+    def generate_and_score_took(seconds: float) -> None:
+        stats.generate_and_score += seconds
 
-    trainer = TimedGRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+    trainer = trl_compat.timed_trainer(GRPOTrainer, generate_and_score_took)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                reward_funcs=make_reward_fn(ctx, stats, s.rollout_stops,
                                                            cfg.lambda_update == "reward_call"),
                                peft_config=peft_config)
@@ -254,12 +251,12 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     stats = StepStats()
     trainer, tokenizer = build_trainer(cfg, ctx, stats)
     ctx.budget.gpus = trainer.accelerator.num_processes if cfg.device == "cuda" else 0
-    rec = ctx.writer.record
-    rec.notes.append(f"GRPO on TRL, {cfg.prompts_per_step}×{cfg.num_generations} completions/step, generation by "
-                     f"{vllm_words(cfg) if cfg.use_vllm else 'transformers'}")
-    rec.memory["training_precision"] = cfg.precision()
+    ctx.note(f"GRPO on TRL {trl_compat.check_version()}, {cfg.prompts_per_step}×{cfg.num_generations} "
+             f"completions/step, generation by {vllm_words(cfg) if cfg.use_vllm else 'transformers'}")
+    ctx.add_figures("memory", {"training_precision": cfg.precision()})
     if cfg.use_vllm and cfg.vllm_mode == "colocate":  # its KV cache, reported apart as the ES engines' is
-        rec.memory["kv_cache_mb"] = round(llm_kv_cache_bytes(trainer.vllm_generation.llm) / 2**20, 1)
+        kv = llm_kv_cache_bytes(trl_compat.colocated_llm(trainer))
+        ctx.add_figures("memory", {"kv_cache_mb": round(kv / 2**20, 1)})
     trainer.train(resume_from_checkpoint=str(ctx.resume_from) if ctx.resume_from else None)
     if ctx.stop:
         raise Preempted

@@ -26,10 +26,10 @@ from typing import Any
 
 import yaml
 
-from harness.benchmark import default_locations, load_spec, run_benchmark
+from harness.launch.benchmark import default_locations, load_spec, run_benchmark
 from harness.errors import UserError, error_excerpt, oom_in_use_mb
-from harness.processes import child_env
-from harness.random_models import random_policy, random_scorer_models
+from harness.launch.processes import child_env
+from harness.fixtures.random_models import random_policy, random_scorer_models
 from harness.records import atomic_write_text, load_record
 from harness.scoring.client import read_rendezvous
 
@@ -78,7 +78,7 @@ class ScorerService:
         self.token_file.chmod(0o600)
         self.rendezvous.unlink(missing_ok=True)
         self.log = open(self.workdir / "scorer.log", "a")
-        self.proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "serve-scorer", "--config", str(cfg_path),
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.launch.cli", "serve-scorer", "--config", str(cfg_path),
                                       "--rendezvous", str(self.rendezvous)], stdout=self.log, stderr=subprocess.STDOUT,
                                      env=child_env(ESGRPO_SCORER_TOKEN=self.token))
         deadline = time.monotonic() + self.wait_s
@@ -112,7 +112,7 @@ def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
                   report_only: bool = False, scorer_pairs: int = 512) -> Path:
     import torch
 
-    from harness.random_models import POLICY_SHAPES, SCORER_SHAPES
+    from harness.fixtures.random_models import POLICY_SHAPES, SCORER_SHAPES
 
     for given, known in ((shape, POLICY_SHAPES), (scorer_shape, SCORER_SHAPES)):
         if given not in known:

@@ -25,9 +25,10 @@ from harness.data.prompts import PromptFile, load_prompt_set, load_records
 from harness.errors import UserError
 from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks
 from harness.lagrangian import LambdaConfig
-from harness.policy import resolve_policy
+from harness.fixtures.policy import resolve_policy
 from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_text, load_record
-from harness.scoring import ScorerSpec, make_scorer
+from harness.run import make_scorer
+from harness.scoring import ScorerSpec
 
 log = logging.getLogger(__name__)
 SAMPLES = "evals/eval-00000000.jsonl"
@@ -55,7 +56,7 @@ class EvalConfig(StrictModel):
     @field_validator("label")
     @classmethod
     def _label(cls, v: str) -> str:
-        from harness.benchmark import check_name
+        from harness.launch.benchmark import check_name
 
         return check_name(v, "label")
 
@@ -90,7 +91,7 @@ def make_generator(cfg: EvalConfig, policy: Path):
         from vllm import LLM
 
         from harness.generation import VLLMGenerator
-        from harness.vllm_process import prepare_vllm_process
+        from harness.vllm.process import prepare_vllm_process
 
         prepare_vllm_process(cpu_kv_cache_gib=1)
         return VLLMGenerator(LLM(model=str(policy), dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,

@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from harness.checkpoint import PREEMPTED_EXIT, Preempted
 from harness.errors import OutOfMemory, ScorerError, UserError
-from harness.processes import end_with_parent
+from harness.launch.processes import end_with_parent
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ES vs GRPO on the Safe-RLHF objective.")
 err = Console(stderr=True)
@@ -70,7 +70,7 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --run-dir exists and is not a folder")
     if runtime is Runtime.docker:
-        from harness.docker_runtime import run_in_docker
+        from harness.launch.docker_runtime import run_in_docker
 
         code = run_in_docker(method, config, out, set_, image=image, scorer_image=scorer_image)
         if code == 0:
@@ -111,7 +111,7 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
               set_: List[str] = typer.Option([], "--set", help="override KEY=VALUE in the selected methods' configs "
                                              "(e.g. ray_address=HOST:PORT in a multi-node job)")):
     """Run every method and seed a benchmark spec names, at equal budgets, then compare them."""
-    from harness.benchmark import run_benchmark
+    from harness.launch.benchmark import run_benchmark
 
     path = run_benchmark(spec, out=out, runs_dir=runs_dir, only=only or None, seed_index=seed_index,
                          report_only=report_only, shared_overrides=set_shared, method_overrides=set_)
@@ -140,9 +140,9 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
                 set_: List[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE of the evaluation "
                                                "settings (e.g. eval.limit=200, device=cuda, dtype=bfloat16)")):
     """Evaluate a fixed policy into an evaluation-only record: a reference row for `esgrpo compare`."""
-    from harness.benchmark import load_spec
+    from harness.launch.benchmark import load_spec
     from harness.config import apply_overrides, validate
-    from harness.policy_eval import EvalConfig, prompt_source, run_eval
+    from harness.launch.policy_eval import EvalConfig, prompt_source, run_eval
 
     data: dict = {"policy": policy, "engine": engine, "label": label}
     if from_spec:
@@ -184,7 +184,7 @@ def serve_scorer(config: Optional[Path] = typer.Option(None, "--config", "-c", h
 @user_errors
 def build_policy():
     """Build (or find cached) the built-in tiny policy and print its path."""
-    from harness.policy import builtin_policy_path
+    from harness.fixtures.policy import builtin_policy_path
 
     typer.echo(builtin_policy_path())
 
@@ -204,7 +204,7 @@ def bench_gpu(spec: Path = typer.Option(Path("benchmarks") / "gpu-1x.yaml", "--s
               only: List[str] = typer.Option([], "--only", help="run only this spec entry, or 'scorer' (repeatable)"),
               report_only: bool = typer.Option(False, "--report-only", help="only the figures and the report")):
     """ES (vLLM and transformers engines) and GRPO on one GPU: memory, throughput, ES overhead, scorer."""
-    from harness.gpu_bench import run_gpu_bench
+    from harness.launch.gpu_bench import run_gpu_bench
 
     path = run_gpu_bench(spec, out=out, runs_dir=runs_dir, policy=policy, shape=shape, scorer_shape=scorer_shape,
                          only=only or None, report_only=report_only)
@@ -223,7 +223,7 @@ def slurm_submit(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yam
                  out: Optional[Path] = typer.Option(None, "--out", help="report folder"),
                  dry_run: bool = typer.Option(False, "--dry-run", help="print every rendered script; submit nothing")):
     """Submit the scorer, one array job per method (a task per seed) and the report job."""
-    from harness.slurm import dry_run as render_only, submit
+    from harness.launch.slurm import dry_run as render_only, submit
 
     if dry_run:
         typer.echo(render_only(spec, cluster, runs_dir, out))
@@ -239,7 +239,7 @@ def slurm_submit(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yam
 @user_errors
 def slurm_status(dir: Path = typer.Option(..., "--dir", help="the slurm folder `submit` printed")):
     """Show the submitted jobs and where the report goes."""
-    from harness.slurm import status
+    from harness.launch.slurm import status
 
     typer.echo(status(dir))
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.vllm.compat import kv_caches
+
 
 def kv_cache_bytes(model_runner: Any) -> int:
     """The KV cache a worker's model runner preallocated (layers may share storage: each storage counts once)."""
-    caches = getattr(model_runner, "kv_caches", None) or []
+    caches = kv_caches(model_runner)
     tensors = [t for c in caches for t in (c if isinstance(c, (list, tuple)) else [c]) if t is not None]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
     return int(sum(storages.values()))

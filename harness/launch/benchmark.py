@@ -19,11 +19,12 @@ from harness.budget import BudgetConfig
 from harness.checkpoint import Preempted
 from harness.config import StrictModel, apply_overrides, read_yaml, validate
 from harness.errors import OutOfMemory, UserError
-from harness.processes import child_env
+from harness.launch.processes import child_env
 from harness.records import load_record
 from harness.registry import available, get_method
 from harness.report import write_report
-from harness.run import RunSettings, run_method
+from harness.method import RunSettings
+from harness.run import run_method
 
 log = logging.getLogger(__name__)
 # Names become folder names and SLURM job names: nothing that could leave the runs folder or split a command.
@@ -195,7 +196,7 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             continue
         log.info("running %s seed %d -> %s", name, seed, run_dir)
         # Each run gets its own process: its peak memory is its own, and a crash cannot take the others down.
-        cmd = [sys.executable, "-m", "harness.cli", "benchmark", "--spec", str(spec_path), "--runs-dir",
+        cmd = [sys.executable, "-m", "harness.launch.cli", "benchmark", "--spec", str(spec_path), "--runs-dir",
                str(runs_root), "--only", name, "--seed-index", str(spec.seeds.index(seed))]
         for o in shared_overrides or []:
             cmd += ["--set-shared", o]

@@ -9,7 +9,7 @@ place so that every method's engine runs under the same settings.
 - vLLM's CPU backend repacks every linear weight into a oneDNN handle after loading and replaces
   ``layer.weight`` by an empty tensor, so in-place noise would silently reach only embeddings and norms, and
   TRL's colocated weight sync fails ('Parameter' object has no attribute 'weight_loader').
-  ``keep_cpu_weights_live`` routes CPU linears through ``F.linear`` on the live weight instead (slower GEMMs on
+  ``compat.keep_cpu_weights_live`` routes CPU linears through ``F.linear`` on the live weight instead (slower GEMMs on
   CPU; the GPU backend is untouched). It must run before the engine loads its model.
 
 An explicit environment variable always wins.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 from harness.paths import esgrpo_home
+from harness.vllm.compat import keep_cpu_weights_live
 
 
 def prepare_vllm_process(cpu_kv_cache_gib: float | None = None) -> None:
@@ -29,19 +30,3 @@ def prepare_vllm_process(cpu_kv_cache_gib: float | None = None) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, round(cpu_kv_cache_gib))))
     os.environ.setdefault("VLLM_CACHE_ROOT", str(esgrpo_home() / "vllm-cache"))
     keep_cpu_weights_live()
-
-
-def keep_cpu_weights_live() -> None:
-    try:
-        from vllm.platforms import current_platform
-    except ImportError:  # no vLLM here: nothing to patch
-        return
-    if not current_platform.is_cpu():
-        return
-    import torch
-    import vllm.model_executor.layers.utils as vutils
-
-    def dispatch(layer: torch.nn.Module, remove_weight: bool) -> None:
-        layer.cpu_linear = lambda x, weight, bias: torch.nn.functional.linear(x, weight, bias)
-
-    vutils.dispatch_cpu_unquantized_gemm = dispatch

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from harness.benchmark import default_locations, load_spec
+from harness.launch.benchmark import default_locations, load_spec
 from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
 from harness.records import atomic_write_text
@@ -110,7 +110,7 @@ def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run:
     launcher = get_method(method).launcher
     processes = r.nodes * max(r.gpus, 1)
     if launcher == "accelerate" and r.nodes == 1 and processes > 1:  # one process per GPU of this node
-        return (f"{wrap} {q(executable(c, 'accelerate'))} launch --num_processes {processes} -m harness.cli {run} &"
+        return (f"{wrap} {q(executable(c, 'accelerate'))} launch --num_processes {processes} -m harness.launch.cli {run} &"
                 "\nchild=$$!")
     if r.nodes == 1:
         return f"{wrap} {esgrpo} {run} &\nchild=$$!"
@@ -141,7 +141,7 @@ def node_script(c: ClusterSettings, r: JobResources, workdir: Path, run: str) ->
         f"cd {q(workdir)}",
         f'exec {wrapper(c, r, workdir)} {q(executable(c, "accelerate"))} launch --num_machines "$$SLURM_NNODES" '
         f'--machine_rank "$$SLURM_NODEID" --main_process_ip "$$1" --main_process_port "$$2" '
-        f"--num_processes {r.nodes * max(r.gpus, 1)} -m harness.cli {run}", ""])
+        f"--num_processes {r.nodes * max(r.gpus, 1)} -m harness.launch.cli {run}", ""])
 
 
 def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = None,

@@ -1,0 +1,192 @@
+"""The method contract: the settings every method shares, the context the harness builds for a run, and the
+``Method`` Protocol a registered method meets (docs/adding-a-method.md)."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
+
+from pydantic import Field
+
+from harness.budget import Budget, BudgetConfig
+from harness.checkpoint import StopFlag
+from harness.config import StrictModel
+from harness.data import PromptSet, PromptSource
+from harness.evaluation import EvalSettings, evaluate
+from harness.generation import Generator
+from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
+from harness.records import EvalPoint, Point, RecordWriter
+from harness.scoring import Scorer, ScorerSpec, Scores
+
+log = logging.getLogger(__name__)
+
+
+class RunSettings(StrictModel):
+    """Settings every method must share for a fair comparison (a benchmark spec sets them for all)."""
+
+    policy: str = "builtin"  # 'builtin' or a local HF model directory
+    data: PromptSource = Field(default_factory=PromptSource)
+    scorer: ScorerSpec = Field(default_factory=ScorerSpec)
+    judge: ScorerSpec | None = Field(default_factory=lambda: ScorerSpec(kind="judge"))
+    eval: EvalSettings = Field(default_factory=EvalSettings)  # max_new_tokens/stop_strings: training rollouts too
+    budget: BudgetConfig = Field(default_factory=BudgetConfig)
+    lagrangian: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")
+    seed: int = Field(0, ge=0)
+    checkpoint_every: int = Field(0, ge=0)  # steps between resumable checkpoints (0: only at the end)
+    keep_checkpoints: int = Field(2, gt=0)
+    tensorboard: bool = True
+    wandb: bool = False
+    # Training rollouts generate exactly eval.max_new_tokens tokens, EOS and stop strings ignored, so every
+    # method generates the same token counts (throughput benchmarks). Evaluation decodes as usual.
+    fixed_length: bool = False
+
+    model_config = {"populate_by_name": True, "extra": "forbid"}
+
+    @property
+    def rollout_stops(self) -> list[str]:
+        return [] if self.fixed_length else list(self.eval.stop_strings)
+
+
+class MethodConfig(StrictModel):
+    run: RunSettings = Field(default_factory=RunSettings)
+
+
+@dataclass
+class RunContext:
+    """Built by the harness for one method run; methods read from it and report through it."""
+
+    settings: RunSettings
+    run_dir: Path
+    prompts: PromptSet
+    scorer: Scorer
+    judge: Scorer | None
+    policy_path: Path
+    writer: RecordWriter
+    budget: Budget
+    lam: LambdaState
+    step: int = 0
+    evals_done: set[int] = field(default_factory=set)
+    train_seconds: float = 0.0  # wall-clock of training only; evaluation time is excluded
+    resume_from: Path | None = None  # the checkpoint this run continues from
+    stop: StopFlag = field(default_factory=StopFlag)
+    _t_mark: float | None = None  # None until start_clock: nothing before training counts as training time
+
+    # -- checkpoint state ----------------------------------------------------
+    def snapshot_state(self) -> dict[str, Any]:
+        """What the harness needs to continue exactly: step, λ, budget, evaluations, time."""
+        return {"step": self.step, "lambda": vars(self.lam), "completions": self.budget.completions,
+                "tokens": self.budget.tokens, "train_seconds": self.train_seconds,
+                "evals_done": sorted(self.evals_done)}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.lam = LambdaState(**state["lambda"])
+        self.budget.completions, self.budget.tokens = state["completions"], state["tokens"]
+        self.train_seconds = self.budget.seconds = state["train_seconds"]
+        self.evals_done = set(state["evals_done"])
+        rec = self.writer.record
+        rec.series = [p for p in rec.series if p.step <= self.step]  # drop steps lost with the kill
+        rec.evals = [e for e in rec.evals if e.mark in self.evals_done]
+        self.writer.flush()
+
+    # -- what a method reports beyond its steps -----------------------------
+    def note(self, text: str, warn: bool = False) -> None:
+        """A line in the record's notes (and the log's warnings, with ``warn``)."""
+        self.writer.record.notes.append(text)
+        if warn:
+            log.warning(text)
+
+    def add_figures(self, section: Literal["throughput", "memory", "environment"], figures: Mapping[str, Any]) -> None:
+        """Figures of the run in one of the record's sections (probe speeds, KV cache size, engine nodes...)."""
+        getattr(self.writer.record, section).update(figures)
+
+    # -- scoring -------------------------------------------------------------
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Scores:
+        return self.scorer.score(prompts, responses)
+
+    def update_lambda(self, mean_cost: float) -> LambdaState:
+        self.lam = update_lambda(self.lam, mean_cost, self.settings.lagrangian)
+        return self.lam
+
+    # -- time accounting -----------------------------------------------------
+    def start_clock(self) -> None:
+        """Training time runs from here: model loading, engine start-up and the step-0 evaluation are excluded."""
+        self._t_mark = time.monotonic()
+
+    def tick(self) -> float:
+        """Training seconds so far (call once per step; time inside evaluate_due is not counted)."""
+        now = time.monotonic()
+        if self._t_mark is not None:
+            self.train_seconds += now - self._t_mark
+            self._t_mark = now
+        self.budget.seconds = self.train_seconds
+        return self.train_seconds
+
+    # -- logging -------------------------------------------------------------
+    def log_point(self, rewards: Sequence[float], costs: Sequence[float], times: dict[str, float],
+                  extra: dict[str, float] | None = None) -> Point:
+        lam = self.lam.value
+        r, c = statistics.fmean(rewards), statistics.fmean(costs)
+        point = Point(step=self.step, samples=self.budget.completions, tokens=self.budget.tokens,
+                      seconds=round(self.tick(), 4), reward=r, cost=c, objective=r - lam * c,
+                      safe_ratio=sum(x <= 0 for x in costs) / len(costs), lam=lam, j_c=self.lam.j_c,
+                      times={k: round(v, 5) for k, v in times.items()}, extra=extra or {})
+        self.writer.log_point(point)
+        return point
+
+    def evaluate_due(self, generator: Generator) -> None:
+        """Evaluate at every budget mark passed since the last call (all methods share the marks)."""
+        self.tick()
+        marks = self.budget.evals_due(self.evals_done)
+        if not marks:
+            return
+        # The objective is taken at the reference λ₀ so that it compares across methods and steps; each
+        # method's own λ at the time is recorded beside it.
+        res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval,
+                       self.settings.lagrangian.lambda_init, self.judge)
+        for mark in marks:  # one evaluation stands for every mark passed in a single step
+            self.evals_done.add(mark)
+            self.writer.log_eval(EvalPoint(mark=mark, step=self.step, samples=self.budget.completions,
+                                           tokens=self.budget.tokens, seconds=round(self.train_seconds, 4),
+                                           lam=self.lam.value, metrics=res.metrics,
+                                           samples_file=f"evals/eval-{mark:08d}.jsonl"), res.sample_dicts())
+        log.info("eval @%d: R %.3f C %.3f safe %.2f", marks[-1], res.metrics["reward"], res.metrics["cost"],
+                 res.metrics["safe_ratio"])
+        if self._t_mark is not None:
+            self._t_mark = time.monotonic()  # evaluation time is not training time
+
+
+    def record_totals(self) -> None:
+        """Throughput and the time split over the whole run, from the logged steps."""
+        rec = self.writer.record
+        split: dict[str, float] = {}
+        for p in rec.series:
+            for k, v in p.times.items():
+                split[k] = split.get(k, 0.0) + v
+        secs = max(self.train_seconds, 1e-9)
+        rec.timing = {"train_seconds": round(secs, 3), **{f"{k}_seconds": round(v, 3) for k, v in split.items()}}
+        rec.throughput.update(tokens_per_s=self.budget.tokens / secs, completions_per_s=self.budget.completions / secs)
+        if split.get("scoring"):
+            rec.throughput["scorer_pairs_per_s"] = self.budget.completions / split["scoring"]
+        rec.outages = [vars(o) for o in getattr(self.scorer, "outages", [])]
+
+
+class Method(Protocol):
+    """A training method. ``run`` trains from ``ctx`` (policy, prompts, scorer, budget, λ, record writer)
+    until the budget is spent, evaluating through ``ctx.evaluate_due`` and logging through ``ctx.log_point``.
+    ``launcher`` says how a job spanning several nodes starts it: ``ray`` (one driver, workers as Ray actors on
+    every node) or ``accelerate`` (one process per node, ranks from SLURM). docs/adding-a-method.md says more."""
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[MethodConfig]]
+    launcher: ClassVar[str]
+
+    def run(self, config: MethodConfig, ctx: RunContext) -> None: ...
+
+    def latest_checkpoint(self, run_dir: Path) -> Path | None:
+        """The newest complete checkpoint in ``run_dir`` (it holds ``esgrpo_state.json``), or None."""
+        ...
