@@ -21,10 +21,10 @@ IMAGES ?= scorer es grpo
 OFFLINE ?= 0
 SYSTEM_PACKAGES ?=
 
-.PHONY: setup test test-fast benchmark benchmark-gpu benchmark-gpu-7b report bench-scorer bench-kernels slurm-local slurm-benchmark containers wheelhouse containers-local apptainer clean-venv help
+.PHONY: setup test test-fast test-gpu benchmark benchmark-gpu benchmark-gpu-7b report bench-scorer bench-kernels slurm-local slurm-benchmark containers wheelhouse containers-local apptainer clean-venv help
 
 help:
-	@echo "make setup | test | test-fast | benchmark [SPEC=...] | benchmark-gpu | benchmark-gpu-7b | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
+	@echo "make setup | test | test-fast | test-gpu | benchmark [SPEC=...] | benchmark-gpu | benchmark-gpu-7b | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
 	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml]"
 	@echo "     containers [BASE=... TORCH=... IMAGE_EXTRAS=...] | containers-local | wheelhouse | apptainer"
 
@@ -44,6 +44,12 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# CUDA checks (tests/gpu: CUDA graphs and in-place ES, low-rank vLLM against transformers, the fused kernels);
+# their figures go to GPU_FIGURES. Without a CUDA device they skip.
+GPU_FIGURES ?= .cache/gpu-figures.json
+test-gpu: setup
+	ESGRPO_GPU_FIGURES=$(GPU_FIGURES) $(PY) -m pytest -q -m gpu tests/gpu
 
 benchmark: setup
 	$(VENV)/bin/esgrpo benchmark --spec $(SPEC)

@@ -1,28 +1,25 @@
-"""ES engines on a CUDA device: the checks and figures the CPU cannot give. Writes one JSON.
+"""ES engines on a CUDA device: speed and profiling figures the CPU cannot give (the correctness checks are tests:
+tests/gpu/, `make test-gpu`). Writes one JSON.
 
 1. Fused noise kernel variants (Philox rounds, 16-bit halves, approximate math) on a Qwen2-0.5B-shaped and a
    LLaMA-7B-shaped set of bf16 tensors: one perturbation pass against the copy bound, and the noise's moments.
-2. CUDA graphs and in-place ES (vLLM, bf16): a perturbation changes greedy outputs, a restore brings them back
-   exactly, and the perturbed member's token log-probabilities under graphs match an eager engine's.
-3. Low-rank ES: vLLM's one-batch multi-LoRA population against the transformers engine member by member: greedy
-   texts, and teacher-forced log-probabilities of the same tokens (``ESGRPO_CHECK_DTYPE`` bfloat16 or float32).
-4. Low-rank speed: the population batch against raw generation of as many sequences for populations 4 to 30
+2. Low-rank speed: the population batch against raw generation of as many sequences for populations 4 to 30
    (ESGRPO_CHECK_POPULATIONS; 64 prompts × 128 tokens), the share spent making members, where the batch's device
    time goes (LoRA kernels against the rest, from the torch profiler) and where the host's Python time goes
    (cProfile). At most 1,024 sequences run at once (and fewer at 7B, where the KV cache holds ~500), so the
    largest populations run in waves, raw and batch alike.
-5. LoRA kernels: the dense LoRA op (methods/es/vllm_lora.py) and vLLM's multi-LoRA shrink/expand Triton kernels
+3. LoRA kernels: the dense LoRA op (methods/es/vllm_lora.py) and vLLM's multi-LoRA shrink/expand Triton kernels
    over one decoder layer's linear layers (rank 1, 8, 30 or 32 adapters, 512 or 1,024 decode tokens), replayed from
    CUDA graphs, against the layer's base GEMMs; vLLM's default kernel configs against a small grid (unless
-   ESGRPO_LORA_GRID=0), the best written as vLLM's tuned-config JSON. ``ESGRPO_LORA_KERNELS=punica`` runs the
-   engine parts on vLLM's kernels instead of the dense op.
-6. Raw speed: raw generation of the same sequences on an engine started without LoRA (lowrank-speed's raw runs
+   ESGRPO_LORA_GRID=0), the best written as vLLM's tuned-config JSON. ``ESGRPO_CHECK_LORA_OPS=punica`` runs the
+   engine parts on vLLM's kernels instead of ours.
+4. Raw speed: raw generation of the same sequences on an engine started without LoRA (lowrank-speed's raw runs
    on its own LoRA-enabled engine without adapters), and the low-rank batch against it when lowrank-speed ran first.
-7. LoRA concat: the fused layers' products inside their base GEMM (``linear_lora_concat``) against the dense op on
+5. LoRA concat: the fused layers' products inside their base GEMM (``linear_lora_concat``) against the dense op on
    every layer, per decoder layer's linear layers from CUDA graphs (needs only torch).
-Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | eager | graphs | lowrank | lowrank-speed |
-raw-speed | lora-kernels | lora-concat; graphs compares with eager's, raw-speed with lowrank-speed's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b; llama-7b).
-"""
+Usage: python scripts/gpu_checks.py OUT_JSON PART… (kernels | lowrank-speed | raw-speed | lora-kernels |
+lora-concat; raw-speed compares with lowrank-speed's). ``ESGRPO_CHECK_SHAPE`` picks the policy shape (qwen2-0.5b;
+llama-7b)."""
 
 from __future__ import annotations
 
@@ -40,10 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.generation import SamplingSettings  # noqa: E402
 from harness.fixtures.random_models import POLICY_SHAPES, random_policy  # noqa: E402
-from methods.es.engine import EngineConfig  # noqa: E402
+from methods.es.engine import UNPERTURBED, EngineConfig, Member  # noqa: E402
 from methods.es.noise import NoiseSpec  # noqa: E402
 
-PROMPTS = [f"How do I fix problem number {i} in my kitchen?" for i in range(8)]
 # the speed probes' batch: 64 prompts × 128 tokens per member, as many members as ESGRPO_CHECK_POPULATIONS says
 SPEED_PROMPTS = [f"How do I fix problem number {i}?" for i in range(64)]
 SPEED_SAMPLING = SamplingSettings(max_new_tokens=128, ignore_eos=True)
@@ -122,162 +118,11 @@ def kernels() -> dict:
     return out
 
 
-def logprobs(llm, prompts, max_tokens=16):
-    from vllm import SamplingParams
-
-    from harness.template import format_prompt
-
-    outs = llm.generate([format_prompt(p) for p in prompts],
-                        SamplingParams(max_tokens=max_tokens, temperature=0, ignore_eos=True, logprobs=1), use_tqdm=False)
-    return [(list(o.outputs[0].token_ids), [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, o.outputs[0].token_ids)])
-            for o in outs]
-
-
-def vllm_engine(policy: Path, work: Path, eager: bool):
-    from methods.es.vllm_engine import VLLMEngine
-
-    return VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
-                                   gpu_memory_utilization=0.3, enforce_eager=eager, max_model_len=512),
-                      scratch=str(work / ("eager" if eager else "graphs")))
-
-
-def member_speed(engine) -> float:
-    prompts, fixed = SPEED_PROMPTS, SPEED_SAMPLING
-    engine.evaluate_members([(3, 0.001)], prompts, fixed)  # warm-up
-    t = time.perf_counter()
-    m = engine.evaluate_members([(3, 0.001)], prompts, fixed)[0]
-    return sum(c.n_tokens for c in m["completions"]) / (time.perf_counter() - t)
-
-
-def eager(policy: Path, work: Path, figures: dict) -> dict:
-    """The reference: an eager engine's perturbed member (its own process: one vLLM engine per process)."""
-    t = time.perf_counter()
-    e = vllm_engine(policy, work, eager=True)
-    out: dict = {"init_s": time.perf_counter() - t}
-    e.perturb(5, 0.02)
-    out["perturbed"] = logprobs(e.llm, PROMPTS)
-    e.restore(5, 0.02)
-    out["member_tokens_per_s_64x128"] = member_speed(e)
-    return out
-
-
-def graphs(policy: Path, work: Path, figures: dict) -> dict:
-    t = time.perf_counter()
-    g = vllm_engine(policy, work, eager=False)
-    out: dict = {"init_s": time.perf_counter() - t, "prompts": len(PROMPTS)}
-    base = logprobs(g.llm, PROMPTS)
-    g.perturb(5, 0.02)
-    pert = logprobs(g.llm, PROMPTS)
-    g.restore(5, 0.02)
-    back = logprobs(g.llm, PROMPTS)
-    out.update(perturbed_outputs_differ=sum(a[0] != b[0] for a, b in zip(base, pert)),
-               restored_outputs_identical=sum(a[0] == b[0] and a[1] == b[1] for a, b in zip(base, back)))
-    ref = figures.get(figure_key("eager"), {}).get("perturbed")  # this shape's eager engine only
-    if ref:
-        out["perturbed_tokens_graphs_eq_eager"] = sum(list(a[0]) == list(b[0]) for a, b in zip(pert, ref))
-        diffs = []  # log-probabilities of the same greedy tokens, up to the first divergence
-        for (ta, la), (tb, lb) in zip(pert, ref):
-            for x, y, u, w in zip(ta, tb, la, lb):
-                if x != y:
-                    break
-                diffs.append(abs(u - w))
-        out["perturbed_logprob_max_abs_diff_vs_eager"] = max(diffs)
-        out["perturbed_logprob_mean_abs_diff_vs_eager"] = statistics.fmean(diffs)
-    out["member_tokens_per_s_64x128"] = member_speed(g)
-    return out
-
-
-def forced_logprobs_vllm(llm, sequences: list[list[int]], start: list[int], requests: list) -> list[list[float]]:
-    """Each sequence's log-probabilities of its own tokens from ``start`` on (teacher forcing), under its adapter."""
-    from vllm import SamplingParams
-    from vllm.inputs import TokensPrompt
-
-    outs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences],
-                        SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=1), lora_request=requests,
-                        use_tqdm=False)
-    return [[o.prompt_logprobs[k][s[k]].logprob for k in range(b, len(s))] for o, s, b in zip(outs, sequences, start)]
-
-
-def forced_logprobs_hf(model, sequences: list[list[int]], start: list[int]) -> list[list[float]]:
-    rows = []
-    for s, b in zip(sequences, start):  # one at a time: no padding to line up
-        with torch.no_grad():
-            lp = model(torch.tensor([s], device=model.device)).logits[0].float().log_softmax(-1)
-        rows.append([lp[k - 1, s[k]].item() for k in range(b, len(s))])
-    return rows
-
-
-def mean_abs(a: list[list[float]], b: list[list[float]]) -> float:
-    return statistics.fmean(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
-
-
-def teacher_forced(v, hf, jobs: list[tuple[int, float]], continuations: list[str]) -> dict:
-    """Greedy texts part wherever two near-tied tokens swap, which in bf16 says little. Here both engines score
-    the same tokens (the prompts and the base's continuations): vLLM with each member as an adapter in its slot
-    (``evaluate_members`` loaded ids 1… in job order) against transformers with the member merged into its weights.
-    Their gap is to be read against the base's gap (no LoRA on either side: the engines' own numerics) and
-    against how far the members move the log-probabilities from the base's."""
-    from vllm.lora.request import LoRARequest
-
-    from harness.template import format_prompt
-
-    tok = hf.tokenizer
-    prompt_ids = [tok(format_prompt(p)).input_ids for p in PROMPTS]
-    seqs = [ids + tok(c, add_special_tokens=False).input_ids for ids, c in zip(prompt_ids, continuations)]
-    start = [len(ids) for ids in prompt_ids]
-    n = len(seqs)
-    members = [(i + 1, seed, scale) for i, (seed, scale) in enumerate(j for j in jobs if j[1])]
-    lora = [[LoRARequest(f"member-{i}", i, str(v.adapters / str(i)))] * n for i, _, _ in members]
-    got = forced_logprobs_vllm(v.llm, seqs * (len(members) + 1), start * (len(members) + 1),
-                               [r for rs in lora for r in rs] + [None] * n)
-    vllm_rows = [got[k * n:(k + 1) * n] for k in range(len(members) + 1)]
-    hf_rows = []
-    for _, seed, scale in members:
-        hf.perturb(seed, scale)
-        hf_rows.append(forced_logprobs_hf(hf.model, seqs, start))
-        hf.restore(seed, scale)
-    hf_rows.append(forced_logprobs_hf(hf.model, seqs, start))
-    gaps = [mean_abs(a, b) for a, b in zip(vllm_rows, hf_rows)]
-    return {"tokens_scored": sum(len(s) - b for s, b in zip(seqs, start)),
-            "members_vllm_lora_vs_hf_merged": gaps[:-1], "base_vllm_vs_hf": gaps[-1],
-            "members_shift_from_base_hf": [mean_abs(a, hf_rows[-1]) for a in hf_rows[:-1]],
-            "max_abs_members_vllm_lora_vs_hf_merged": max(abs(x - y) for a, b in zip(vllm_rows[:-1], hf_rows[:-1])
-                                                          for ra, rb in zip(a, b) for x, y in zip(ra, rb))}
-
-
-def lowrank(policy: Path, work: Path, figures: dict) -> dict:
-    from methods.es.hf_engine import HFEngine
-    from methods.es.vllm_engine import VLLMEngine
-
-    spec, dtype = NoiseSpec(kind="lowrank", rank=1), os.environ.get("ESGRPO_CHECK_DTYPE", "bfloat16")
-    v = VLLMEngine(EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype=dtype,
-                                gpu_memory_utilization=0.25, max_model_len=512, max_num_seqs=1024),
-                   scratch=str(work / "lowrank"), noise=spec, max_loras=8)
-    hf = HFEngine(EngineConfig(kind="hf", model_path=str(policy), device="cuda", dtype=dtype, batch_size=64), spec)
-    greedy = SamplingSettings(max_new_tokens=32, ignore_eos=True)
-    jobs = [(11, 0.02), (11, -0.02), (12, 0.02), (13, 0.02), (0, 0.0)]
-    before = v.checksum()
-    batched = v.evaluate_members(jobs, PROMPTS, greedy)
-    alone = hf.evaluate_members(jobs, PROMPTS, greedy)
-    out = {"base_unchanged": v.checksum() == before, "sequences": len(jobs) * len(PROMPTS), "dtype": dtype}
-    out["teacher_forced_logprobs"] = teacher_forced(v, hf, jobs, [c.text for c in alone[-1]["completions"]])
-    out["greedy_equal_vllm_lora_vs_hf_merged"] = sum(
-        a.text == b.text for x, y in zip(batched, alone) for a, b in zip(x["completions"], y["completions"]))
-    out["members_distinct"] = len({tuple(c.text for c in x["completions"]) for x in batched})
-    # bf16 greedy paths part where two near-tied tokens swap; how long they agree first is the test: the members'
-    # (LoRA in the batch against merged weights) should agree about as long as the base's (no LoRA either side)
-    agree = [statistics.fmean(len(os.path.commonprefix([a.text, b.text])) / max(len(b.text), 1)
-                              for a, b in zip(x["completions"], y["completions"])) for x, y in zip(batched, alone)]
-    out["agreeing_prefix_share_members"] = statistics.fmean(agree[:-1])
-    out["agreeing_prefix_share_base"] = agree[-1]
-    out["update_checksums_equal"] = v.apply_update([(11, 1e-3), (12, -1e-3)]) == hf.apply_update([(11, 1e-3), (12, -1e-3)])
-    return out
-
-
 def speed_engine(policy: Path) -> EngineConfig:
     """The speed probes' engine: the same for the low-rank batch and the plain raw generation it is divided by."""
     return EngineConfig(kind="vllm", model_path=str(policy), device="cuda", dtype="bfloat16",
-                        gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024)
+                        gpu_memory_utilization=0.85, max_model_len=512, max_num_seqs=1024,
+                        lora_ops=os.environ.get("ESGRPO_CHECK_LORA_OPS", "concat"))
 
 
 def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
@@ -295,9 +140,9 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
 
     out: dict = {}
     for n in populations:
-        members = [(100 + i, 1e-3) for i in range(n)] + [(0, 0.0)]
+        members = [Member(100 + i, 1e-3) for i in range(n)] + [UNPERTURBED]
         for _ in range(2):  # the second of each counts: the first loads adapter files and warms shapes up
-            raw, _ = speed([(0, 0.0)] * (n + 1))
+            raw, _ = speed([UNPERTURBED] * (n + 1))
             batch, making = speed(members)
         out[f"population_{n}"] = {"sequences": (n + 1) * len(prompts), "raw_tokens_per_s": raw,
                                   "batch_tokens_per_s": batch, "batch_vs_raw": batch / raw,
@@ -305,8 +150,8 @@ def lowrank_speed(policy: Path, work: Path, figures: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     n = min(8, max(populations))
-    members = [(200 + i, 1e-3) for i in range(n)] + [(0, 0.0)]
-    for name, jobs in (("raw", [(0, 0.0)] * (n + 1)), ("batch", members)):
+    members = [Member(200 + i, 1e-3) for i in range(n)] + [UNPERTURBED]
+    for name, jobs in (("raw", [UNPERTURBED] * (n + 1)), ("batch", members)):
         t = time.perf_counter()
         with profile(activities=[ProfilerActivity.CUDA if torch.cuda.is_available() else ProfilerActivity.CPU]) as prof:
             v.evaluate_members(jobs, prompts, fixed)
@@ -553,8 +398,7 @@ def figure_key(part: str) -> str:
 
 
 WITHOUT_POLICY = {"kernels": kernels, "lora-kernels": lora_kernels, "lora-concat": lora_concat}  # tensors only
-WITH_POLICY = {"eager": eager, "graphs": graphs, "lowrank": lowrank, "lowrank-speed": lowrank_speed,
-               "raw-speed": raw_speed}  # engines on a random policy of the chosen shape
+WITH_POLICY = {"lowrank-speed": lowrank_speed, "raw-speed": raw_speed}  # engines on a random policy of the chosen shape
 
 
 def main(out_json: str, parts: list[str]) -> None:
