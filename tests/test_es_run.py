@@ -112,7 +112,7 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     cfg = load_config(ESConfig, lowrank, sets)
     run_method("es", cfg, tmp_path)
     rec = load_record(tmp_path)
-    assert "9 jobs (108 sequences) per generate call; the engine runs 48 at once" in "\n".join(rec.notes)
+    assert "9 members (108 sequences) per generate call; the engine runs 48 at once" in "\n".join(rec.notes)
     assert len([n for n in rec.notes if "more than the engine runs at once" in n]) == 1
     assert rec.memory["kv_cache_tokens"] > 0
     assert rec.status == "completed" and rec.series[-1].samples >= 270
@@ -132,7 +132,7 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     split = load_config(ESConfig, lowrank, [*sets, "members_per_call=auto"])
     run_method("es", split, tmp_path / "split")
     rec_split = load_record(tmp_path / "split")
-    assert "4 jobs (48 sequences) per generate call" in "\n".join(rec_split.notes)
+    assert "4 members (48 sequences) per generate call" in "\n".join(rec_split.notes)
     assert not [n for n in rec_split.notes if "more than the engine runs at once" in n]
     assert rec_split.memory["weights_checksum"] == rec.memory["weights_checksum"]
     assert [(p.reward, p.cost, p.lam) for p in rec_split.series] == [(p.reward, p.cost, p.lam) for p in rec.series]

@@ -58,3 +58,12 @@ def test_each_contract_catches_what_it_forbids(tree, module, line, broken):
     names = [c["name"] for c in tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]]
     (name,) = [n for n in names if n.startswith(broken)]
     assert f"{name} BROKEN" in text, text[-3000:]
+
+
+@pytest.mark.slow
+def test_the_es_engine_contract_type_checks():
+    """mypy over methods/es: both engines meet the whole ESEngine Protocol (make_engine returns one), and every
+    call the trainer hands a pool is checked against it."""
+    r = subprocess.run([sys.executable, "-m", "mypy", "methods/es", "--cache-dir", str(ROOT / ".cache" / "mypy")],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "Success" in r.stdout, r.stdout[-4000:]

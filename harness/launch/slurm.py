@@ -23,7 +23,7 @@ from harness.records import atomic_write_text
 from harness.registry import get_method
 from scorer.service_config import load_service_config
 
-TEMPLATES = Path(__file__).resolve().parents[1] / "containers" / "slurm"
+TEMPLATES = Path(__file__).resolve().parents[2] / "containers" / "slurm"
 JOBS_FILE = "jobs.json"
 
 

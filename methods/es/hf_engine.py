@@ -21,12 +21,12 @@ class HFEngine(InPlaceES):
         self.cfg = cfg
         self.restore_mode = cfg.restore
         self.model = AutoModelForCausalLM.from_pretrained(cfg.model_path, dtype=torch_dtype(cfg.dtype))
-        self.model.to(cfg.device).eval().requires_grad_(False)
+        self.model.to(cfg.device).eval().requires_grad_(False)  # type: ignore[arg-type]  # (transformers' .to stub)
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model_path)
         self._gen = HFGenerator(self.model, self.tokenizer, batch_size=cfg.batch_size)
         self.noise = make_noise(noise or NoiseSpec(), self.model.config)
         # Tied tensors appear once (named_parameters dedupes); that is the set ES perturbs.
-        self._views = list(self.model.named_parameters())
+        self._views: list[tuple[str, torch.Tensor]] = [(n, p) for n, p in self.model.named_parameters()]
 
     def named_views(self) -> list[tuple[str, torch.Tensor]]:
         return self._views

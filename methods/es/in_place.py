@@ -11,6 +11,7 @@ import shutil
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -84,11 +85,11 @@ class InPlaceES:
         src = torch.empty(probe_bytes, dtype=torch.uint8, device=views[0][1].device)
         dst = torch.empty_like(src)
         copy_s = self._median_seconds(lambda: dst.copy_(src), repeat)
-        src = dst = None  # freed before the rest of the probe
+        del src, dst  # freed before the rest of the probe
         if torch.cuda.is_available():  # hand the buffers back: they must not count in the run's memory peak
             torch.cuda.empty_cache()
         copy_bps = 2 * probe_bytes / copy_s
-        seed, passes, restores = PROBE_SEED, [], []
+        seed, passes, restores = PROBE_SEED, list[float](), list[float]()
         for _ in range(repeat + 1):  # the first pass warms up (and takes the snapshot)
             # each timed on its own: a restore still running on the device when the next perturbation's clock
             # starts is counted in it (the H100 figures before this, 2.06-2.42 × the bound, were pass + restore)
@@ -138,10 +139,10 @@ class InPlaceES:
         import torch.distributed as dist
 
         host, port = address.rsplit(":", 1)
-        store = dist.TCPStore(host, int(port), world, is_master=rank == 0, timeout=datetime.timedelta(minutes=10))
-        store = dist.PrefixStore("esgrpo-weights", store)
+        tcp = dist.TCPStore(host, int(port), world, is_master=rank == 0, timeout=datetime.timedelta(minutes=10))
+        store = dist.PrefixStore("esgrpo-weights", tcp)
         device = self.named_views()[0][1].device
-        self._group = (dist.ProcessGroupNCCL(store, rank, world) if device.type == "cuda"
+        self._group: Any = (dist.ProcessGroupNCCL(store, rank, world) if device.type == "cuda"  # type: ignore[call-arg]
                        else dist.ProcessGroupGloo(store, rank, world, datetime.timedelta(minutes=10)))
         self._store = store  # the store must outlive the group
 

@@ -86,7 +86,8 @@ class IndependentNoise:
     """Per-tensor chunked normals; on CUDA one fused kernel over all tensors (where Triton runs)."""
 
     def __init__(self) -> None:
-        self._fused = self._fused_key = None
+        self._fused: Any = None  # noise_cuda.FusedNoise, made for one list of tensor addresses
+        self._fused_key: tuple[int, ...] | None = None
 
     @torch.no_grad()
     def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: UpdateTerms) -> None:
@@ -285,8 +286,7 @@ def check_lowrank_modules(model_dir: Path, modules: Sequence[str]) -> None:
     found: set[str] = set()
     for f in sorted(Path(model_dir).glob("*.safetensors")):
         with safe_open(str(f), "pt") as st:
-            found.update(weight_module(key, len(st.get_slice(key).get_shape())) for key in st.keys())
-    found.discard(None)
+            found.update(m for key in st.keys() if (m := weight_module(key, len(st.get_slice(key).get_shape()))))
     missing = [m for m in modules if m not in found]
     if found and missing:
         raise UserError(f"lowrank_modules: {', '.join(missing)} names no 2-D weight of {model_dir} "

@@ -12,7 +12,7 @@ CPU and CUDA generators already do.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -248,7 +248,7 @@ class FusedNoise:
 
     def __init__(self, views: Sequence[tuple[str, torch.Tensor]], variant: Variant = DEFAULT):
         self.variant = variant
-        self.groups = []
+        self.groups: list[dict[str, Any]] = []
         by_dtype: dict[torch.dtype, list[tuple[str, torch.Tensor]]] = {}
         for name, v in views:
             if not v.is_contiguous() or v.numel() >= 2**31:

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Callable, Protocol, TypeVar
+from typing import Any, Callable, Protocol, TypeVar
 
 from methods.es.engine import EngineConfig, ESEngine
 from methods.es.noise import NoiseSpec
@@ -123,9 +123,12 @@ class RayPool:
         # Actors start from Ray's environment, not this process's: hand them the NCCL/PyTorch settings set here
         # (e.g. NVLink multicast off: NCCL_NVLS_ENABLE=0 on hosts that require it).
         env = {k: v for k, v in os.environ.items() if k.startswith(PASSED_ENV_PREFIXES)}
-        actor = ray.remote(num_cpus=cfg.threads, num_gpus=1 if gpu else 0,
-                           runtime_env={"env_vars": env} if env else None)(EngineHost)
-        self.actors = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}"), noise, max_loras) for i in range(n)]
+        options: dict[str, Any] = {"num_cpus": cfg.threads, "num_gpus": 1 if gpu else 0}
+        if env:
+            options["runtime_env"] = {"env_vars": env}
+        actor: Any = ray.remote(**options)(EngineHost)
+        self.actors: list[Any] = [actor.remote(cfg, os.path.join(scratch, f"engine-{i}"), noise, max_loras)
+                                  for i in range(n)]
         try:  # every engine up: on a cluster, actors wait until the nodes that can hold them have joined
             self.nodes = ray.get([a.where.remote() for a in self.actors], timeout=start_timeout_s)
             ray.get([a.call.remote(count_elements) for a in self.actors], timeout=start_timeout_s)

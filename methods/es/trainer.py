@@ -26,7 +26,7 @@ from methods.es import algorithm
 from methods.es.config import ESConfig
 from methods.es.engine import UNPERTURBED, Member, MemberOutput
 from methods.es.noise import check_lowrank_modules
-from methods.es.pool import LocalPool, Pool, RayPool, call_all
+from methods.es.pool import EngineCall, LocalPool, Pool, RayPool, call_all
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,14 @@ class EngineGenerator:
         return self.pool.submit(self.i, lambda e: e.generate(prompts, sampling)).result()
 
 
+def members_of(members: list[Member], prompts: list[str], sampling: SamplingSettings) -> EngineCall[list[MemberOutput]]:
+    return lambda e: e.evaluate_members(members, prompts, sampling)
+
+
+def join_sync(address: str, rank: int, world: int) -> EngineCall[None]:
+    return lambda e: e.sync_init(address, rank, world)
+
+
 def run_population(pool: Pool, ctx: RunContext, scorer_threads: ThreadPoolExecutor, jobs: list[Member],
                    prompts: list[str], sampling: SamplingSettings, per_call: int = 1) -> list[ScoredMember]:
     """Evaluate the members on the engines, ``per_call`` consecutive members per engine call, handed out as
@@ -71,8 +79,7 @@ def run_population(pool: Pool, ctx: RunContext, scorer_threads: ThreadPoolExecut
     while queue or running:
         while queue and free:
             engine, group, start = free.pop(0), queue.pop(0), starts.pop(0)
-            call = pool.submit(engine, lambda e, group=group: e.evaluate_members(group, prompts, sampling))
-            running[call] = (engine, start)
+            running[pool.submit(engine, members_of(group, prompts, sampling))] = (engine, start)
         done, _ = wait(list(running), return_when=FIRST_COMPLETED)
         for fut in done:
             engine, start = running.pop(fut)
@@ -124,7 +131,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     per_call = cfg.members_per_call_for(record_engine_figures(pool, cfg, ctx))
     if cfg.update == "broadcast" and len(pool) > 1:
         address, world = pool.submit(0, lambda e: e.sync_address()).result(), len(pool)
-        [f.result() for f in [pool.submit(i, lambda e, i=i: e.sync_init(address, i, world)) for i in range(world)]]
+        [f.result() for f in [pool.submit(i, join_sync(address, i, world)) for i in range(world)]]
     generator = EngineGenerator(pool, 0)
     speed = MemberSpeed(batch=cfg.batches_population())
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
@@ -274,8 +281,7 @@ def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> di
         jobs = {"raw": [UNPERTURBED], "member": [Member(algorithm.SEED_SPACE, cfg.sigma)]}
     speed, prepare = {}, {}
     for kind in ("raw", "member", "raw", "member"):
-        group = jobs[kind]
-        outs = pool.submit(0, lambda e, group=group: e.evaluate_members(group, prompts, sampling)).result()
+        outs = pool.submit(0, members_of(jobs[kind], prompts, sampling)).result()
         speed[kind], prepare[kind] = batch_speed(outs)
     return {"raw_generate_tokens_per_s": speed["raw"], "member_tokens_per_s": speed["member"],
             "member_vs_raw": speed["member"] / speed["raw"], "member_prepare_share": prepare["member"]}

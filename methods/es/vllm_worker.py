@@ -22,6 +22,7 @@ from harness.vllm import compat
 from harness.vllm.memory import kv_cache_bytes
 from methods.es import vllm_lora
 from methods.es.in_place import InPlaceES
+from methods.es.noise import LowRankNoise
 
 T = TypeVar("T")
 
@@ -46,9 +47,10 @@ def hf_views(model: torch.nn.Module, hf_config: Any) -> list[tuple[str, torch.Te
             raise RuntimeError(f"{name} is empty: vLLM dropped the live weight (CPU repacking not disabled)")
         packed = next((k for k in splits if f".{k}." in name), None)
         if packed is None:
+            data = p.data
             if name.endswith(("embed_tokens.weight", "lm_head.weight")):
-                p = p[: hf_config.vocab_size]  # vLLM pads the vocabulary
-            views.append((name, p.data))
+                data = data[: hf_config.vocab_size]  # vLLM pads the vocabulary
+            views.append((name, data))
             continue
         start = 0
         for sub, rows in splits[packed]:
@@ -100,6 +102,7 @@ class WorkerES(InPlaceES):
         from safetensors.torch import save_file
 
         noise = self.noise
+        assert isinstance(noise, LowRankNoise), "adapters are low-rank members"
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tensors, modules = {}, set()
@@ -140,13 +143,15 @@ class WorkerES(InPlaceES):
         if self._slot_writer is not None:
             return self._slot_writer
         manager = self._lora_manager()
+        noise = self.noise
+        assert isinstance(noise, LowRankNoise), "LoRA slots hold low-rank members"
         views, plan = dict(self._views), []
         for module_name, module in manager.modules.items():
             prefix, _, last = module_name.rpartition(".")
             for i, sub in enumerate(manager.packed_modules_mapping.get(last, [last])):
                 name = f"{prefix}.{sub}.weight".lstrip(".")
                 v = views.get(name)
-                if v is None or not self.noise.covers(name, v):
+                if v is None or not noise.covers(name, v):
                     continue
                 a_stack, b_stack = module.lora_a_stacked[i], module.lora_b_stacked[i]
                 if a_stack.shape[-1] != v.shape[1] or b_stack.shape[-2] != v.shape[0]:
@@ -155,7 +160,7 @@ class WorkerES(InPlaceES):
                 plan.append((name, a_stack, b_stack))
         if not plan:
             raise RuntimeError("no LoRA layer of this vLLM model matches a weight the low-rank noise covers")
-        self._slot_writer = self.noise.slot_writer(plan)
+        self._slot_writer = noise.slot_writer(plan)
         return self._slot_writer
 
 
