@@ -100,6 +100,11 @@ class RunContext:
         if warn:
             log.warning(text)
 
+    def describe(self, variant: str, precision: str) -> None:
+        """What this run is, in the method's words: its variant (``vllm/lowrank``) and the precision of the weights it
+        trains with their gradients and optimizer state (or none); launchers compare runs by these."""
+        self.writer.record.variant, self.writer.record.precision = variant, precision
+
     def add_figures(self, section: Literal["throughput", "memory", "environment"], figures: Mapping[str, Any]) -> None:
         """Figures of the run in one of the record's sections (probe speeds, KV cache size, engine nodes...)."""
         getattr(self.writer.record, section).update(figures)
@@ -189,4 +194,10 @@ class Method(Protocol):
 
     def latest_checkpoint(self, run_dir: Path) -> Path | None:
         """The newest complete checkpoint in ``run_dir`` (it holds ``esgrpo_state.json``), or None."""
+        ...
+
+    def cluster_overrides(self, ray_address: str, workers: int) -> list[str]:
+        """Config overrides (KEY=VALUE) that put a run on a job's own Ray cluster at ``ray_address`` with ``workers``
+        GPUs or CPU workers in all; a SLURM job of several nodes renders them (``ray`` launchers only: an
+        ``accelerate`` method returns [])."""
         ...

@@ -59,6 +59,10 @@ class RunRecord(BaseModel):
     kind: Literal["run", "eval"] = "run"
     method: str
     label: str | None = None  # the benchmark entry it ran as (es-vllm, es-hf...); reports group by it
+    # what the method says this run is, for launchers' cross-run figures: the variant (es: vllm/lowrank, grpo:
+    # vllm...) and how it holds the weights it trains (memory comparisons)
+    variant: str | None = None
+    precision: str | None = None
     seed: int
     # oom: the run did not fit the device; a result (what it reached is in memory), not a crash
     status: Literal["running", "completed", "failed", "interrupted", "oom"] = "running"

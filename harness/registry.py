@@ -16,8 +16,8 @@ def available() -> list[str]:
 
 def check_conformance(name: str, cls: type) -> None:
     """A registered method has everything the harness calls, or a clear error names what is missing."""
-    problems = [f"no '{attr}'" for attr in ("name", "config_model", "launcher", "run", "latest_checkpoint")
-                if not hasattr(cls, attr)]
+    problems = [f"no '{attr}'" for attr in ("name", "config_model", "launcher", "run", "latest_checkpoint",
+                                            "cluster_overrides") if not hasattr(cls, attr)]
     if hasattr(cls, "config_model") and not (isinstance(cls.config_model, type) and issubclass(cls.config_model, MethodConfig)):
         problems.append("config_model is not a MethodConfig subclass (it must carry the shared `run` settings)")
     if getattr(cls, "launcher", "ray") not in ("ray", "accelerate"):

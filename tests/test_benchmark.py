@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.config import load_config
 from harness.launch.benchmark import run_benchmark
+from harness.registry import get_method
 from harness.records import load_record
 
 ROOT = Path(__file__).parents[1]
@@ -32,9 +34,13 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     assert [r.name for r in runs] == ["es-s0", "es-s1", "grpo-s0", "grpo-s1"]
     for r in runs:
         rec = load_record(r)
-        assert rec.status == "completed" and rec.spec["name"] == "cpu"
+        assert rec.status == "completed" and rec.spec["name"] == "cpu" and rec.label == r.name.split("-s")[0]
         assert [e.mark for e in rec.evals] == [0, 110, 220]  # the same budget marks for every method
         assert rec.series[-1].samples >= 220
+        # the run's resolved config is in its folder: `esgrpo run METHOD --config it` is this very run
+        method = get_method(rec.method)
+        again = load_config(method.config_model, r / "config.yaml").model_dump(mode="json", by_alias=True)
+        assert again == {k: v for k, v in rec.config.items() if k != "policy_path"}
     text = report.read_text()
     assert "es − grpo" in text and "Verdict" in text and "Time to target" in text
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())

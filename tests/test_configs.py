@@ -64,5 +64,5 @@ def test_a_method_that_misses_part_of_the_contract_is_named_when_looked_up():
 
         def run(self, config, ctx): ...
 
-    with pytest.raises(UserError, match="no 'launcher'; no 'latest_checkpoint'; config_model is not a MethodConfig"):
+    with pytest.raises(UserError, match="no 'launcher'; no 'latest_checkpoint'; no 'cluster_overrides'; config_model is not a MethodConfig"):
         check_conformance("half", Half)

@@ -144,7 +144,8 @@ def test_out_of_memory_is_a_result_in_the_report(tmp_path):
     runs = [fake_run(tmp_path, m, 0, shift) for m, shift in (("es", 1.0), ("grpo", 0.0))]
     rec = RunRecord(run_id="grpo-fp32-0", method="grpo", label="grpo-fp32", seed=0, config={})
     w = RecordWriter(tmp_path / "grpo-fp32-s0", rec, tensorboard=False)
-    w.record.memory.update(peak_gpu_mb={"cuda:0": 79500.0}, training_precision="fp32 master weights")
+    w.record.memory.update(peak_gpu_mb={"cuda:0": 79500.0})
+    w.record.precision = "fp32 master weights"
     w.finish("oom", str(real.value))
     md = write_report(runs, tmp_path / "out", oom=[w.run_dir])
     assert "ran out of memory" in md.read_text() and "79500" in md.read_text()

@@ -13,6 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import Field, field_validator, model_validator
 
 from harness.budget import BudgetConfig
@@ -20,7 +21,7 @@ from harness.checkpoint import Preempted
 from harness.config import StrictModel, apply_overrides, read_yaml, validate
 from harness.errors import OutOfMemory, UserError
 from harness.launch.processes import child_env
-from harness.records import load_record
+from harness.records import atomic_write_text, load_record
 from harness.registry import available, get_method
 from harness.report import write_report
 from harness.method import RunSettings
@@ -190,18 +191,17 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             log.info("%s seed %d already completed in %s; keeping it", name, seed, run_dir)
             done.append(run_dir)
             continue
+        method = spec.methods[name].method or name
+        config_file = write_resolved_config(run_dir, cfg)
         if len(selected) == 1 and seed_index is not None:  # this process is the one (method, seed) part
-            run_method(spec.methods[name].method or name, cfg, run_dir, spec=raw, label=name)
+            run_method(method, cfg, run_dir, spec=raw, label=name)
             done.append(run_dir)
             continue
         log.info("running %s seed %d -> %s", name, seed, run_dir)
-        # Each run gets its own process: its peak memory is its own, and a crash cannot take the others down.
-        cmd = [sys.executable, "-m", "harness.launch.cli", "benchmark", "--spec", str(spec_path), "--runs-dir",
-               str(runs_root), "--only", name, "--seed-index", str(spec.seeds.index(seed))]
-        for o in shared_overrides or []:
-            cmd += ["--set-shared", o]
-        for o in method_overrides or []:
-            cmd += ["--set", o]
+        # Each run gets its own process (its peak memory is its own, and a crash cannot take the others down): the
+        # command anyone can run again from the folder, on the resolved config written there.
+        cmd = [sys.executable, "-m", "harness.launch.cli", "run", method, "--config", str(config_file),
+               "--run-dir", str(run_dir), "--label", name, "--spec-file", str(spec_path)]
         rc, stopped = run_forwarding_stops(cmd)
         if stopped:  # the run checkpointed and said so in its record; the rest waits for the same command again
             log.warning("%s during %s seed %d: it stopped and checkpointed; run the same command again to resume",
@@ -223,6 +223,20 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     path = report(done)
     if failed:
         raise UserError(f"report written to {path}, but some runs failed:\n  " + "\n  ".join(failed))
+    return path
+
+
+RESOLVED_CONFIG = "config.yaml"
+
+
+def write_resolved_config(run_dir: Path, cfg) -> Path:
+    """The run's whole config (the method's keys, the spec's shared settings, every override) as one YAML in its
+    folder: ``esgrpo run METHOD --config RUN_DIR/config.yaml --run-dir RUN_DIR`` runs or resumes it by hand."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / RESOLVED_CONFIG
+    atomic_write_text(path, "# resolved by esgrpo benchmark; run it again with:\n#   esgrpo run METHOD --config "
+                      f"{path} --run-dir {run_dir}\n" + yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True),
+                                                                     sort_keys=False))
     return path
 
 

@@ -49,7 +49,7 @@ class Runtime(str, Enum):
 
 def default_run_dir(method: str, seed: int | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{stamp}-{method}" + ("" if seed is None else f"-s{seed}")
+    return Path("runs") / (f"{stamp}-{method}" + ("" if seed is None else f"-s{seed}"))
 
 
 @app.command()
@@ -62,8 +62,13 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
         runtime: Runtime = typer.Option(Runtime.native, help="native: this process; docker: the scorer and the "
                                         "method in their images (make containers)"),
         image: Optional[str] = typer.Option(None, help="docker: the method's image (default esgrpo-METHOD:latest)"),
-        scorer_image: Optional[str] = typer.Option(None, help="docker: the scorer's image (default esgrpo-scorer:latest)")):
+        scorer_image: Optional[str] = typer.Option(None, help="docker: the scorer's image (default esgrpo-scorer:latest)"),
+        label: Optional[str] = typer.Option(None, help="the run's name in reports (default: the method's); runs "
+                                            "compared under one label are seeds of one config"),
+        spec_file: Optional[Path] = typer.Option(None, "--spec-file", help="the benchmark spec this run belongs to "
+                                                 "(kept in its record; esgrpo benchmark passes it)")):
     """Train one method to its budget and write its run record (resuming an unfinished one)."""
+    from harness.config import read_yaml
     from harness.run import run_method
 
     out = run_dir or default_run_dir(method)
@@ -76,8 +81,16 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
         if code == 0:
             typer.echo(f"run record: {out / 'record.json'}")
         raise typer.Exit(code)
+    if label is not None:
+        from harness.launch.benchmark import check_name
+
+        try:
+            check_name(label, "--label")
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    spec = read_yaml(spec_file) if spec_file else None
     try:
-        run_method(method, config, out, set_)
+        run_method(method, config, out, set_, spec=spec, label=label)
     except Preempted:
         err.print(f"stopped and checkpointed; resume with the same command (--run-dir {out})")
         raise typer.Exit(PREEMPTED_EXIT) from None

@@ -150,20 +150,12 @@ def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
 
 
 def run_kind(rec) -> str:
-    """es/ENGINE/full|lowrank or grpo/vllm|hf: what a run is, for the cross-run ratios."""
-    cfg = rec.config
-    if rec.method == "es":
-        return f"es/{cfg.get('engine', {}).get('kind')}/{cfg.get('perturbation', 'full')}"
-    return f"{rec.method}/{'vllm' if cfg.get('use_vllm') else 'hf'}"
+    """METHOD/VARIANT, as the method described the run (es/vllm/lowrank, grpo/vllm...): for the cross-run ratios."""
+    return f"{rec.method}/{rec.variant or '?'}"
 
 
 def precision(rec) -> str:
-    if rec.memory.get("training_precision"):
-        return rec.memory["training_precision"]
-    engine = rec.config.get("engine", {})
-    noise = "rank-{} low-rank".format(rec.config.get("rank")) if rec.config.get("perturbation") == "lowrank" \
-        else rec.config.get("noise", "independent")
-    return f"{engine.get('dtype', '?')} weights, no gradients or optimizer state; {noise} noise"
+    return rec.precision or "?"
 
 
 def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dict[str, Any]:

@@ -125,7 +125,8 @@ def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run:
             f'{step} "$${{nodes[0]}}" {wrap} {ray} start --head --node-ip-address="$$head_ip" --port=$$port {common} &',
             'sleep 10',
             f'for n in "$${{nodes[@]:1}}"; do {step} "$$n" {wrap} {ray} start --address="$$head_ip:$$port" {common} & done',
-            f'{wrap} {esgrpo} {run} --set "ray_address=$$head_ip:$$port" --set pool=ray --set "engines={r.nodes * max(r.gpus, 1)}" &',
+            f'{wrap} {esgrpo} {run} ' + " ".join(f'--set "{o}"' for o in get_method(method).cluster_overrides(
+                "$$head_ip:$$port", r.nodes * max(r.gpus, 1))) + " &",
             "child=$$!"])
     return "\n".join([
         "# accelerate on every node (one task per node), the first node's address as the rendezvous", MULTI_NODE_HEAD,

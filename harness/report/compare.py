@@ -253,7 +253,7 @@ def oom_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
         rows.append({"method": rec.label or rec.method, "seed": rec.seed, "path": str(d),
                      "in_use_mb": oom_in_use_mb(rec.error or ""),
                      "peak_gpu_mb": max(gpu.values()) if gpu else None, "peak_gpu_nvml_mb": rec.memory.get("peak_gpu_nvml_mb"),
-                     "precision": rec.memory.get("training_precision"), "error": error_excerpt(rec.error)})
+                     "precision": rec.precision, "error": error_excerpt(rec.error)})
     return rows
 
 

@@ -63,6 +63,11 @@ class ESConfig(MethodConfig):
             return NoiseSpec(kind="lowrank", rank=self.rank, modules=self.lowrank_modules)
         return NoiseSpec(kind=self.noise)
 
+    def precision(self) -> str:
+        """How ES holds the weights it trains, in words, for the record and the report."""
+        noise = f"rank-{self.rank} low-rank" if self.perturbation == "lowrank" else self.noise
+        return f"{self.engine.dtype} weights, no gradients or optimizer state; {noise} noise"
+
     def batches_population(self) -> bool:
         """Whether one engine call evaluates many members at once (low-rank on vLLM)."""
         return self.perturbation == "lowrank" and self.engine.kind == "vllm"

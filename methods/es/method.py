@@ -19,6 +19,9 @@ class ESMethod:
     def latest_checkpoint(self, run_dir: Path) -> Path | None:
         return CheckpointManager(run_dir / "checkpoints").latest()
 
+    def cluster_overrides(self, ray_address: str, workers: int) -> list[str]:
+        return [f"ray_address={ray_address}", "pool=ray", f"engines={workers}"]  # one engine per GPU of the job
+
     def run(self, config: ESConfig, ctx: RunContext) -> None:
         from methods.es.trainer import train
 

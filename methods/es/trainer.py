@@ -127,6 +127,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     pool = make_pool(cfg, ctx)
     ctx.budget.gpus = len(pool) if cfg.engine.device == "cuda" else 0
     ctx.note(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}, on {len(set(pool.nodes))} node(s)")
+    ctx.describe(variant=f"{cfg.engine.kind}/{cfg.perturbation}", precision=cfg.precision())
     ctx.add_figures("environment", {"engine_nodes": pool.nodes})
     per_call = cfg.members_per_call_for(record_engine_figures(pool, cfg, ctx))
     if cfg.update == "broadcast" and len(pool) > 1:

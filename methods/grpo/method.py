@@ -20,6 +20,9 @@ class GRPOMethod:
 
         return latest_checkpoint(run_dir)
 
+    def cluster_overrides(self, ray_address: str, workers: int) -> list[str]:
+        return []  # accelerate: processes and ranks come from the launch, not from the config
+
     def run(self, config: GRPOSettings, ctx: RunContext) -> None:
         from methods.grpo.trainer import train
 

@@ -253,7 +253,7 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     ctx.budget.gpus = trainer.accelerator.num_processes if cfg.device == "cuda" else 0
     ctx.note(f"GRPO on TRL {trl_compat.check_version()}, {cfg.prompts_per_step}×{cfg.num_generations} "
              f"completions/step, generation by {vllm_words(cfg) if cfg.use_vllm else 'transformers'}")
-    ctx.add_figures("memory", {"training_precision": cfg.precision()})
+    ctx.describe(variant="vllm" if cfg.use_vllm else "hf", precision=cfg.precision())
     if cfg.use_vllm and cfg.vllm_mode == "colocate":  # its KV cache, reported apart as the ES engines' is
         kv = llm_kv_cache_bytes(trl_compat.colocated_llm(trainer))
         ctx.add_figures("memory", {"kv_cache_mb": round(kv / 2**20, 1)})
