@@ -125,7 +125,7 @@ def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
     assert "RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat" in es and (slurm_dir / "ray.token").stat().st_mode & 0o777 == 0o600
     assert 'ray start --head --node-ip-address="$head_ip"' in es and 'for n in "${nodes[@]:1}"' in es
     assert 'ray start --address="$head_ip:$port"' in es and "apptainer exec --nv" in es
-    assert '--set "ray_address=$head_ip:$port" --set pool=ray --set "engines=12"' in es
+    assert '--set "ray_address=$head_ip:$port" --set "pool=ray" --set "engines=12"' in es
     # GRPO: accelerate on each node, machine rank from SLURM, 8 processes
     assert "srun --nodes=2 --ntasks-per-node=1 --gres=gpu:4 bash" in grpo
     node = (slurm_dir / "grpo-node.sh").read_text()
