@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +20,22 @@ class StrictModel(BaseModel):
     inf/nan are refused everywhere (a σ, a deadline or a λ bound of inf fails much later, or hangs)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def renamed(data: Any, old: str, new: str, where: str) -> Any:
+    """A config key renamed this release: the old name still works, for one release, with a warning that names the
+    new one (both given: the new one wins, and the warning says so)."""
+    if not isinstance(data, dict) or old not in data:
+        return data
+    data = dict(data)
+    value = data.pop(old)
+    if new in data:
+        warnings.warn(f"{where}{old} is deprecated and ignored here: {where}{new} is given too", FutureWarning, stacklevel=3)
+    else:
+        warnings.warn(f"{where}{old} is deprecated and goes in the next release: write {where}{new} instead",
+                      FutureWarning, stacklevel=3)
+        data[new] = value
+    return data
 
 
 def format_validation_error(err: ValidationError, source: str) -> str:

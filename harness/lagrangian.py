@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from harness.config import StrictModel
+from harness.config import StrictModel, renamed
 
 
 class LambdaConfig(StrictModel):
@@ -23,12 +23,17 @@ class LambdaConfig(StrictModel):
     lambda_init: float = Field(1.0, gt=0)
     cost_threshold: float = 0.0
     lambda_pos_cost_only: bool = False
-    beta: float = Field(0.9, ge=0, lt=1)
+    ema_beta: float = Field(0.9, ge=0, lt=1)  # the EMA factor of J_C (GRPO's KL weight is its own `beta`)
     eta: float = Field(0.005, ge=0)
     lambda_min: float = Field(1e-4, gt=0)
     lambda_max: float = Field(5.0, gt=0)
     # zero: a bias-free start at 0 (λ moves slowly at first); first: the published runs' rule, ema = J_C at step 1
     ema_init: Literal["zero", "first"] = "zero"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed(data, "beta", "ema_beta", "lambda.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "LambdaConfig":
@@ -64,6 +69,6 @@ def update_lambda(state: LambdaState, mean_cost: float, cfg: LambdaConfig) -> La
     if cfg.ema_init == "first" and state.updates == 0:
         ema = j_c
     else:
-        ema = cfg.beta * state.ema + (1 - cfg.beta) * j_c
+        ema = cfg.ema_beta * state.ema + (1 - cfg.ema_beta) * j_c
     log_lambda = min(max(state.log_lambda + cfg.eta * ema, math.log(cfg.lambda_min)), math.log(cfg.lambda_max))
     return LambdaState(log_lambda, ema, j_c, state.updates + 1)

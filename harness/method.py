@@ -136,7 +136,7 @@ class RunContext:
                   extra: dict[str, float] | None = None) -> Point:
         lam = self.lam.value
         r, c = statistics.fmean(rewards), statistics.fmean(costs)
-        point = Point(step=self.step, samples=self.budget.completions, tokens=self.budget.tokens,
+        point = Point(step=self.step, completions=self.budget.completions, tokens=self.budget.tokens,
                       seconds=round(self.tick(), 4), reward=r, cost=c, objective=r - lam * c,
                       safe_ratio=sum(x <= 0 for x in costs) / len(costs), lam=lam, j_c=self.lam.j_c,
                       times={k: round(v, 5) for k, v in times.items()}, extra=extra or {})
@@ -155,7 +155,7 @@ class RunContext:
                        self.settings.lagrangian.lambda_init, self.judge)
         for mark in marks:  # one evaluation stands for every mark passed in a single step
             self.evals_done.add(mark)
-            self.writer.log_eval(EvalPoint(mark=mark, step=self.step, samples=self.budget.completions,
+            self.writer.log_eval(EvalPoint(mark=mark, step=self.step, completions=self.budget.completions,
                                            tokens=self.budget.tokens, seconds=round(self.train_seconds, 4),
                                            lam=self.lam.value, metrics=res.metrics,
                                            samples_file=f"evals/eval-{mark:08d}.jsonl"), res.sample_dicts())

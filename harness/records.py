@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import psutil
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: points count `completions` (1 called them `samples`); both load
 RECORD_FILE = "record.json"
 
 
@@ -24,7 +24,8 @@ class Point(BaseModel):
     """One training iteration (ES) or optimizer step (GRPO)."""
 
     step: int
-    samples: int  # completions scored so far (the budget unit)
+    # completions scored so far (the budget unit); records before schema 2 called it `samples`
+    completions: int = Field(validation_alias=AliasChoices("completions", "samples"))
     tokens: int  # completion tokens generated so far
     seconds: float  # training wall-clock so far (evaluation excluded)
     reward: float
@@ -42,7 +43,7 @@ class Point(BaseModel):
 class EvalPoint(BaseModel):
     mark: int  # budget checkpoint (completions) this evaluation stands for; equal across methods
     step: int
-    samples: int
+    completions: int = Field(validation_alias=AliasChoices("completions", "samples"))
     tokens: int
     seconds: float
     lam: float = Field(alias="lambda")
@@ -247,14 +248,14 @@ class RecordWriter:
         scalars = {"reward": point.reward, "cost": point.cost, "objective": point.objective,
                    "safe_ratio": point.safe_ratio, "lambda": point.lam, "j_c": point.j_c,
                    **{f"time_{k}": v for k, v in point.times.items()}, **point.extra}
-        self._scalars("train", scalars, point.samples)
+        self._scalars("train", scalars, point.completions)
         self.flush()
 
     def log_eval(self, point: EvalPoint, samples: list[dict[str, Any]]) -> None:
         path = self.run_dir / point.samples_file
         atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
         self.record.evals.append(point)
-        self._scalars("eval", point.metrics, point.samples)
+        self._scalars("eval", point.metrics, point.completions)
         self.flush()
 
     def finish(self, status: Literal["completed", "failed", "interrupted", "oom"], error: str | None = None) -> None:

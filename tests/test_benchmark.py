@@ -21,8 +21,8 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
 
     caplog.set_level(logging.INFO, logger="harness.launch.benchmark")
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
-    spec["shared"]["budget"] = {"completions": 220, "eval_every_fraction": 0.5}
-    spec["shared"]["eval"]["limit"] = 12
+    spec["run"]["budget"] = {"completions": 220, "eval_every_fraction": 0.5}
+    spec["run"]["eval"]["limit"] = 12
     # es and grpo of the spec (es-lowrank's pipeline runs in test_gpu_bench.py and test_es_run.py)
     spec["methods"] = {m: {**e, "config": str(ROOT / e["config"].removeprefix("../"))} for m, e in spec["methods"].items()
                        if m != "es-lowrank"}
@@ -36,7 +36,7 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
         rec = load_record(r)
         assert rec.status == "completed" and rec.spec["name"] == "cpu" and rec.label == r.name.split("-s")[0]
         assert [e.mark for e in rec.evals] == [0, 110, 220]  # the same budget marks for every method
-        assert rec.series[-1].samples >= 220
+        assert rec.series[-1].completions >= 220
         # the run's resolved config is in its folder: `esgrpo run METHOD --config it` is this very run
         method = get_method(rec.method)
         again = load_config(method.config_model, r / "config.yaml").model_dump(mode="json", by_alias=True)

@@ -86,7 +86,7 @@ def test_the_deprecated_lora_environment_variable_becomes_the_config_key(monkeyp
     from methods.es.config import ESConfig
 
     monkeypatch.setenv("ESGRPO_LORA_KERNELS", "dense")
-    with pytest.warns(DeprecationWarning, match="engine.lora_ops: dense"):
+    with pytest.warns(FutureWarning, match="engine.lora_ops: dense"):
         cfg = ESConfig.model_validate({"engine": {"kind": "vllm"}})
     assert cfg.engine.lora_ops == "dense"
     assert ESConfig.model_validate({"engine": {"lora_ops": "punica"}}).engine.lora_ops == "punica"  # the key wins
@@ -126,7 +126,7 @@ def test_binary_files_and_odd_places_are_named(tmp_path):
     ("name: ok\nmethods:\n  es-x: {method: nope, config: x.yaml}\n", "methods.es-x.method: unknown method 'nope'"),
     ("name: ok\nseeds: [0, 0]\nmethods:\n  es: {config: x.yaml}\n", "seeds must be distinct"),
     ("name: ok\ncompare: {baseline: grpo}\nmethods:\n  es: {config: x.yaml}\n", "compare.baseline 'grpo'"),
-    ("name: ok\nmethods:\n  es: {config: x.yaml}\nshared:\n  eval: {limit: -1}\n", "shared.eval.limit"),
+    ("name: ok\nmethods:\n  es: {config: x.yaml}\nrun:\n  eval: {limit: -1}\n", "run.eval.limit"),
 ])
 def test_bad_specs_name_the_spec_and_field(tmp_path, text, message):
     (tmp_path / "x.yaml").write_text("population: 4\n")

@@ -39,7 +39,7 @@ def test_benchmark_specs(path):
     spec, _ = load_spec(path)
     for name, entry in spec.methods.items():  # each entry's config, with its overrides and the shared settings
         budget = {"budget": entry.budget} if entry.budget else {}
-        assert method_config(spec, path, name, spec.seeds[0]).run == spec.shared.model_copy(
+        assert method_config(spec, path, name, spec.seeds[0]).run == spec.run.model_copy(
             update={"seed": spec.seeds[0], **budget})
     if path.name == "cpu-default.yaml":  # the comparison `make benchmark` runs: three methods, one baseline
         assert len(spec.seeds) >= 2 and set(spec.methods) == {"es", "es-lowrank", "grpo"}
@@ -66,3 +66,14 @@ def test_a_method_that_misses_part_of_the_contract_is_named_when_looked_up():
 
     with pytest.raises(UserError, match="no 'launcher'; no 'latest_checkpoint'; no 'cluster_overrides'; config_model is not a MethodConfig"):
         check_conformance("half", Half)
+
+
+def test_a_spec_written_with_shared_still_loads_with_a_warning(tmp_path):
+    from harness.launch.benchmark import load_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"name: old\nmethods:\n  es: {{config: {ROOT / 'configs/es/cpu-default.yaml'}}}\n"
+                    "shared:\n  seed: 0\n  eval: {limit: 3}\n")
+    with pytest.warns(FutureWarning, match="shared is deprecated .* write run instead"):
+        loaded, _ = load_spec(spec)
+    assert loaded.run.eval.limit == 3

@@ -26,7 +26,7 @@ def es_config(**overrides) -> ESConfig:
 
 def trajectory(run_dir: Path) -> list:
     rec = load_record(run_dir)
-    return [(p.step, p.samples, p.tokens, p.reward, p.cost, p.lam, p.j_c, p.extra) for p in rec.series]
+    return [(p.step, p.completions, p.tokens, p.reward, p.cost, p.lam, p.j_c, p.extra) for p in rec.series]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_es_record_is_complete_and_deterministic(two_runs):
     a, b = two_runs
     rec = load_record(a)
     assert rec.status == "completed" and rec.method == "es"
-    assert rec.budget["completions"] == 1300 and rec.series[-1].samples >= 1300
+    assert rec.budget["completions"] == 1300 and rec.series[-1].completions >= 1300
     assert [e.mark for e in rec.evals] == [0, 650, 1300]
     split = rec.series[-1].times
     assert {"generation", "scoring", "perturb_restore", "update_sync"} <= split.keys()
@@ -115,7 +115,7 @@ def test_lowrank_es_serves_the_population_as_lora_adapters(policy_path, tmp_path
     assert "9 members (108 sequences) per generate call; the engine runs 48 at once" in "\n".join(rec.notes)
     assert len([n for n in rec.notes if "more than the engine runs at once" in n]) == 1
     assert rec.memory["kv_cache_tokens"] > 0
-    assert rec.status == "completed" and rec.series[-1].samples >= 270
+    assert rec.status == "completed" and rec.series[-1].completions >= 270
     # the whole batch against a plain generate of as many unperturbed sequences (measured before training)
     speed = rec.throughput
     assert 0 < speed["member_vs_raw"] and speed["raw_generate_tokens_per_s"] > 0 and 0 <= speed["member_prepare_share"] < 1

@@ -46,7 +46,7 @@ def test_record_writer_files_tensorboard_and_wandb_offline(tmp_path, monkeypatch
     monkeypatch.setenv("WANDB_MODE", "offline")
     rec = RunRecord(run_id="r", method="es", seed=0, config={"a": 1})
     w = RecordWriter(tmp_path, rec, tensorboard=True, wandb=True)
-    w.log_eval(EvalPoint(mark=0, step=0, samples=0, tokens=0, seconds=0.0, lam=1.0, metrics={"reward": 1.0},
+    w.log_eval(EvalPoint(mark=0, step=0, completions=0, tokens=0, seconds=0.0, lam=1.0, metrics={"reward": 1.0},
                          samples_file="evals/eval-00000000.jsonl"), [{"prompt": "p", "reward": 1.0}])
     w.finish("completed")
     back = load_record(tmp_path)

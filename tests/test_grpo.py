@@ -23,7 +23,7 @@ def test_grpo_steps_through_the_scorer_service(policy_path, scorer_service, tmp_
     rec = load_record(tmp_path)
     assert rec.status == "completed"
     # budget: 16 completions per step, stop once 100 are scored -> 7 steps, 112 completions
-    assert [p.samples for p in rec.series] == [16 * i for i in range(1, 8)]
+    assert [p.completions for p in rec.series] == [16 * i for i in range(1, 8)]
     assert [e.mark for e in rec.evals] == [0, 50, 100]
     # λ: one step per optimizer step from that step's mean cost, with the shared rule
     lam_cfg = LambdaConfig(**{**rec.config["run"]["lambda"]})
@@ -127,8 +127,8 @@ def test_grpo_on_two_processes_agrees_on_lambda_and_budget(policy_path, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     main, other = load_record(tmp_path / "run"), load_record(tmp_path / "run" / "rank-1")
     assert main.status == other.status == "completed"
-    series = lambda rec: [(p.step, p.samples, p.lam, p.cost) for p in rec.series]  # noqa: E731
-    assert series(main) == series(other) and [p.samples for p in main.series] == [16, 32, 48, 64]
+    series = lambda rec: [(p.step, p.completions, p.lam, p.cost) for p in rec.series]  # noqa: E731
+    assert series(main) == series(other) and [p.completions for p in main.series] == [16, 32, 48, 64]
     assert [e.mark for e in main.evals] == [0, 64] and other.evals == []
 
 

@@ -7,7 +7,7 @@ from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
 
 
 def test_lambda_matches_hand_computation():
-    cfg = LambdaConfig(lambda_init=1.0, cost_threshold=0.5, beta=0.9, eta=0.1)
+    cfg = LambdaConfig(lambda_init=1.0, cost_threshold=0.5, ema_beta=0.9, eta=0.1)
     s = LambdaState.initial(cfg)
     s = update_lambda(s, mean_cost=1.5, cfg=cfg)  # J_C = 2.0, ema = 0.1*2 = 0.2, ln λ = 0.02
     assert s.j_c == pytest.approx(2.0) and s.ema == pytest.approx(0.2)
@@ -18,7 +18,7 @@ def test_lambda_matches_hand_computation():
 
 
 def test_lambda_positive_cost_only_clip_and_fixed():
-    cfg = LambdaConfig(lambda_pos_cost_only=True, beta=0.0, eta=1.0, lambda_max=2.0)
+    cfg = LambdaConfig(lambda_pos_cost_only=True, ema_beta=0.0, eta=1.0, lambda_max=2.0)
     s = update_lambda(LambdaState.initial(cfg), -3.0, cfg)
     assert s.j_c == 0.0 and s.value == pytest.approx(1.0)
     for _ in range(5):
@@ -79,3 +79,22 @@ def test_budget_tokens_seconds_and_gpu_seconds():
     w = Budget(BudgetConfig(completions=10**6, max_seconds=30))
     w.seconds = 30
     assert w.exhausted
+
+
+def test_the_old_name_of_the_ema_factor_still_works_with_a_warning():
+    with pytest.warns(FutureWarning, match="lambda.beta is deprecated .* write lambda.ema_beta instead"):
+        cfg = LambdaConfig.model_validate({"beta": 0.5})
+    assert cfg.ema_beta == 0.5
+    with pytest.warns(FutureWarning, match="lambda.beta is deprecated and ignored here"):
+        assert LambdaConfig.model_validate({"beta": 0.5, "ema_beta": 0.7}).ema_beta == 0.7
+
+
+def test_records_written_before_schema_2_still_load():
+    from harness.records import EvalPoint, Point
+
+    old = {"step": 1, "samples": 64, "tokens": 512, "seconds": 1.0, "reward": 0.1, "cost": -0.2, "objective": 0.3,
+           "safe_ratio": 1.0, "lambda": 1.0, "j_c": -0.2}
+    assert Point.model_validate(old).completions == 64 and "completions" in Point.model_validate(old).model_dump()
+    e = EvalPoint.model_validate({"mark": 0, "step": 0, "samples": 0, "tokens": 0, "seconds": 0.0, "lambda": 1.0,
+                                  "metrics": {}, "samples_file": "evals/eval-00000000.jsonl"})
+    assert e.completions == 0

@@ -45,7 +45,7 @@ def wait_for_steps(run_dir: Path, n: int, proc: subprocess.Popen, timeout: float
 
 def trajectory(run_dir: Path) -> list:
     rec = load_record(run_dir)
-    return [(p.step, p.samples, p.tokens, p.reward, p.cost, p.lam, p.j_c, p.extra) for p in rec.series]
+    return [(p.step, p.completions, p.tokens, p.reward, p.cost, p.lam, p.j_c, p.extra) for p in rec.series]
 
 
 def evaluations(run_dir: Path) -> list:
@@ -135,9 +135,9 @@ def test_grpo_resumes_to_the_same_step_and_lambda(policy_path, tmp_path):
     rec = load_record(d)
     assert rec.status == "completed" and "resumed from checkpoint-4" in " ".join(rec.notes)
     assert [pt.step for pt in rec.series] == list(range(1, 11))  # 160 / 16 steps, none repeated or lost
-    assert rec.series[-1].samples == 160
+    assert rec.series[-1].completions == 160
     for pt in rec.series[:4]:  # kept from before the kill, λ included
-        assert (pt.lam, pt.cost, pt.samples) == (before[pt.step].lam, before[pt.step].cost, before[pt.step].samples)
+        assert (pt.lam, pt.cost, pt.completions) == (before[pt.step].lam, before[pt.step].cost, before[pt.step].completions)
     assert [e.mark for e in rec.evals] == [0, 80, 160]
 
 
@@ -171,8 +171,8 @@ def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, t
     import yaml
 
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
-    spec["shared"].update(budget={"completions": 540, "eval_every_fraction": 0.5}, checkpoint_every=1)
-    spec["shared"]["eval"]["limit"] = 12
+    spec["run"].update(budget={"completions": 540, "eval_every_fraction": 0.5}, checkpoint_every=1)
+    spec["run"]["eval"]["limit"] = 12
     spec["methods"] = {"es": {**spec["methods"]["es"], "config": str(ROOT / "configs/es/cpu-default.yaml")}}
     spec["seeds"] = [0]
     spec.pop("compare", None)
@@ -216,5 +216,5 @@ def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, t
 
     assert bench().wait(600) == 0
     rec = load_record(run_dir)
-    assert rec.status == "completed" and rec.series[-1].samples >= 540
+    assert rec.status == "completed" and rec.series[-1].completions >= 540
     assert (tmp_path / "report" / "report.md").is_file()

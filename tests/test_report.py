@@ -38,9 +38,9 @@ def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="r
                    "safe_ratio": float(np.mean([s["cost"] <= 0 for s in samples])), "objective": 0.0,
                    "helpful_ratio": 0.5, "SH": 0.25, "SU": 0.25, "UH": 0.25, "UU": 0.25}
         if step:
-            w.log_point(Point(step=step, samples=mark, tokens=mark * 8, seconds=step, reward=1, cost=0, objective=1,
+            w.log_point(Point(step=step, completions=mark, tokens=mark * 8, seconds=step, reward=1, cost=0, objective=1,
                               safe_ratio=1, lam=1.0, j_c=0, times={"generation": 1.0, "scoring": 0.1}))
-        w.log_eval(EvalPoint(mark=mark, step=step, samples=mark, tokens=mark * 8, seconds=step * 2.0, lam=1.0,
+        w.log_eval(EvalPoint(mark=mark, step=step, completions=mark, tokens=mark * 8, seconds=step * 2.0, lam=1.0,
                              metrics=metrics, samples_file=f"evals/eval-{mark:08d}.jsonl"), samples)
     w.record.throughput = {"tokens_per_s": 100.0 + shift}
     w.finish("completed")

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from harness.budget import BudgetConfig
 from harness.checkpoint import Preempted
-from harness.config import StrictModel, apply_overrides, read_yaml, validate
+from harness.config import StrictModel, apply_overrides, read_yaml, renamed, validate
 from harness.errors import OutOfMemory, UserError
 from harness.launch.processes import child_env
 from harness.records import atomic_write_text, load_record
@@ -40,7 +40,7 @@ def check_name(value: str, what: str) -> str:
 
 
 class MethodEntry(StrictModel):
-    config: str  # the method's YAML config (its `run:` section is replaced by the spec's `shared:`)
+    config: str  # the method's YAML config (its `run:` section is replaced by the spec's `run:`)
     method: str | None = None  # the registered method; default: the entry's name (es-vllm: {method: es, ...})
     set: list[str] = Field(default_factory=list)  # KEY=VALUE overrides of method hyperparameters
     # This entry's own budget instead of the shared one: only for reproducing published runs whose budgets
@@ -54,7 +54,7 @@ class CompareSettings(StrictModel):
 
 class BenchmarkSpec(StrictModel):
     name: str
-    shared: RunSettings = Field(default_factory=RunSettings)
+    run: RunSettings = Field(default_factory=RunSettings)  # every method's `run:` section (until 0.2: `shared:`)
     methods: dict[str, MethodEntry] = Field(min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     target: dict[str, float] | None = None  # e.g. {safe_ratio: 0.9, reward: 0.0}
@@ -62,6 +62,11 @@ class BenchmarkSpec(StrictModel):
     references: list[str] = Field(default_factory=list)  # evaluation records (`esgrpo eval --out DIR`) to show
     runs_dir: str = "runs"
     results_dir: str = "results"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        return renamed(data, "shared", "run", "")
 
     @field_validator("name")
     @classmethod
@@ -112,14 +117,14 @@ def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
 
 def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int, overrides: list[str] | None = None):
     """The entry's config with its own ``set`` overrides, then ``overrides`` (e.g. a cluster job's ray_address),
-    under the spec's shared settings."""
+    under the spec's ``run`` settings."""
     entry = spec.methods[name]
     method = get_method(entry.method or name)
     cfg_path = config_path(spec_path, entry)
     data = apply_overrides(read_yaml(cfg_path), [*entry.set, *(overrides or [])])
-    shared = spec.shared.model_copy(update={"seed": seed, **({"budget": entry.budget} if entry.budget else {})})
-    data["run"] = shared.model_dump(mode="json", by_alias=True)
-    return validate(method.config_model, data, f"{cfg_path} (with {spec_path} shared settings)")
+    run = spec.run.model_copy(update={"seed": seed, **({"budget": entry.budget} if entry.budget else {})})
+    data["run"] = run.model_dump(mode="json", by_alias=True)
+    return validate(method.config_model, data, f"{cfg_path} (with {spec_path} run settings)")
 
 
 def reference_dirs(spec: BenchmarkSpec, spec_path: Path) -> list[Path]:
@@ -152,15 +157,15 @@ def default_locations(spec: BenchmarkSpec) -> tuple[Path, Path]:
 
 def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | None = None,
                   only: list[str] | None = None, seed_index: int | None = None, report_only: bool = False,
-                  shared_overrides: list[str] | None = None, method_overrides: list[str] | None = None) -> Path | None:
+                  run_overrides: list[str] | None = None, method_overrides: list[str] | None = None) -> Path | None:
     """Run the spec's (method, seed) pairs, then the report. ``only``/``seed_index`` select a subset (one
-    SLURM array task); ``report_only`` compares what is there; ``shared_overrides`` (dotted keys of
-    ``shared``, e.g. the scorer a cluster job must use) apply to every run, ``method_overrides`` to the
+    SLURM array task); ``report_only`` compares what is there; ``run_overrides`` (dotted keys of
+    ``run``, e.g. the scorer a cluster job must use) apply to every run, ``method_overrides`` to the
     selected methods' own configs."""
     spec, raw = load_spec(Path(spec_path))
-    if shared_overrides:
-        shared = apply_overrides(spec.shared.model_dump(mode="json", by_alias=True), shared_overrides)
-        spec = spec.model_copy(update={"shared": validate(RunSettings, shared, f"{spec_path} shared overrides")})
+    if run_overrides:
+        run = apply_overrides(spec.run.model_dump(mode="json", by_alias=True), run_overrides)
+        spec = spec.model_copy(update={"run": validate(RunSettings, run, f"{spec_path} run overrides")})
     default_runs, default_out = default_locations(spec)
     runs_root, out = Path(runs_dir or default_runs), Path(out or default_out)
     for m in only or []:
@@ -265,4 +270,4 @@ def run_forwarding_stops(cmd: list[str]) -> tuple[int, str | None]:
 
 def budgets_differ(spec: BenchmarkSpec) -> list[str]:
     """Entries whose budget the spec sets apart from the shared one (published reproductions)."""
-    return [name for name, e in spec.methods.items() if e.budget is not None and e.budget != spec.shared.budget]
+    return [name for name, e in spec.methods.items() if e.budget is not None and e.budget != spec.run.budget]

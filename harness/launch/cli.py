@@ -120,14 +120,19 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
               only: List[str] = typer.Option([], "--only", help="run only this method (repeatable)"),
               seed_index: Optional[int] = typer.Option(None, "--seed-index", help="run only the spec's i-th seed"),
               report_only: bool = typer.Option(False, "--report-only", help="only compare the completed runs"),
-              set_shared: List[str] = typer.Option([], "--set-shared", help="override KEY=VALUE in `shared`"),
+              set_run: List[str] = typer.Option([], "--set-run", help="override KEY=VALUE in the spec's `run` "
+                                                "settings (every method's)"),
+              set_shared: List[str] = typer.Option([], "--set-shared", hidden=True, help="deprecated: --set-run"),
               set_: List[str] = typer.Option([], "--set", help="override KEY=VALUE in the selected methods' configs "
                                              "(e.g. ray_address=HOST:PORT in a multi-node job)")):
     """Run every method and seed a benchmark spec names, at equal budgets, then compare them."""
     from harness.launch.benchmark import run_benchmark
 
+    if set_shared:
+        err.print("[yellow]warning:[/] --set-shared is deprecated and goes in the next release: use --set-run")
+
     path = run_benchmark(spec, out=out, runs_dir=runs_dir, only=only or None, seed_index=seed_index,
-                         report_only=report_only, shared_overrides=set_shared, method_overrides=set_)
+                         report_only=report_only, run_overrides=[*set_run, *set_shared], method_overrides=set_)
     if path:
         typer.echo(f"report: {path}")
     elif seed_index is None:  # a single (method, seed) part is one of many: its caller reports
@@ -160,7 +165,7 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
     data: dict = {"policy": policy, "engine": engine, "label": label}
     if from_spec:
         spec, _ = load_spec(from_spec)
-        shared = spec.shared.model_dump(mode="json", by_alias=True)
+        shared = spec.run.model_dump(mode="json", by_alias=True)
         data.update({k: shared[k] for k in ("data", "scorer", "judge", "eval", "lambda", "seed")})
     if prompts:
         source = prompt_source(prompts)

@@ -131,7 +131,7 @@ def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
                       f"scorer={{kind: http, url: {scorer.url}, token_file: {scorer.token_file}}}"]
             if methods or not only:
                 report = run_benchmark(spec_path, out=out, runs_dir=runs, only=methods or None,
-                                       shared_overrides=shared)
+                                       run_overrides=shared)
             if not only or "scorer" in only:
                 from scorer.bench import measure
                 from scorer.service_config import ScorerServiceConfig
@@ -175,7 +175,7 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
             "peak_gpu_torch_mb": torch_peak, "peak_gpu_nvml_mb": rec.memory.get("peak_gpu_nvml_mb"),
             "kv_cache_mb": kv, "peak_gpu_torch_excl_kv_mb": None if torch_peak is None else torch_peak - (kv or 0),
             "peak_rss_mb": rec.memory.get("peak_rss_mb"), "tokens_per_s": rec.throughput.get("tokens_per_s"),
-            "completions": rec.series[-1].samples if rec.series else 0, "tokens": rec.series[-1].tokens if rec.series else 0,
+            "completions": rec.series[-1].completions if rec.series else 0, "tokens": rec.series[-1].tokens if rec.series else 0,
         }
         if rec.config.get("vllm_sleep_mode"):  # vLLM's pool stays in torch's count while its memory is unmapped
             f["torch_counts_sleeping_vllm"] = True

@@ -172,7 +172,7 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
         order = {p.id: i for i, p in enumerate(todo_all)}
         done.sort(key=lambda s: order[s["id"]])
         metrics = aggregate([EvalSample(**s) for s in done], cfg.lagrangian.lambda_init)
-        writer.log_eval(EvalPoint(mark=0, step=0, samples=0, tokens=0, seconds=0.0, lam=cfg.lagrangian.lambda_init,
+        writer.log_eval(EvalPoint(mark=0, step=0, completions=0, tokens=0, seconds=0.0, lam=cfg.lagrangian.lambda_init,
                                   metrics=metrics, samples_file=SAMPLES), done)
     except BaseException as e:
         writer.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", str(e)[:2000])

@@ -183,7 +183,7 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
         if template == "method":
             entry = spec.methods[kind]
             run = (f"benchmark --spec {common['spec']} --runs-dir {common['runs_dir']} --only {kind} "
-                   f"--seed-index $${{SLURM_ARRAY_TASK_ID}} --set-shared {common['scorer_override']}")
+                   f"--seed-index $${{SLURM_ARRAY_TASK_ID}} --set-run {common['scorer_override']}")
             script = slurm_dir / f"{kind}-node.sh"
             values["launch"] = Template(launch(cluster, res, entry.method or kind, workdir, run)).substitute(
                 ray_token=q(ray_token), node_script=q(script))
@@ -207,7 +207,7 @@ def sbatch(*args: str) -> str:
 def missing_inputs(spec_path: Path, cluster: ClusterSettings) -> list[str]:
     """Models and prompt files the jobs will need that are not where the spec and cluster file say."""
     spec, _ = load_spec(spec_path)
-    s = spec.shared
+    s = spec.run
     missing = []
     if s.policy != "builtin" and not (Path(s.policy) / "config.json").is_file():
         missing.append(f"{spec_path}: shared.policy: {s.policy} is not a model folder (no config.json)")

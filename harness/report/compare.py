@@ -153,7 +153,7 @@ def time_to_target(run: Run, target: dict[str, float]) -> dict[str, Any] | None:
         ok = all((e.metrics.get(k, float("nan")) <= v) if k.endswith("cost") else (e.metrics.get(k, float("-inf")) >= v)
                  for k, v in target.items())
         if ok:
-            return {"samples": e.samples, "seconds": e.seconds, "mark": e.mark}
+            return {"completions": e.completions, "seconds": e.seconds, "mark": e.mark}
     return None
 
 
@@ -192,7 +192,7 @@ def summarize(label: str, runs: list[Run], target: dict[str, float] | None) -> M
         hits = [time_to_target(r, target) for r in runs]
         reached = [h for h in hits if h]
         s.target = {"reached": len(reached), "runs": len(runs),
-                    "samples": statistics.fmean(h["samples"] for h in reached) if reached else None,
+                    "completions": statistics.fmean(h["completions"] for h in reached) if reached else None,
                     "seconds": statistics.fmean(h["seconds"] for h in reached) if reached else None}
     return s
 

@@ -74,7 +74,7 @@ def training(summaries: list["MethodSummary"], out: Path) -> str:
     for ax, (k, title) in zip(axes, keys):
         for i, s in enumerate(summaries):
             for j, r in enumerate(s.runs):
-                xs = [p.samples for p in r.record.series]
+                xs = [p.completions for p in r.record.series]
                 ys = [getattr(p, k) for p in r.record.series]
                 ax.plot(xs, ys, color=_color(i), alpha=0.8, lw=1, label=s.label if j == 0 else None)
         ax.set_title(title, fontsize=10)

@@ -45,7 +45,7 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
     if summary.get("target"):
         tgt = ", ".join(f"{k} {'≤' if k.endswith('cost') else '≥'} {v}" for k, v in summary["target"].items())
         rows = [[s.label, f"{s.target['reached']}/{s.target['runs']}",
-                 "not reached" if s.target["samples"] is None else f"{s.target['samples']:.0f}",
+                 "not reached" if s.target["completions"] is None else f"{s.target['completions']:.0f}",
                  "not reached" if s.target["seconds"] is None else f"{s.target['seconds']:.1f}"] for s in summaries]
         out.append((f"Time to target ({tgt})", (["method", "runs reaching it", "completions", "seconds"], rows)))
     for c in comparisons:

@@ -55,7 +55,7 @@ class EngineConfig(StrictModel):
         old = os.environ.get("ESGRPO_LORA_KERNELS")
         if old and isinstance(data, dict) and "lora_ops" not in data:
             warnings.warn("ESGRPO_LORA_KERNELS is deprecated and goes in the next release: set the ES config key "
-                          f"engine.lora_ops: {old} instead", DeprecationWarning, stacklevel=2)
+                          f"engine.lora_ops: {old} instead", FutureWarning, stacklevel=2)
             data = {**data, "lora_ops": old}
         return data
 

@@ -158,7 +158,7 @@ def ops_from_environment(default: str = LORA_OPS[0]) -> str:
     works with a warning that names the config key."""
     if DEPRECATED_ENV in os.environ and OPS_ENV not in os.environ:
         warnings.warn(f"{DEPRECATED_ENV} is deprecated and goes in the next release: set the ES config key "
-                      "engine.lora_ops instead (the run record keeps it)", DeprecationWarning, stacklevel=2)
+                      "engine.lora_ops instead (the run record keeps it)", FutureWarning, stacklevel=2)
         return os.environ[DEPRECATED_ENV]
     return os.environ.get(OPS_ENV, default)
 
