@@ -77,3 +77,14 @@ def test_a_spec_written_with_shared_still_loads_with_a_warning(tmp_path):
     with pytest.warns(FutureWarning, match="shared is deprecated .* write run instead"):
         loaded, _ = load_spec(spec)
     assert loaded.run.eval.limit == 3
+
+
+def test_the_config_reference_is_generated_and_current():
+    """docs/reference/config.md is the models' own listing: a key added, renamed or given another default without
+    regenerating it (`esgrpo reference`) fails here."""
+    from harness.launch.reference import config_reference
+
+    assert (ROOT / "docs" / "reference" / "config.md").read_text() == config_reference()
+    text = config_reference()
+    for key in ("`run.lambda.ema_beta`", "`members_per_call`", "`engine.lora_ops`", "`num_generations`", "`max_batch`"):
+        assert key in text, key

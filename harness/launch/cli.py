@@ -263,6 +263,21 @@ def slurm_status(dir: Path = typer.Option(..., "--dir", help="the slurm folder `
 
 
 @app.command()
+@user_errors
+def reference(check: bool = typer.Option(False, "--check", help="only say whether the committed file is current"),
+              out: Path = typer.Option(Path("docs") / "reference" / "config.md", "--out")):
+    """Write the configuration reference, generated from the config models."""
+    from harness.launch.reference import config_reference, write_reference
+
+    if check:
+        if not out.is_file() or out.read_text() != config_reference():
+            raise UserError(f"{out} is out of date: run `esgrpo reference` and commit it")
+        typer.echo(f"{out} is current")
+        return
+    typer.echo(f"reference: {write_reference(out)}")
+
+
+@app.command()
 def methods():
     """List the installed methods."""
     from harness.registry import available
