@@ -9,33 +9,26 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
-from pydantic import Field, field_validator
+from pydantic import Field
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.config import StrictModel
 from harness.data import PromptRecord
-from harness.generation import Generator, SamplingSettings
+from harness.generation import Generator, RolloutSettings
 from harness.scoring import Scorer
-from harness.template import STOP_STRINGS
 
 QUADRANTS = ("SH", "SU", "UH", "UU")  # Safe/Unsafe × Helpful/Unhelpful
 
 
 class EvalSettings(StrictModel):
-    max_new_tokens: int = Field(48, gt=0)
-    stop_strings: list[str] = Field(default_factory=lambda: list(STOP_STRINGS))
+    """Which held-out prompts an evaluation reads; it decodes greedily with the run's ``rollout`` settings."""
+
     limit: int | None = Field(None, gt=0)  # first N held-out prompts (None: all)
 
-    @field_validator("stop_strings")
-    @classmethod
-    def _no_empty_stop(cls, v: list[str]) -> list[str]:
-        if any(not s for s in v):
-            raise ValueError("an empty stop string would cut every completion to nothing")
-        return v
 
-    def sampling(self) -> SamplingSettings:
-        return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0,
-                                stop_strings=self.stop_strings)
+def evaluation_record(settings: EvalSettings, rollout: RolloutSettings) -> dict[str, Any]:
+    """What a record keeps of how it was evaluated (runs compare only when these agree)."""
+    return {**rollout.model_dump(mode="json", exclude={"fixed_length"}), **settings.model_dump(mode="json")}
 
 
 @dataclass
@@ -97,14 +90,14 @@ class EvalResult:
 EVAL_CHUNK = 64  # prompts per generate call: large enough to batch well, small enough for a live progress bar
 
 
-def evaluate_chunks(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,
+def evaluate_chunks(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, rollout: RolloutSettings,
                     judge: Scorer | None = None, chunk: int = EVAL_CHUNK) -> Iterator[list[EvalSample]]:
     """Greedy completions of ``prompts``, scored, ``chunk`` prompts at a time (a caller may write each chunk
     before the next is generated: long evaluations resume where they stopped)."""
     for start in range(0, len(prompts), chunk):
         part = list(prompts[start : start + chunk])
         raw = [p.prompt for p in part]
-        completions = generator.generate(raw, settings.sampling())
+        completions = generator.generate(raw, rollout.greedy())
         texts = [c.text for c in completions]
         rewards, costs = scorer.score(raw, texts)
         jr, jc = judge.score(raw, texts) if judge else ([None] * len(raw), [None] * len(raw))
@@ -118,12 +111,12 @@ def eval_progress() -> Progress:
 
 
 def evaluate(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,
-             lam: float, judge: Scorer | None = None) -> EvalResult:
+             rollout: RolloutSettings, lam: float, judge: Scorer | None = None) -> EvalResult:
     prompts = list(prompts[: settings.limit] if settings.limit else prompts)
     samples: list[EvalSample] = []
     with eval_progress() as bar:
         task = bar.add_task("", total=len(prompts))
-        for part in evaluate_chunks(generator, prompts, scorer, settings, judge):
+        for part in evaluate_chunks(generator, prompts, scorer, rollout, judge):
             samples += part
             bar.update(task, completed=len(samples))
     return EvalResult(aggregate(samples, lam), samples)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from harness.config import StrictModel
 from harness.template import STOP_STRINGS, cut_at_stop, format_prompt
@@ -21,6 +21,65 @@ class SamplingSettings(StrictModel):
     stop_strings: list[str] = Field(default_factory=lambda: list(STOP_STRINGS))
     ignore_eos: bool = False
     seed: int = 0
+
+
+class RolloutSettings(StrictModel):
+    """How every completion of a run is generated, training rollouts and evaluations alike (evaluations greedy)."""
+
+    max_new_tokens: int = Field(48, gt=0)
+    stop_strings: list[str] = Field(default_factory=lambda: list(STOP_STRINGS))
+    # training rollouts generate exactly max_new_tokens tokens, EOS and stop strings ignored, so every method
+    # generates the same token counts (throughput benchmarks); evaluation decodes as usual
+    fixed_length: bool = False
+
+    @field_validator("stop_strings")
+    @classmethod
+    def _no_empty_stop(cls, v: list[str]) -> list[str]:
+        if any(not s for s in v):
+            raise ValueError("an empty stop string would cut every completion to nothing")
+        return v
+
+    @property
+    def training_stops(self) -> list[str]:
+        return [] if self.fixed_length else list(self.stop_strings)
+
+    def greedy(self) -> SamplingSettings:
+        """An evaluation's decoding."""
+        return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0, stop_strings=self.stop_strings)
+
+
+ROLLOUT_KEYS = {"max_new_tokens": "eval", "stop_strings": "eval", "fixed_length": None}  # their place before 0.2
+
+
+def move_rollout_keys(data: Any, where: str) -> Any:
+    """Rollout keys where they stood before this release (``eval.max_new_tokens``, ``eval.stop_strings``,
+    ``fixed_length``) move into ``rollout``, with a warning that names the new key, for one release."""
+    import warnings
+
+    if not isinstance(data, dict):
+        return data
+    data, rollout = dict(data), dict(data.get("rollout") or {})
+    for key, section in ROLLOUT_KEYS.items():
+        holder = data.get(section) if section else data
+        if not isinstance(holder, dict) or key not in holder:
+            continue
+        holder = dict(holder)
+        value = holder.pop(key)
+        old = f"{where}{section + '.' if section else ''}{key}"
+        if key in rollout:
+            warnings.warn(f"{old} is deprecated and ignored here: {where}rollout.{key} is given too", FutureWarning,
+                          stacklevel=4)
+        else:
+            warnings.warn(f"{old} is deprecated and goes in the next release: write {where}rollout.{key} instead",
+                          FutureWarning, stacklevel=4)
+            rollout[key] = value
+        if section:
+            data[section] = holder
+        else:
+            data = holder
+    if rollout:
+        data["rollout"] = rollout
+    return data
 
 
 @dataclass

@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.budget import Budget, BudgetConfig
 from harness.checkpoint import StopFlag
 from harness.config import StrictModel
 from harness.data import PromptSet, PromptSource
 from harness.evaluation import EvalSettings, evaluate
-from harness.generation import Generator
+from harness.generation import Generator, RolloutSettings, move_rollout_keys
 from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
 from harness.records import EvalPoint, Point, RecordWriter
 from harness.scoring import Scorer, ScorerSpec, Scores
@@ -32,7 +32,8 @@ class RunSettings(StrictModel):
     data: PromptSource = Field(default_factory=PromptSource)
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
     judge: ScorerSpec | None = Field(default_factory=lambda: ScorerSpec(kind="judge"))
-    eval: EvalSettings = Field(default_factory=EvalSettings)  # max_new_tokens/stop_strings: training rollouts too
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)  # training rollouts and evaluations
+    eval: EvalSettings = Field(default_factory=EvalSettings)
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     lagrangian: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")
     seed: int = Field(0, ge=0)
@@ -40,15 +41,13 @@ class RunSettings(StrictModel):
     keep_checkpoints: int = Field(2, gt=0)
     tensorboard: bool = True
     wandb: bool = False
-    # Training rollouts generate exactly eval.max_new_tokens tokens, EOS and stop strings ignored, so every
-    # method generates the same token counts (throughput benchmarks). Evaluation decodes as usual.
-    fixed_length: bool = False
 
     model_config = {"populate_by_name": True, "extra": "forbid"}
 
-    @property
-    def rollout_stops(self) -> list[str]:
-        return [] if self.fixed_length else list(self.eval.stop_strings)
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return move_rollout_keys(data, "run.")
 
 
 class MethodConfig(StrictModel):
@@ -151,7 +150,7 @@ class RunContext:
             return
         # The objective is taken at the reference λ₀ so that it compares across methods and steps; each
         # method's own λ at the time is recorded beside it.
-        res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval,
+        res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval, self.settings.rollout,
                        self.settings.lagrangian.lambda_init, self.judge)
         for mark in marks:  # one evaluation stands for every mark passed in a single step
             self.evals_done.add(mark)

@@ -15,6 +15,7 @@ from harness.checkpoint import CheckpointManager, Preempted
 from harness.config import load_config
 from harness.data import load_prompt_set
 from harness.errors import OutOfMemory, UserError, is_out_of_memory
+from harness.evaluation import evaluation_record
 from harness.fixtures.policy import resolve_policy
 from harness.lagrangian import LambdaState
 from harness.method import MethodConfig, RunContext
@@ -80,7 +81,7 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
               "n_train": len(prompts.train),
               "n_eval": len(prompts.eval), "source": s.data.model_dump(mode="json")},
         scorer=scorer_info, judge=judge.info() if judge else None,
-        evaluation=s.eval.model_dump(mode="json"),
+        evaluation=evaluation_record(s.eval, s.rollout),
         budget={"unit": "completions", **s.budget.model_dump(mode="json")},
     )
     record.config["policy_path"] = str(policy_path)

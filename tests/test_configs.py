@@ -88,3 +88,15 @@ def test_the_config_reference_is_generated_and_current():
     text = config_reference()
     for key in ("`run.lambda.ema_beta`", "`members_per_call`", "`engine.lora_ops`", "`num_generations`", "`max_batch`"):
         assert key in text, key
+
+
+def test_rollout_keys_moved_out_of_eval_still_work_with_a_warning():
+    from harness.method import RunSettings
+
+    with pytest.warns(FutureWarning, match=r"run.eval.max_new_tokens is deprecated .* write run.rollout.max_new_tokens"):
+        s = RunSettings.model_validate({"eval": {"max_new_tokens": 16, "limit": 4}, "fixed_length": True})
+    assert (s.rollout.max_new_tokens, s.rollout.fixed_length, s.eval.limit) == (16, True, 4)
+    assert s.rollout.training_stops == [] and s.rollout.greedy().max_new_tokens == 16
+    with pytest.warns(FutureWarning, match="ignored here: run.rollout.max_new_tokens is given too"):
+        assert RunSettings.model_validate({"eval": {"max_new_tokens": 16},
+                                           "rollout": {"max_new_tokens": 8}}).rollout.max_new_tokens == 8

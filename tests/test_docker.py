@@ -47,7 +47,7 @@ def test_missing_image_is_a_clear_error(docker_daemon, tmp_path):
 def test_scorer_and_es_run_in_their_containers(cpu_images, policy_path, tmp_path):
     run_dir = tmp_path / "es-docker"
     sets = {"run.budget.completions": 54, "run.budget.eval_every_fraction": 1.0, "population": 2,
-            "prompts_per_iteration": 6, "run.eval.max_new_tokens": 16, "run.data.eval_fraction": 0.1}
+            "prompts_per_iteration": 6, "run.rollout.max_new_tokens": 16, "run.data.eval_fraction": 0.1}
     r = esgrpo("run", "es", "--config", str(CPU_DEFAULT), "--runtime", "docker", "--run-dir", str(run_dir),
                *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harness.data import load_prompt_set
 from harness.evaluation import EvalSample, EvalSettings, aggregate, evaluate, quadrant
-from harness.generation import HFGenerator
+from harness.generation import HFGenerator, RolloutSettings
 from harness.records import EvalPoint, RecordWriter, RunRecord, load_record
 from harness.scoring.builtin import BuiltinScorer, JudgeScorer
 
@@ -32,9 +32,9 @@ def test_evaluate_is_greedy_and_scored_with_judge(policy_path):
     tok = AutoTokenizer.from_pretrained(policy_path)
     gen = HFGenerator(model, tok)
     prompts = load_prompt_set().eval_prompts()
-    settings = EvalSettings(max_new_tokens=32, limit=10)
-    a = evaluate(gen, prompts, BuiltinScorer(), settings, lam=1.0, judge=JudgeScorer())
-    b = evaluate(gen, prompts, BuiltinScorer(), settings, lam=1.0, judge=JudgeScorer())
+    settings, rollout = EvalSettings(limit=10), RolloutSettings(max_new_tokens=32)
+    a = evaluate(gen, prompts, BuiltinScorer(), settings, rollout, lam=1.0, judge=JudgeScorer())
+    b = evaluate(gen, prompts, BuiltinScorer(), settings, rollout, lam=1.0, judge=JudgeScorer())
     assert [s.response for s in a.samples] == [s.response for s in b.samples]  # greedy: reproducible
     assert len(a.samples) == 10 and all(s.n_tokens <= 32 for s in a.samples)
     assert all("USER:" not in s.response for s in a.samples)

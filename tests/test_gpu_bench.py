@@ -84,7 +84,7 @@ def test_bench_gpu_pipeline_on_cpu(policy_path, tmp_path):
     assert "pure bf16" not in es["precision"] and "float32 weights" in es["precision"]
     assert figures["baseline"] == "grpo" and "es_vs_baseline_peak_gpu" not in es  # no GPU here: no GPU peaks
     assert es["completions"] >= 48 and grpo["completions"] >= 48
-    # fixed-length rollouts: every completion is exactly eval.max_new_tokens (8) tokens, for both methods
+    # fixed-length rollouts: every completion is exactly rollout.max_new_tokens (8) tokens, for both methods
     assert es["tokens"] == 8 * es["completions"] and grpo["tokens"] == 8 * grpo["completions"]
     assert 0 < es["es_overhead_share"] < 1 and es["member_vs_raw"] > 0
     assert es["probe"]["weight_bytes"] > 0 and es["perturb_vs_bound"] > 0 and es["probe"]["restore_pass_s"] > 0

@@ -118,7 +118,7 @@ def test_grpo_on_two_processes_agrees_on_lambda_and_budget(policy_path, tmp_path
     import sys
 
     cfg = tmp_path / "grpo.yaml"
-    cfg.write_text("run:\n  budget: {completions: 64, eval_every_fraction: 1.0}\n  eval: {max_new_tokens: 16, limit: 8}\n"
+    cfg.write_text("run:\n  budget: {completions: 64, eval_every_fraction: 1.0}\n  rollout: {max_new_tokens: 16}\n  eval: {limit: 8}\n"
                    "num_generations: 4\nprompts_per_step: 4\nlearning_rate: 5.0e-5\nthreads: 1\n")
     torchrun = str(Path(sys.executable).parent / "torchrun")
     r = subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "harness.launch.cli", "run", "grpo", "--config", str(cfg),

@@ -166,7 +166,7 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
     if from_spec:
         spec, _ = load_spec(from_spec)
         shared = spec.run.model_dump(mode="json", by_alias=True)
-        data.update({k: shared[k] for k in ("data", "scorer", "judge", "eval", "lambda", "seed")})
+        data.update({k: shared[k] for k in ("data", "scorer", "judge", "rollout", "eval", "lambda", "seed")})
     if prompts:
         source = prompt_source(prompts)
         if source == "builtin":

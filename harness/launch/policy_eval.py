@@ -14,16 +14,17 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from harness import environment
 from harness.config import StrictModel, read_text
 from harness.data import PromptSet, PromptSource
 from harness.data.prompts import PromptFile, load_prompt_set, load_records
 from harness.errors import UserError
-from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks
+from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks, evaluation_record
+from harness.generation import RolloutSettings, move_rollout_keys
 from harness.lagrangian import LambdaConfig
 from harness.fixtures.policy import resolve_policy
 from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_text, load_record
@@ -42,6 +43,7 @@ class EvalConfig(StrictModel):
     prompts: PromptFile | None = None  # ... unless every prompt of this source is
     scorer: ScorerSpec = Field(default_factory=ScorerSpec)
     judge: ScorerSpec | None = Field(default_factory=lambda: ScorerSpec(kind="judge"))
+    rollout: RolloutSettings = Field(default_factory=RolloutSettings)  # decoding (greedy), as a run's
     eval: EvalSettings = Field(default_factory=EvalSettings)
     lagrangian: LambdaConfig = Field(default_factory=LambdaConfig, alias="lambda")  # λ₀ of the objective
     engine: Literal["hf", "vllm"] = "hf"
@@ -52,6 +54,11 @@ class EvalConfig(StrictModel):
     seed: int = Field(0, ge=0)
 
     model_config = {"populate_by_name": True, "extra": "forbid"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        return move_rollout_keys(data, "")
 
     @field_validator("label")
     @classmethod
@@ -144,7 +151,7 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
                        environment=environment.capture(), scorer=scorer_info, judge=judge.info() if judge else None,
                        data={"name": prompts.name, "hash": prompts.content_hash, "eval_hash": prompts.eval_hash,
                              "n_train": len(prompts.train), "n_eval": len(prompts.eval)},
-                       evaluation=cfg.eval.model_dump(mode="json"))
+                       evaluation=evaluation_record(cfg.eval, cfg.rollout))
     record.config["policy_path"] = str(policy)
     samples_path = out / SAMPLES
     done = read_done(samples_path)
@@ -163,7 +170,7 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
         samples_path.parent.mkdir(parents=True, exist_ok=True)
         with eval_progress() as bar, samples_path.open("a", encoding="utf-8") as f:
             task = bar.add_task("", total=len(todo_all), completed=len(done))
-            for part in evaluate_chunks(generator, todo, scorer, cfg.eval, judge, chunk=cfg.batch_size):
+            for part in evaluate_chunks(generator, todo, scorer, cfg.rollout, judge, chunk=cfg.batch_size):
                 f.write("".join(json.dumps(s.__dict__, ensure_ascii=False) + "\n" for s in part))
                 f.flush()
                 os.fsync(f.fileno())

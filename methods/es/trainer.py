@@ -100,8 +100,9 @@ def iteration_inputs(cfg: ESConfig, ctx: RunContext, it: int) -> tuple[list[str]
     s = ctx.settings
     it_seed = s.seed * 1_000_003 + it
     prompts = [p.prompt for p in ctx.prompts.sample_train(cfg.prompts_per_iteration, seed=it_seed)]
-    return prompts, SamplingSettings(max_new_tokens=s.eval.max_new_tokens, temperature=cfg.temperature,
-                                     stop_strings=s.rollout_stops, ignore_eos=s.fixed_length, seed=it_seed)
+    return prompts, SamplingSettings(max_new_tokens=s.rollout.max_new_tokens, temperature=cfg.temperature,
+                                     stop_strings=s.rollout.training_stops, ignore_eos=s.rollout.fixed_length,
+                                     seed=it_seed)
 
 
 def checkpoints(ctx: RunContext) -> CheckpointManager:

@@ -170,7 +170,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
         per_device_train_batch_size=per_device, num_generations=cfg.num_generations,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
         lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=0, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, max_completion_length=s.eval.max_new_tokens,
+        max_grad_norm=cfg.max_grad_norm, max_completion_length=s.rollout.max_new_tokens,
         temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, beta=cfg.beta, loss_type=cfg.loss_type,
         scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
         bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=cfg.device == "cpu",
@@ -194,7 +194,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
         stats.generate_and_score += seconds
 
     trainer = trl_compat.timed_trainer(GRPOTrainer, generate_and_score_took)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                               reward_funcs=make_reward_fn(ctx, stats, s.rollout_stops,
+                               reward_funcs=make_reward_fn(ctx, stats, s.rollout.training_stops,
                                                            cfg.lambda_update == "reward_call"),
                                peft_config=peft_config)
     # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
@@ -243,8 +243,8 @@ def generation_kwargs(cfg: GRPOSettings, s: RunSettings) -> dict | None:
     """Stops for vLLM rollouts (TRL's transformers generation cannot stop on strings: completions are cut
     before scoring instead); fixed-length rollouts ignore EOS on either path."""
     if cfg.use_vllm:
-        return {"stop": s.rollout_stops, "ignore_eos": s.fixed_length}
-    return {"min_new_tokens": s.eval.max_new_tokens} if s.fixed_length else None
+        return {"stop": s.rollout.training_stops, "ignore_eos": s.rollout.fixed_length}
+    return {"min_new_tokens": s.rollout.max_new_tokens} if s.rollout.fixed_length else None
 
 
 def train(cfg: GRPOSettings, ctx: RunContext) -> None:
