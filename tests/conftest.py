@@ -45,7 +45,9 @@ class BackgroundImageBuild:
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Docker tests last; their images build in the background once the policy exists (policy_path)."""
+    """Docker tests last; their images build in the background once the policy exists (policy_path). CUDA tests
+    skip without a CUDA device."""
+    skip_gpu_tests_without_cuda(items)
     docker = [i for i in items if i.module.__name__.endswith("test_docker")]
     BackgroundImageBuild.wanted = os.geteuid() == 0 and any("cpu_images" in getattr(i, "fixturenames", ())
                                                              for i in docker)
@@ -145,3 +147,53 @@ def beaver_dir(tmp_path, policy_path):
     from harness.fixtures.random_models import build_random_beaver
 
     return build_random_beaver("tiny", tmp_path / "beaver-tiny-cost", "cost", seed=0, bias=0.5)
+
+
+# -- tests/gpu: CUDA-only checks (`make test-gpu`). They skip where no CUDA device is (CI never has one). Each test
+# also files the figures it measured; the session writes them to ESGRPO_GPU_FIGURES (default
+# .cache/gpu-figures.json) beside the device's name and the library versions, to be committed with the results.
+GPU_FIGURES: dict = {}
+
+
+def skip_gpu_tests_without_cuda(items) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (make test-gpu on a GPU host)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def figures(request):
+    """This test's figures: a dict filed under the test's name."""
+    return GPU_FIGURES.setdefault(request.node.name, {})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not GPU_FIGURES:
+        return
+    import importlib.metadata as md
+
+    import torch
+
+    versions = {}
+    for dist in ("torch", "vllm", "transformers", "triton"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    out = Path(os.environ.get("ESGRPO_GPU_FIGURES", ROOT / ".cache" / "gpu-figures.json"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": torch.cuda.get_device_name(0), "versions": versions,
+                               "exit_status": int(exitstatus), "tests": GPU_FIGURES}, indent=1, default=str))
+
+
+@pytest.fixture(scope="session")
+def policy_05b() -> Path:
+    """A random Qwen2-0.5B-shaped policy (bf16 weights, the built-in tokenizer padded to its vocabulary)."""
+    from harness.fixtures.random_models import random_policy
+
+    return random_policy("qwen2-0.5b")
