@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -23,18 +24,31 @@ class StrictModel(BaseModel):
 
 
 def renamed(data: Any, old: str, new: str, where: str) -> Any:
-    """A config key renamed this release: the old name still works, for one release, with a warning that names the
-    new one (both given: the new one wins, and the warning says so)."""
-    if not isinstance(data, dict) or old not in data:
+    """A config key renamed or moved this release (dotted paths within ``data``: ``eval.max_new_tokens`` →
+    ``rollout.max_new_tokens``): the old one still works, for one release, with a warning that names the new one
+    (both given: the new one wins, and the warning says so). ``where`` is the prefix the user writes (``run.``)."""
+    *old_parents, old_key = old.split(".")
+    holder = data
+    for part in old_parents:
+        holder = holder.get(part) if isinstance(holder, dict) else None
+    if not isinstance(data, dict) or not isinstance(holder, dict) or old_key not in holder:
         return data
-    data = dict(data)
-    value = data.pop(old)
-    if new in data:
-        warnings.warn(f"{where}{old} is deprecated and ignored here: {where}{new} is given too", FutureWarning, stacklevel=3)
+    data = copy.deepcopy(data)  # the caller's dict stays as it was
+    holder = data
+    for part in old_parents:
+        holder = holder[part]
+    value = holder.pop(old_key)
+    *new_parents, new_key = new.split(".")
+    target = data
+    for part in new_parents:
+        target = target.setdefault(part, {}) if isinstance(target.get(part, {}), dict) else {}
+    if new_key in target:
+        warnings.warn(f"{where}{old} is deprecated and ignored here: {where}{new} is given too", FutureWarning,
+                      stacklevel=3)
     else:
         warnings.warn(f"{where}{old} is deprecated and goes in the next release: write {where}{new} instead",
                       FutureWarning, stacklevel=3)
-        data[new] = value
+        target[new_key] = value
     return data
 
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol, Sequence
 
 from pydantic import Field, field_validator
 
-from harness.config import StrictModel
+from harness.config import StrictModel, renamed
 from harness.template import STOP_STRINGS, cut_at_stop, format_prompt
 
 
@@ -48,37 +48,14 @@ class RolloutSettings(StrictModel):
         return SamplingSettings(max_new_tokens=self.max_new_tokens, temperature=0.0, stop_strings=self.stop_strings)
 
 
-ROLLOUT_KEYS = {"max_new_tokens": "eval", "stop_strings": "eval", "fixed_length": None}  # their place before 0.2
+# where the rollout keys stood before this release
+MOVED_TO_ROLLOUT = {"eval.max_new_tokens": "rollout.max_new_tokens", "eval.stop_strings": "rollout.stop_strings",
+                    "fixed_length": "rollout.fixed_length"}
 
 
 def move_rollout_keys(data: Any, where: str) -> Any:
-    """Rollout keys where they stood before this release (``eval.max_new_tokens``, ``eval.stop_strings``,
-    ``fixed_length``) move into ``rollout``, with a warning that names the new key, for one release."""
-    import warnings
-
-    if not isinstance(data, dict):
-        return data
-    data, rollout = dict(data), dict(data.get("rollout") or {})
-    for key, section in ROLLOUT_KEYS.items():
-        holder = data.get(section) if section else data
-        if not isinstance(holder, dict) or key not in holder:
-            continue
-        holder = dict(holder)
-        value = holder.pop(key)
-        old = f"{where}{section + '.' if section else ''}{key}"
-        if key in rollout:
-            warnings.warn(f"{old} is deprecated and ignored here: {where}rollout.{key} is given too", FutureWarning,
-                          stacklevel=4)
-        else:
-            warnings.warn(f"{old} is deprecated and goes in the next release: write {where}rollout.{key} instead",
-                          FutureWarning, stacklevel=4)
-            rollout[key] = value
-        if section:
-            data[section] = holder
-        else:
-            data = holder
-    if rollout:
-        data["rollout"] = rollout
+    for old, new in MOVED_TO_ROLLOUT.items():
+        data = renamed(data, old, new, where)
     return data
 
 
