@@ -1,5 +1,6 @@
 """The CLI's user errors: one clear message naming the file and field, exit code 2, no traceback."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,16 @@ def test_a_stray_parent_marker_in_the_environment_is_ignored(monkeypatch):
     code, out = run_cli("compare", ROOT / "tests", "-o", "/tmp")
     assert code == 2 and "no record.json" in out and "Traceback" not in out
     assert "ESGRPO_PARENT_PID" not in os.environ  # taken out, so nothing this process starts inherits it
+
+
+def test_the_default_run_folder_is_named_by_time_method_and_seed():
+    """`esgrpo run` without --run-dir (the README's own command) names its folder runs/<stamp>-<method>[-s<seed>]."""
+    from harness.launch.cli import default_run_dir
+
+    assert re.fullmatch(r"runs/\d{8}-\d{6}-es", str(default_run_dir("es")))
+    assert re.fullmatch(r"runs/\d{8}-\d{6}-grpo-s3", str(default_run_dir("grpo", 3)))
+
+
+def test_a_label_that_could_leave_the_runs_folder_is_refused(tmp_path):
+    code, out = run_cli("run", "es", "--label", "../x", "--run-dir", tmp_path / "r")
+    assert code == 2 and "--label '../x' must be letters" in out and "Traceback" not in out
