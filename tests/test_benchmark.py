@@ -22,7 +22,7 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     caplog.set_level(logging.INFO, logger="harness.launch.benchmark")
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
     spec["run"]["budget"] = {"completions": 220, "eval_every_fraction": 0.5}
-    spec["run"]["eval"]["limit"] = 12
+    spec["run"].setdefault("eval", {})["limit"] = 12
     # es and grpo of the spec (es-lowrank's pipeline runs in test_gpu_bench.py and test_es_run.py)
     spec["methods"] = {m: {**e, "config": str(ROOT / e["config"].removeprefix("../"))} for m, e in spec["methods"].items()
                        if m != "es-lowrank"}

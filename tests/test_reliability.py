@@ -172,7 +172,7 @@ def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, t
 
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
     spec["run"].update(budget={"completions": 540, "eval_every_fraction": 0.5}, checkpoint_every=1)
-    spec["run"]["eval"]["limit"] = 12
+    spec["run"].setdefault("eval", {})["limit"] = 12
     spec["methods"] = {"es": {**spec["methods"]["es"], "config": str(ROOT / "configs/es/cpu-default.yaml")}}
     spec["seeds"] = [0]
     spec.pop("compare", None)

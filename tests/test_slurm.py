@@ -28,7 +28,7 @@ def local_slurm():
 def tiny_spec(tmp_path: Path) -> Path:
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
     spec["run"]["budget"] = {"completions": 120, "eval_every_fraction": 1.0}
-    spec["run"]["eval"]["limit"] = 8
+    spec["run"].setdefault("eval", {})["limit"] = 8
     # two of the spec's methods keep the end-to-end test to four jobs on two cores
     spec["methods"] = {m: {**e, "config": str(ROOT / e["config"].removeprefix("../"))} for m, e in spec["methods"].items()
                        if m in ("es", "grpo")}
