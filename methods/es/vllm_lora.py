@@ -31,7 +31,6 @@ worker module when vLLM loads it); the engine config's ``lora_ops`` picks ``conc
 from __future__ import annotations
 
 import os
-import warnings
 
 import torch
 
@@ -149,18 +148,12 @@ def with_token_slots(update_metadata):
 
 LORA_OPS = ("concat", "dense", "punica")
 OPS_ENV = "ESGRPO_LORA_OPS"  # how the engine hands its config's choice to the worker module (another process maybe)
-DEPRECATED_ENV = "ESGRPO_LORA_KERNELS"
 chosen = {"ops": LORA_OPS[0]}  # what the last install() routed: concat() reads it inside vLLM's layer set-up
 
 
-def ops_from_environment(default: str = LORA_OPS[0]) -> str:
-    """The worker module's choice: the engine's (``ESGRPO_LORA_OPS``); the deprecated ``ESGRPO_LORA_KERNELS`` still
-    works with a warning that names the config key."""
-    if DEPRECATED_ENV in os.environ and OPS_ENV not in os.environ:
-        warnings.warn(f"{DEPRECATED_ENV} is deprecated and goes in the next release: set the ES config key "
-                      "engine.lora_ops instead (the run record keeps it)", FutureWarning, stacklevel=2)
-        return os.environ[DEPRECATED_ENV]
-    return os.environ.get(OPS_ENV, default)
+def ops_from_environment() -> str:
+    """The worker module's choice: what the engine set (its config's ``engine.lora_ops``)."""
+    return os.environ.get(OPS_ENV, LORA_OPS[0])
 
 
 def concat() -> bool:
