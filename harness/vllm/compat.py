@@ -28,8 +28,10 @@ class VLLMIncompatible(UserError):
 
 
 def version() -> str:
-    import vllm
-
+    try:
+        import vllm
+    except ImportError as e:
+        raise VLLMIncompatible(f"vLLM is not installed here ({e}): make setup installs the build for this host") from None
     return str(vllm.__version__).split("+")[0]
 
 

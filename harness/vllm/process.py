@@ -20,10 +20,13 @@ from __future__ import annotations
 import os
 
 from harness.paths import esgrpo_home
-from harness.vllm.compat import keep_cpu_weights_live
+from harness.vllm.compat import check_version, keep_cpu_weights_live
 
 
 def prepare_vllm_process(cpu_kv_cache_gib: float | None = None) -> None:
+    """Before any vLLM engine of this process starts (ES's, TRL's colocated one, `esgrpo eval`'s): a vLLM version
+    this project was checked against, and the settings above."""
+    check_version()
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
     if cpu_kv_cache_gib is not None:
