@@ -44,10 +44,32 @@ class BackgroundImageBuild:
         assert cls.proc.wait() == 0, cls.log.read_text()[-3000:]
 
 
+class BackgroundTypeCheck:
+    """`mypy methods/es` (tests/test_layers.py), started when the session starts: ~1.5 min of a cold cache that would
+    otherwise add to the suite's time, run while other tests wait on servers and subprocesses."""
+
+    proc: subprocess.Popen | None = None
+
+    @classmethod
+    def start(cls) -> None:
+        cls.proc = subprocess.Popen([sys.executable, "-m", "mypy", "methods/es", "--cache-dir",
+                                     str(ROOT / ".cache" / "mypy")], cwd=ROOT, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+
+    @classmethod
+    def result(cls) -> tuple[int, str]:
+        if cls.proc is None:
+            cls.start()
+        out, _ = cls.proc.communicate(timeout=900)
+        return cls.proc.returncode, out
+
+
 def pytest_collection_modifyitems(session, config, items):
     """Docker tests last; their images build in the background once the policy exists (policy_path). CUDA tests
-    skip without a CUDA device."""
+    skip without a CUDA device. The type check starts now if it is to run."""
     skip_gpu_tests_without_cuda(items)
+    if any(i.name == "test_the_es_engine_contract_type_checks" for i in items):
+        BackgroundTypeCheck.start()
     docker = [i for i in items if i.module.__name__.endswith("test_docker")]
     BackgroundImageBuild.wanted = os.geteuid() == 0 and any("cpu_images" in getattr(i, "fixturenames", ())
                                                              for i in docker)

@@ -64,6 +64,7 @@ def test_each_contract_catches_what_it_forbids(tree, module, line, broken):
 def test_the_es_engine_contract_type_checks():
     """mypy over methods/es: both engines meet the whole ESEngine Protocol (make_engine returns one), and every
     call the trainer hands a pool is checked against it."""
-    r = subprocess.run([sys.executable, "-m", "mypy", "methods/es", "--cache-dir", str(ROOT / ".cache" / "mypy")],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 0 and "Success" in r.stdout, r.stdout[-4000:]
+    from conftest import BackgroundTypeCheck
+
+    code, out = BackgroundTypeCheck.result()  # started with the session (conftest.py)
+    assert code == 0 and "Success" in out, out[-4000:]
