@@ -15,6 +15,10 @@ class ScorerUnavailable(ScorerError):
     """The scorer could not be reached before the deadline."""
 
 
+class ScorerOutOfMemory(ScorerError):
+    """One pair alone does not fit in the scorer's memory: the run stops at once with the scorer's numbers."""
+
+
 class BadScorerReply(ScorerError):
     """The scorer answered, but not with one finite reward and one finite cost per pair sent."""
 

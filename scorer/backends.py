@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
+import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import numpy as np
+import psutil
 import torch
 
 from harness.errors import UserError
@@ -15,6 +20,8 @@ from harness.scoring.builtin import BuiltinScorer, JudgeScorer
 from harness.scoring.protocol import Scores, check_finite
 from harness.template import format_conversation
 from scorer.service_config import BackendSpec, ScorerServiceConfig
+
+log = logging.getLogger("esgrpo.scorer")
 
 
 class ScoreBackend(Protocol):
@@ -70,6 +77,63 @@ def files_digest(path: Path) -> dict[str, str]:
     return out
 
 
+class PairTooLarge(RuntimeError):
+    """One pair alone does not fit in the scorer's memory: no retry or split can mend it."""
+
+
+@dataclass
+class TokenBudget:
+    """Tokens per forward pass (padding included); halved below a batch that ran out of memory."""
+
+    tokens: int
+    halvings: int = 0
+
+    def halved(self, failed_tokens: int) -> None:
+        self.tokens = max(1, min(self.tokens, failed_tokens // 2))
+        self.halvings += 1
+        log.warning("scorer out of memory at %d tokens: batches halved (budget now %d tokens)", failed_tokens,
+                    self.tokens)
+
+
+def token_batches(lengths: Sequence[int], budget: int) -> list[list[int]]:
+    """Consecutive index runs whose padded size (rows × longest row) stays within ``budget`` tokens; a row
+    longer than the budget goes alone. ``lengths`` sorted ascending keeps the padding small."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i, n in enumerate(lengths):
+        if current and (len(current) + 1) * max(longest, n) > budget:
+            batches.append(current)
+            current, longest = [], 0
+        current.append(i)
+        longest = max(longest, n)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def free_device_cache(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def memory_summary(device: str) -> str:
+    if not device.startswith("cuda"):
+        return f"host memory {psutil.virtual_memory().available / 2**30:.1f} GiB free"
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return (f"{torch.cuda.memory_allocated(torch.device(device)) / 2**30:.1f} GiB allocated by the scorer, "
+            f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free on the device")
+
+
+def first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def checkpoint_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir() if f.suffix in (".safetensors", ".bin") and f.is_file())
+
+
 class ModelBackend:
     """A transformer scoring full conversations in the shared template, EOS appended, batched by length."""
 
@@ -86,33 +150,38 @@ class ModelBackend:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
-        self.model = self._load().to(self.device)
+        self.budget = TokenBudget(spec.max_batch_tokens)
+        t = time.perf_counter()
+        self.model = self._load()
+        self.load_seconds = round(time.perf_counter() - t, 2)
         self._digest = files_digest(self.path)
 
     def _load(self) -> torch.nn.Module:
         if self.spec.kind == "beaver":
             from scorer.beaver import BeaverScoreModel
 
-            return BeaverScoreModel(self.path, self.dtype)
+            return BeaverScoreModel(self.path, self.dtype, self.device)
         from transformers import AutoModelForSequenceClassification
 
         try:
-            model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=self.dtype)
+            model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=self.dtype,
+                                                                       device_map=self.device)
         except (OSError, ValueError) as e:
             raise UserError(f"{self.path}: cannot load a sequence classifier ({e})") from None
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
         return model.eval().requires_grad_(False)
 
-    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenize with the EOS appended. ``truncate: response`` cuts the text and keeps the EOS the model scores
-        at; ``end`` cuts text+EOS at max_length, as the published scorer did (a long answer loses its EOS)."""
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids with the EOS appended. ``truncate: response`` cuts the text and keeps the EOS the model
+        scores at; ``end`` cuts text+EOS at max_length, as the published scorer did (a long answer loses its EOS).
+        One tokenizer call for the batch: the same ids as a call per text, in less than half the time."""
         eos = self.tokenizer.eos_token_id
         n = self.spec.max_length
-        # one tokenizer call for the batch (the same ids as a call per text) and rows filled in numpy: encoding 512
-        # conversations took 0.046 s against 0.109 s for a call and a torch.tensor per text (2 CPU cores)
-        ids = [toks[: n - 1] + [eos] if self.spec.truncate == "response" else (toks + [eos])[:n]
-               for toks in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+        return [toks[: n - 1] + [eos] if self.spec.truncate == "response" else (toks + [eos])[:n]
+                for toks in self.tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
+
+    def pad(self, ids: Sequence[list[int]]) -> dict[str, torch.Tensor]:
         lengths = np.array([len(x) for x in ids])
         input_ids = np.full((len(ids), lengths.max()), self.tokenizer.pad_token_id, dtype=np.int64)
         for row, x in zip(input_ids, ids):
@@ -121,6 +190,9 @@ class ModelBackend:
         return {"input_ids": torch.from_numpy(input_ids).to(self.device),
                 "attention_mask": torch.from_numpy(mask).to(self.device)}
 
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.pad(self.token_ids(texts))
+
     @torch.inference_mode()
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.spec.kind == "beaver":
@@ -128,21 +200,49 @@ class ModelBackend:
         return self.model(**batch).logits[:, 0].float()
 
     def score_texts(self, texts: Sequence[str]) -> list[float]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: less padding
+        ids = self.token_ids(texts)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths: little padding
         out = [0.0] * len(texts)
-        for start in range(0, len(order), self.spec.batch_size):
-            idx = order[start : start + self.spec.batch_size]
-            vals = self.forward(self.encode([texts[i] for i in idx])).tolist()
-            for i, v in zip(idx, vals):
+        for batch in token_batches([len(ids[i]) for i in order], self.budget.tokens):
+            rows = [order[k] for k in batch]
+            for i, v in zip(rows, self.split_on_oom([ids[i] for i in rows])):
                 out[i] = v
         return out
+
+    def split_on_oom(self, ids: list[list[int]]) -> list[float]:
+        """Scores of one batch; on out-of-memory, the cache freed and each half scored alone (the budget shrinks
+        to what failed, halved, so later batches start small). One pair that cannot fit is ``PairTooLarge``."""
+        try:
+            return self.forward(self.pad(ids)).tolist()
+        except torch.OutOfMemoryError as e:
+            padded = len(ids) * max(len(x) for x in ids)
+            free_device_cache(self.device)
+            if len(ids) == 1:
+                raise PairTooLarge(f"scorer out of memory: one pair of {padded} tokens does not fit on {self.device} "
+                                   f"beside what the scorer holds ({memory_summary(self.device)}): {first_line(e)}"
+                                   ) from None
+            self.budget.halved(padded)
+            half = len(ids) // 2
+            return self.split_on_oom(ids[:half]) + self.split_on_oom(ids[half:])
+
+    def warm_up(self) -> None:
+        """One forward pass at the full token budget (rows of max_length tokens), so that the memory the scorer
+        will hold is measured before anything else is placed beside it; a budget that does not fit shrinks here,
+        not in the middle of a run."""
+        rows = max(1, self.spec.max_batch_tokens // self.spec.max_length)
+        filler = [[self.tokenizer.eos_token_id] * self.spec.max_length] * rows
+        for batch in token_batches([self.spec.max_length] * rows, self.budget.tokens):
+            self.split_on_oom([filler[i] for i in batch])
 
     def scores(self, prompts, responses, which):
         return self.score_texts([format_conversation(p, r) for p, r in zip(prompts, responses)])
 
     def info(self):
         return {"backend": self.spec.kind, "path": str(self.path), "files": self._digest, "device": self.device,
-                "dtype": str(self.dtype).removeprefix("torch."), "max_length": self.spec.max_length}
+                "dtype": str(self.dtype).removeprefix("torch."), "max_length": self.spec.max_length,
+                "load_seconds": self.load_seconds, "checkpoint_gib": round(checkpoint_bytes(self.path) / 2**30, 3),
+                "max_batch_tokens": self.spec.max_batch_tokens, "batch_tokens_now": self.budget.tokens,
+                "oom_halvings": self.budget.halvings}
 
 
 def make_backend(spec: BackendSpec) -> ScoreBackend:
@@ -152,10 +252,8 @@ def make_backend(spec: BackendSpec) -> ScoreBackend:
 class ServiceScorer:
     """The harness ``Scorer`` over a reward backend and a cost backend (one object if both specs are equal)."""
 
-    def __init__(self, cfg: ScorerServiceConfig):
-        self.cfg = cfg
-        self.reward = make_backend(cfg.reward)
-        self.cost = self.reward if cfg.cost == cfg.reward else make_backend(cfg.cost)
+    def __init__(self, reward: ScoreBackend, cost: ScoreBackend):
+        self.reward, self.cost = reward, cost
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> Scores:
         if len(prompts) != len(responses):
@@ -164,8 +262,23 @@ class ServiceScorer:
                                    self.cost.scores(prompts, responses, "cost")), "scorer")
 
     def info(self) -> dict[str, Any]:
-        return {"reward": self.reward.info(), "cost": self.cost.info()}
+        return {"reward": self.reward.info(), "cost": self.cost.info(), "memory": device_memory()}
+
+
+def device_memory() -> dict[str, float] | None:
+    """What this process holds on its GPU: the allocator's peak reservation is what the scorer needs beside
+    the policy (weights plus the activations of its largest batch)."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    return {"reserved_peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3),
+            "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 3),
+            "allocated_gib": round(torch.cuda.memory_allocated() / 2**30, 3)}
 
 
 def build_scorer(cfg: ScorerServiceConfig) -> ServiceScorer:
-    return ServiceScorer(cfg)
+    reward = make_backend(cfg.reward)
+    cost = reward if cfg.cost == cfg.reward else make_backend(cfg.cost)
+    for backend in {id(b): b for b in (reward, cost)}.values():
+        if isinstance(backend, ModelBackend) and backend.device.startswith("cuda"):
+            backend.warm_up()
+    return ServiceScorer(reward, cost)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import secrets
 import socket
 import tempfile
@@ -18,7 +19,7 @@ import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,7 +31,7 @@ from harness.errors import UserError
 from harness.records import atomic_write_text
 from harness.scoring.client import resolve_token
 from harness.template import split_conversation
-from scorer.backends import build_scorer
+from scorer.backends import PairTooLarge, ServiceScorer, build_scorer, first_line
 from scorer.batcher import DynamicBatcher
 from scorer.service_config import ScorerServiceConfig, load_service_config
 
@@ -56,7 +57,8 @@ class ErrorReply(BaseModel):
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in (
     (401, "missing or wrong bearer token"), (413, "request body too large"),
     (422, f"invalid request: at most {MAX_ERRORS} problems, inputs never echoed"), (503, "models still loading"),
-    (500, "models failed to load (permanent) or a score was not finite"))}
+    (500, "models failed to load (permanent) or a score was not finite"),
+    (507, "one pair alone does not fit in the scorer's memory (permanent)"))}
 
 
 def request_models(cfg: ScorerServiceConfig) -> tuple[type[BaseModel], type[BaseModel]]:
@@ -132,15 +134,17 @@ def validate_items(**fields: list[str]) -> None:
                 raise HTTPException(422, f"{name}[{i}] is an empty string")
 
 
-def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None) -> FastAPI:
+def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
+               build: Callable[[ScorerServiceConfig], ServiceScorer] = build_scorer) -> FastAPI:
     token = check_security(cfg)
     state: dict[str, Any] = {"ready": False, "error": None, "scorer": None, "batcher": None}
 
     def load() -> None:
         try:
             t = time.perf_counter()
-            state["scorer"] = build_scorer(cfg)
+            state["scorer"] = build(cfg)
             state["load_seconds"] = round(time.perf_counter() - t, 2)
+            state["peak_host_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
             state["ready"] = True
             log.info("scorer ready in %.1fs", state["load_seconds"])
             if on_ready:
@@ -202,6 +206,7 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None) -> Fas
         scorer = ready_scorer()
         b: DynamicBatcher = state["batcher"]
         return {**scorer.info(), "load_seconds": state.get("load_seconds"),
+                "peak_host_rss_gib": state.get("peak_host_rss_gib"),
                 "limits": {"max_items": cfg.max_items, "max_chars": cfg.max_chars, "max_batch": cfg.max_batch},
                 "served": {"batches": b.batches, "pairs": b.pairs, "busy_seconds": round(b.busy_seconds, 3)}}
 
@@ -209,8 +214,14 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None) -> Fas
         ready_scorer()
         try:
             s = await state["batcher"].submit(prompts, responses)
+        except PairTooLarge as e:  # no retry can mend it: the client stops the run with this message
+            log.error("%s", e)
+            return JSONResponse({"detail": str(e), "permanent": True}, status_code=507)
         except ValueError as e:  # non-finite scores and the like: an error, never passed on
             raise HTTPException(500, str(e)) from None
+        except Exception as e:  # the traceback stays in this log; the reply names what failed in one line
+            log.exception("scoring failed")
+            return JSONResponse({"detail": f"scoring failed: {type(e).__name__}: {first_line(e)}"}, status_code=500)
         return ScoreResponse(rewards=s.rewards, costs=s.costs)
 
     async def score_batch(req):

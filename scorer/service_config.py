@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+import warnings
+
+from pydantic import Field, model_validator
 
 from harness.config import StrictModel, load_config
 
@@ -20,9 +22,21 @@ class BackendSpec(StrictModel):
     device: str = "auto"  # auto: cuda if available
     # auto: on a GPU the checkpoint's own dtype (bf16 if it names none), fp32 on the CPU
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    batch_size: int = Field(16, gt=0)
+    # one forward pass holds at most this many tokens, padding included (rows × the longest row): the bound on
+    # the scorer's activation memory. On an out-of-memory error the batch is halved and the budget with it.
+    max_batch_tokens: int = Field(16_384, gt=0)
     # response: cut the text, keep the EOS the score is read at; end: cut text+EOS (the published scorer)
     truncate: Literal["response", "end"] = "response"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _batch_size_is_gone(cls, data):
+        if isinstance(data, dict) and "batch_size" in data:
+            data = {k: v for k, v in data.items() if k != "batch_size"}
+            warnings.warn("scorer backend batch_size is deprecated and ignored: batches are sized by tokens, "
+                          "set max_batch_tokens (rows × longest row) instead", FutureWarning, stacklevel=2)
+        return data
+
 
 
 class ScorerServiceConfig(StrictModel):

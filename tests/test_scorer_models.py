@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from conftest import tiny_llama_config
 
 from harness.errors import UserError
-from scorer.backends import ModelBackend, ServiceScorer
+from scorer.backends import ModelBackend, build_scorer
 from scorer.beaver import BeaverScoreModel, end_index
 from scorer.service_config import BackendSpec, ScorerServiceConfig
 
@@ -75,7 +75,7 @@ def test_hf_classifier_and_mixed_backends(tmp_path, policy_path):
     d = tmp_path / "rm"
     model.save_pretrained(d)
     AutoTokenizer.from_pretrained(policy_path).save_pretrained(d)
-    scorer = ServiceScorer(ScorerServiceConfig(reward=BackendSpec(kind="hf-classifier", path=str(d), device="cpu"),
+    scorer = build_scorer(ScorerServiceConfig(reward=BackendSpec(kind="hf-classifier", path=str(d), device="cpu"),
                                                cost=BackendSpec(kind="builtin")))
     got = scorer.score(["How do I cook rice?"], [" Rinse it, then simmer it."])
     tok = AutoTokenizer.from_pretrained(d)
@@ -146,3 +146,27 @@ def test_a_batch_encodes_each_text_as_alone(beaver_dir):
     for row, mask, text in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(), texts):
         alone = b.tokenizer(text, add_special_tokens=True)["input_ids"]
         assert row[: sum(mask)] == alone[:47] + [b.tokenizer.eos_token_id]
+
+
+@pytest.mark.parametrize("weights", ["safetensors", "bin"])
+def test_sharded_checkpoints_with_an_index_score_like_one_file(tmp_path, policy_path, weights):
+    """The published Beaver repositories ship shards with an index (model-0000N-of-0000M.safetensors, or
+    pytorch_model-0000N-of-0000M.bin): they load to the same scores as one file, and no weight is drawn at
+    random on the way (the model is built on the meta device)."""
+    from harness.fixtures.random_models import build_random_beaver
+
+    one = build_random_beaver("tiny", tmp_path / "one", "reward", seed=4)
+    shards = build_random_beaver("tiny", tmp_path / "shards", "reward", seed=4, shard_gib=0.4 / 2**10,
+                                 weights=weights)
+    names = sorted(f.name for f in shards.iterdir() if f.suffix in (".safetensors", ".bin"))
+    stem = "model" if weights == "safetensors" else "pytorch_model"
+    assert len(names) > 1 and names[0] == f"{stem}-00001-of-{len(names):05d}.{weights}"
+    index = json.loads((shards / f"{stem}.{weights}.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(names)
+    want = ModelBackend(BackendSpec(kind="beaver", path=str(one), device="cpu")).score_texts(TEXTS)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    got = ModelBackend(BackendSpec(kind="beaver", path=str(shards), device="cpu")).score_texts(TEXTS)
+    assert got == pytest.approx(want, abs=1e-6)
+    assert torch.rand(1) == before  # loading drew no random numbers: nothing was initialized only to be replaced

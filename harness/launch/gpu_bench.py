@@ -102,7 +102,7 @@ class ScorerService:
 
 def scorer_config(shape: str, device: str) -> dict[str, Any]:
     reward, cost = random_scorer_models(shape)
-    backend = {"kind": "beaver", "device": device, "batch_size": 64, "max_length": 512}
+    backend = {"kind": "beaver", "device": device, "max_batch_tokens": 32768, "max_length": 512}
     return {"reward": {**backend, "path": str(reward)}, "cost": {**backend, "path": str(cost)},
             "host": "127.0.0.1", "port": 0, "max_batch": 64}
 

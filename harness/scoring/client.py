@@ -2,7 +2,8 @@
 
 Retries connection errors, timeouts, 429 and 5xx with exponential backoff and jitter until a total
 deadline (a request in flight is cut off at the deadline too), then raises ``ScorerUnavailable``. 4xx, a bad
-URL, and a 5xx the service marks permanent (its models failed to load) fail at once. Every reply is checked:
+URL, and a 5xx the service marks permanent (its models failed to load, or one pair alone does not fit in
+its memory: 507, ``ScorerOutOfMemory``) fail at once. Every reply is checked:
 one finite reward and cost per pair sent, or ``BadScorerReply``. It never invents, drops or pads a score.
 """
 
@@ -21,7 +22,7 @@ import httpx
 from tenacity import (RetryError, Retrying, retry_if_exception, stop_after_delay,
                       wait_exponential_jitter)
 
-from harness.errors import BadScorerReply, ScorerError, ScorerUnavailable, UserError
+from harness.errors import BadScorerReply, ScorerError, ScorerOutOfMemory, ScorerUnavailable, UserError
 from harness.scoring.protocol import Scores, ScorerSpec, parse_scores
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,14 @@ def _permanent(response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("permanent") is True
+
+
+def reply_detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    return str(body.get("detail", body) if isinstance(body, dict) else body)[:500]
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -145,13 +154,15 @@ class HttpScorer:
         try:
             for att in Retrying(retry=retry_if_exception(_retryable), reraise=False,
                                 stop=stop_after_delay(self.spec.deadline_s),
-                                wait=wait_exponential_jitter(initial=0.2, max=10.0, jitter=0.2)):
+                                wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)):
                 with att:
                     out = attempt()
         except RetryError:
             raise ScorerUnavailable(f"scorer unreachable for {self.spec.deadline_s:.0f}s: {last_error}") from None
         except httpx.HTTPStatusError as e:
             detail = e.response.text[:300]
+            if e.response.status_code == 507:
+                raise ScorerOutOfMemory(f"scorer {url} out of memory: {reply_detail(e.response)}") from None
             if e.response.status_code >= 500:
                 raise ScorerError(f"scorer {url} failed ({e.response.status_code}): {detail}") from None
             raise UserError(f"scorer rejected the request ({e.response.status_code}): {detail}") from None
