@@ -59,9 +59,9 @@ benchmark: setup
 benchmark-gpu: setup
 	$(VENV)/bin/esgrpo bench gpu
 
-# One GPU at the published scale: an Alpaca-7B-shaped policy, 64 prompts x 512 tokens
+# One GPU at the published scale: an Alpaca-7B-shaped policy, 64 prompts x 512 tokens, two Beaver-7B-shaped scorers
 benchmark-gpu-7b: setup
-	$(VENV)/bin/esgrpo bench gpu --spec benchmarks/gpu-7b.yaml --shape llama-7b --out results/gpu-7b-$$(date +%F)
+	$(VENV)/bin/esgrpo bench gpu --spec benchmarks/gpu-7b.yaml --shape llama-7b --scorer-shape llama-7b --out results/gpu-7b-$$(date +%F)
 
 report: setup
 	$(VENV)/bin/esgrpo compare $(RUNS) --out $(OUT)

@@ -29,6 +29,10 @@ class OutOfMemory(RuntimeError):
     EXIT_CODE = 3
 
 
+class PlannedOutOfMemory(RuntimeError):
+    """The memory plan says the run's parts cannot fit its device: refused before training, recorded as ``oom``."""
+
+
 # torch's CUDA out-of-memory message says what the process held when the allocation failed (a memory sampler,
 # every fraction of a second, misses that last moment)
 OOM_IN_USE = re.compile(r"this process has ([0-9.]+) GiB memory in use")
@@ -46,6 +50,8 @@ def oom_in_use_mb(message: str) -> float | None:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """torch's OutOfMemoryError, or one passed through Ray or vLLM (which wrap it, or say it in words)."""
+    if isinstance(exc, PlannedOutOfMemory):
+        return True
     text = f"{type(exc).__name__}: {exc}".lower()
     return any(k in text for k in ("outofmemoryerror", "out of memory", "no available memory for the cache",
                                    "can't allocate memory"))

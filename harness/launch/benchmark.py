@@ -4,11 +4,13 @@ optional target; every method runs at the same budget on the same prompts, score
 from __future__ import annotations
 
 import logging
+import os
 import re
 import signal
 import subprocess
 import sys
 import threading
+import time
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -157,11 +159,13 @@ def default_locations(spec: BenchmarkSpec) -> tuple[Path, Path]:
 
 def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | None = None,
                   only: list[str] | None = None, seed_index: int | None = None, report_only: bool = False,
-                  run_overrides: list[str] | None = None, method_overrides: list[str] | None = None) -> Path | None:
+                  run_overrides: list[str] | None = None, method_overrides: list[str] | None = None,
+                  services: set[int] | None = None) -> Path | None:
     """Run the spec's (method, seed) pairs, then the report. ``only``/``seed_index`` select a subset (one
     SLURM array task); ``report_only`` compares what is there; ``run_overrides`` (dotted keys of
     ``run``, e.g. the scorer a cluster job must use) apply to every run, ``method_overrides`` to the
-    selected methods' own configs."""
+    selected methods' own configs. ``services``: pids of the processes beside the runs on their GPUs (the
+    scorer), which may hold device memory when an entry starts."""
     spec, raw = load_spec(Path(spec_path))
     if run_overrides:
         run = apply_overrides(spec.run.model_dump(mode="json", by_alias=True), run_overrides)
@@ -202,6 +206,7 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             run_method(method, cfg, run_dir, spec=raw, label=name)
             done.append(run_dir)
             continue
+        check_device_free(services or set())
         log.info("running %s seed %d -> %s", name, seed, run_dir)
         # Each run gets its own process (its peak memory is its own, and a crash cannot take the others down): the
         # command anyone can run again from the folder, on the resolved config written there.
@@ -245,12 +250,29 @@ def write_resolved_config(run_dir: Path, cfg) -> Path:
     return path
 
 
+def check_device_free(keep: set[int], wait_s: float = 30.0, holders=None) -> None:
+    """Before a benchmark entry starts: no process but this one and ``keep`` (the scorer beside the runs) holds
+    GPU memory. A process of an earlier entry that outlived it (a vLLM engine core, a Ray worker) would shrink
+    what the next entry finds free; the driver releases memory a moment after a process ends, so this waits up
+    to ``wait_s`` before refusing with the pids."""
+    from harness.memory_plan import device_holders
+
+    holders = holders or (lambda: device_holders(None, keep | {os.getpid()}))
+    deadline = time.monotonic() + wait_s
+    while held := holders():
+        if time.monotonic() > deadline:
+            raise UserError("the GPU is still held by: " + "; ".join(f"{p.name} {p.gib:.1f} GiB" for p in held)
+                            + ". End it (kill -- -PGID of an earlier run) before the next benchmark entry")
+        time.sleep(1.0)
+
+
 def run_forwarding_stops(cmd: list[str]) -> tuple[int, str | None]:
     """Run one benchmark part as a child process. A SIGTERM or SIGINT sent to this process alone (``timeout``,
     ``kill``, a job script's trap) is passed on to the child as SIGTERM, so it checkpoints and records the stop,
     and this process waits for it: otherwise the child ran on as an orphan, holding its GPU. Returns the child's
     exit code and the name of the signal that stopped it, if any."""
-    proc = subprocess.Popen(cmd, env=child_env())  # and if this process is killed outright, see processes.py
+    # its own process group: what it leaves behind (a vLLM engine core, Ray's workers) is ended with it below
+    proc = subprocess.Popen(cmd, env=child_env(), start_new_session=True)  # killed outright: see processes.py
     stopped: list[str] = []
 
     def forward(signum, frame) -> None:
@@ -265,6 +287,10 @@ def run_forwarding_stops(cmd: list[str]) -> tuple[int, str | None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):  # nothing of it is left
+            pass
     return rc, stopped[0] if stopped else None
 
 

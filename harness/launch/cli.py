@@ -218,7 +218,7 @@ def bench_gpu(spec: Path = typer.Option(Path("benchmarks") / "gpu-1x.yaml", "--s
               runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
               policy: Optional[str] = typer.Option(None, help="a local HF model (default: a random model of --shape)"),
               shape: str = typer.Option("qwen2-0.5b", help="random policy shape: qwen2-0.5b, llama-7b (Alpaca-7B's), tiny"),
-              scorer_shape: str = typer.Option("llama-200m", help="random Beaver scorer shape: llama-200m, tiny"),
+              scorer_shape: str = typer.Option("llama-200m", help="random Beaver scorer shape: llama-200m, llama-7b (Beaver-7B's), tiny"),
               only: List[str] = typer.Option([], "--only", help="run only this spec entry, or 'scorer' (repeatable)"),
               report_only: bool = typer.Option(False, "--report-only", help="only the figures and the report")):
     """ES (vLLM and transformers engines) and GRPO on one GPU: memory, throughput, ES overhead, scorer."""

@@ -102,7 +102,7 @@ class ScorerService:
 
 def scorer_config(shape: str, device: str) -> dict[str, Any]:
     reward, cost = random_scorer_models(shape)
-    backend = {"kind": "beaver", "device": device, "max_batch_tokens": 32768, "max_length": 512}
+    backend = {"kind": "beaver", "device": device, "max_batch_tokens": 16384, "max_length": 512}
     return {"reward": {**backend, "path": str(reward)}, "cost": {**backend, "path": str(cost)},
             "host": "127.0.0.1", "port": 0, "max_batch": 64}
 
@@ -131,7 +131,7 @@ def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
                       f"scorer={{kind: http, url: {scorer.url}, token_file: {scorer.token_file}}}"]
             if methods or not only:
                 report = run_benchmark(spec_path, out=out, runs_dir=runs, only=methods or None,
-                                       run_overrides=shared)
+                                       run_overrides=shared, services={scorer.proc.pid})
             if not only or "scorer" in only:
                 from scorer.bench import measure
                 from scorer.service_config import ScorerServiceConfig
@@ -177,6 +177,16 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
             "peak_rss_mb": rec.memory.get("peak_rss_mb"), "tokens_per_s": rec.throughput.get("tokens_per_s"),
             "completions": rec.series[-1].completions if rec.series else 0, "tokens": rec.series[-1].tokens if rec.series else 0,
         }
+        f.update(step_figures(rec.series))
+        scorer = rec.scorer or {}
+        models = {id(b): b for b in (scorer.get("reward"), scorer.get("cost")) if isinstance(b, dict)}
+        loads = [b["load_seconds"] for b in models.values() if b.get("load_seconds") is not None]
+        f["scorer_load_s"] = round(sum(loads), 2) if loads else None  # the models, from the checkpoints
+        f["scorer_ready_s"] = scorer.get("load_seconds")  # the service: models, file hashes, warm-up batch
+        f["scorer_peak_gpu_gib"] = (scorer.get("memory") or {}).get("reserved_peak_gib")
+        plan = rec.memory.get("plan")
+        if plan:
+            f["memory_plan"] = plan
         if rec.config.get("vllm_sleep_mode"):  # vLLM's pool stays in torch's count while its memory is unmapped
             f["torch_counts_sleeping_vllm"] = True
         if rec.status == "oom":
@@ -206,6 +216,23 @@ def collect_figures(runs: Path, device: str, baseline: str | None = None) -> dic
     figures["ratios"] = {name: done[a]["tokens_per_s"] / done[b]["tokens_per_s"]
                          for name, a, b in RATIOS if a in done and b in done}
     return figures
+
+
+def step_figures(series) -> dict[str, Any]:
+    """Seconds per iteration (ES) or step (GRPO) after the first (which compiles), the mean split, and scoring's
+    share: the wall time not spent in the other parts (ES scores members while later ones generate, so its
+    scoring seconds overlap generation; only what sticks out of it costs wall time)."""
+    points = series[1:] if len(series) > 1 else series
+    if not points:
+        return {}
+    wall_key = "iteration_wall" if "iteration_wall" in points[0].times else "step_wall"
+    wall = sum(p.times.get(wall_key, 0.0) for p in points)
+    parts = sorted({k for p in points for k in p.times} - {wall_key, "population_wall"})
+    split = {k: round(sum(p.times.get(k, 0.0) for p in points) / len(points), 3) for k in parts}
+    others = sum(v for k, v in split.items() if k != "scoring")
+    per_step = wall / len(points)
+    return {"seconds_per_step": round(per_step, 3), "step_split_s": split,
+            "scoring_share": round(max(0.0, per_step - others) / per_step, 4) if per_step else None}
 
 
 def steady_overhead_share(series) -> float | None:
@@ -238,6 +265,14 @@ def render_readme(figures: dict[str, Any], name: str, report: str | None) -> str
         lines.append(f"| {label} | {f['status']} | {f['precision']} | {_fmt(f['peak_gpu_torch_mb'], 0)} | "
                      f"{_fmt(f['kv_cache_mb'], 0)} | {_fmt(f['peak_gpu_torch_excl_kv_mb'], 0)} | "
                      f"{_fmt(f['peak_gpu_nvml_mb'], 0)} | {_fmt(f['tokens_per_s'], 0)} |")
+    lines += ["", "| run | s per iteration/step (after the first) | mean split (s) | scoring's share of the wall time | scorer models "
+              "load / service ready (s) | scorer peak GPU (GiB) | memory plan |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for label, f in runs.items():
+        split = ", ".join(f"{k} {v:.2f}" for k, v in (f.get("step_split_s") or {}).items()) or "–"
+        plan = (f.get("memory_plan") or {}).get("summary", "–")
+        lines.append(f"| {label} | {_fmt(f.get('seconds_per_step'))} | {split} | {_fmt(f.get('scoring_share'), 3)} | "
+                     f"{_fmt(f.get('scorer_load_s'), 1)} / {_fmt(f.get('scorer_ready_s'), 1)} | "
+                     f"{_fmt(f.get('scorer_peak_gpu_gib'), 1)} | {plan} |")
     lines += ["", "| figure | run | value | target | met |", "| --- | --- | --- | --- | --- |"]
     rows = [(key, label, f.get(key)) for label, f in runs.items() for key in TARGETS]
     rows += [(key, "ratio of runs", v) for key, v in figures.get("ratios", {}).items()]
@@ -260,14 +295,20 @@ def render_readme(figures: dict[str, Any], name: str, report: str | None) -> str
                         " (before restores were timed apart: the pass includes the restore queued before it).")
                      if p else " Members are LoRA adapters: no in-place pass to time.")
             lines += ["", f"**{label}** iteration time split (sum over iterations {wall:.1f} s; the overhead figure "
-                      f"above leaves out the first, which compiles kernels): {parts}.{probe}"]
+                      f"above leaves out the first, which compiles kernels; scoring runs beside generation, so the "
+                      f"shares overlap): {parts}.{probe}"]
     for label, f in runs.items():
-        if f["status"] == "oom":
+        plan = f.get("memory_plan") or {}
+        if f["status"] == "oom" and plan and not plan.get("fits", True):
+            need = sum(p["gib"] for p in plan["needs"])
+            lines += ["", f"**{label}** was refused before training by the memory plan: its parts need at least "
+                      f"{need:.1f} GiB (activations on top) where {plan['free_gib']:.1f} GiB were free."]
+        elif f["status"] == "oom":
             held = f.get("oom_process_in_use_mb")
             held = f" with {_fmt(held, 0)} MB in use by the process (torch's report)" if held else ""
             lines += ["", f"**{label}** ran out of memory{held}; peaks sampled before it: "
                       f"{_fmt(f['peak_gpu_torch_mb'], 0)} MB (torch) / {_fmt(f['peak_gpu_nvml_mb'], 0)} MB (NVML)."]
-    asleep = [label for label, f in runs.items() if f.get("torch_counts_sleeping_vllm")]
+    asleep = [label for label, f in runs.items() if f.get("torch_counts_sleeping_vllm") and f["status"] == "completed"]
     if asleep:
         lines += ["", f"{', '.join(asleep)}: vLLM sleeps while the policy trains; torch's allocator peak still "
                   "counts vLLM's unmapped pool, so it overstates the memory in use: read the NVML column."]

@@ -32,7 +32,10 @@ class EngineConfig(StrictModel):
     threads: int = Field(1, gt=0)  # torch CPU threads per engine
     batch_size: int = Field(64, gt=0)  # generation batch (hf engine)
     # vLLM only
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    # None: the KV cache is what the GPU has free when the engine starts, less the weights, ES's snapshot and
+    # runtime_gib (harness/memory_plan.py); a fraction: vLLM's own budget of the whole device, checked the same way
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    runtime_gib: float = Field(6.0, ge=0)  # vLLM's activations, CUDA graphs, LoRA buffers and CUDA context, in the plan
     kv_cache_gib: float = Field(0.25, gt=0)  # CPU backend KV cache
     # None: CUDA graphs on a GPU (in-place weight changes keep the captured pointers: see vllm_engine.py),
     # eager on the CPU backend

@@ -213,6 +213,10 @@ def update_engines(pool: Pool, cfg: ESConfig, terms: list[tuple[int, float]]) ->
 def record_engine_figures(pool: Pool, cfg: ESConfig, ctx: RunContext) -> int | None:
     """Engine 0's perturbation pass against the bandwidth bound and its preallocated KV cache (vLLM); for a
     batching engine, how many sequences it runs at once (returned), and how the population's calls compare."""
+    plan = pool.submit(0, lambda e: e.info()).result().get("memory_plan")
+    if plan:  # beside the peaks the run measures
+        ctx.add_figures("memory", {"plan": plan})
+        ctx.note(f"memory plan of engine 0: {plan['summary']}")
     kv = pool.submit(0, lambda e: e.kv_cache_bytes()).result()
     if kv:
         ctx.add_figures("memory", {"kv_cache_mb": round(kv / 2**20, 1)})
@@ -269,11 +273,16 @@ class MemberSpeed:
 PROBE_TOKENS = 128  # probe rollouts: long enough for steady decoding, short enough to cost seconds at 7B
 
 
+PROBE_PAIRS = 5  # (raw, member) pairs timed after the warm-up: the median of their ratios is reported
+
+
 def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> dict[str, float]:
     """Before the training clock, on engine 0 with nothing else on the device: an engine's share of perturbed
     members (one member, or a population batch of adapters) against as many unperturbed sequences, on
-    iteration 0's prompts. Each runs twice; the second counts (the first warms shapes up and, for a member,
-    takes the engine's snapshot of the weights)."""
+    iteration 0's prompts. One warm-up of each (shapes, and for a member the engine's snapshot of the weights),
+    then ``PROBE_PAIRS`` pairs back to back, alternating which goes first so that a drift of the host or the
+    device falls on both sides alike: the figure is the median of the pairs' ratios, with their spread. A member
+    does more work than a raw generate, so a median above 1 says the probe is measuring noise."""
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
     sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
     if cfg.batches_population():  # a call as an iteration makes it: at most max_loras adapters, and the base
@@ -281,12 +290,23 @@ def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> di
         jobs = {"raw": [UNPERTURBED] * per_call, "member": members + [UNPERTURBED] * (per_call - len(members))}
     else:
         jobs = {"raw": [UNPERTURBED], "member": [Member(algorithm.SEED_SPACE, cfg.sigma)]}
-    speed, prepare = {}, {}
-    for kind in ("raw", "member", "raw", "member"):
-        outs = pool.submit(0, members_of(jobs[kind], prompts, sampling)).result()
-        speed[kind], prepare[kind] = batch_speed(outs)
-    return {"raw_generate_tokens_per_s": speed["raw"], "member_tokens_per_s": speed["member"],
-            "member_vs_raw": speed["member"] / speed["raw"], "member_prepare_share": prepare["member"]}
+
+    def timed(kind: str) -> tuple[float, float]:
+        return batch_speed(pool.submit(0, members_of(jobs[kind], prompts, sampling)).result())
+
+    timed("raw"), timed("member")
+    raw, member, prepare = list[float](), list[float](), list[float]()
+    for i in range(PROBE_PAIRS):
+        for kind in ("raw", "member") if i % 2 == 0 else ("member", "raw"):
+            speed, share = timed(kind)
+            (raw if kind == "raw" else member).append(speed)
+            if kind == "member":
+                prepare.append(share)
+    ratios = [m / r for m, r in zip(member, raw)]
+    return {"raw_generate_tokens_per_s": statistics.median(raw), "member_tokens_per_s": statistics.median(member),
+            "member_vs_raw": statistics.median(ratios), "member_vs_raw_min": min(ratios),
+            "member_vs_raw_max": max(ratios), "member_vs_raw_pairs": len(ratios),
+            "member_prepare_share": statistics.median(prepare)}
 
 
 def batch_speed(outs: list[MemberOutput]) -> tuple[float, float]:

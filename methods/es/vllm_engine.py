@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings, VLLMGenerator
+from harness.memory_plan import MemoryPlan, plan_engine, plan_record
 from harness.template import format_prompt
 from harness.vllm import compat
 from harness.vllm.process import prepare_vllm_process
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 WORKER_EXTENSION = "methods.es.vllm_worker.ESWorkerExtension"
+DEFAULT_SEQUENCES = 256  # vLLM's max_num_seqs when the config leaves it unset
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
 
 
@@ -116,10 +118,17 @@ class VLLMEngine:
             torch.set_num_threads(cfg.threads)
         self.cfg = cfg
         kwargs: dict[str, Any] = {}
+        self.plan: MemoryPlan | None = None
         if cfg.device == "cpu":
             kwargs["kv_cache_memory_bytes"] = int(cfg.kv_cache_gib * 2**30)
         else:
-            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+            self.plan = self.memory_plan(cfg)
+            if cfg.gpu_memory_utilization is None:
+                kwargs["kv_cache_memory_bytes"] = int((self.plan.kv_cache_gib or 0.0) * 2**30)
+                # vLLM still checks that this share of the device is free at start, KV cache given or not
+                kwargs["gpu_memory_utilization"] = max(0.01, (self.plan.free_gib - 0.5) / self.plan.total_gib)
+            else:
+                kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         if cfg.max_num_seqs:
             kwargs["max_num_seqs"] = cfg.max_num_seqs
             if not cfg.eager():  # capture graphs up to the full batch (vLLM stops at 512 otherwise: larger runs eager)
@@ -143,6 +152,28 @@ class VLLMEngine:
         self.worker = WorkerProxy(self.llm)
         self.n_elements = self.llm.collective_rpc("es_setup", args=(cfg.restore, self.noise_spec.model_dump()))[0]
         self._gen = VLLMGenerator(self.llm)
+
+    def memory_plan(self, cfg: EngineConfig) -> MemoryPlan:
+        """The plan of this engine's GPU (refused with the numbers when the parts cannot fit). A fixed
+        utilization is vLLM's budget of the whole device: the KV cache is what it leaves beside the weights, and
+        the snapshot must fit outside it."""
+        import torch
+
+        snapshot = cfg.restore == "snapshot" and not self.lowrank
+        plan = plan_engine(cfg.model_path, cfg.dtype, cfg.max_model_len, cfg.max_num_seqs or DEFAULT_SEQUENCES,
+                           snapshot, cfg.runtime_gib, torch.cuda.current_device())
+        if cfg.gpu_memory_utilization is not None:
+            budget = cfg.gpu_memory_utilization * plan.total_gib
+            outside = plan.needs[1].gib if snapshot else 0.0
+            if budget + outside > plan.free_gib:
+                raise UserError(f"engine.gpu_memory_utilization {cfg.gpu_memory_utilization} asks vLLM for "
+                                f"{budget:.1f} GiB{f' and the snapshot {outside:.1f} GiB beside it' if outside else ''}"
+                                f", more than is free: {plan.describe()}. Leave it unset to size the KV cache from "
+                                "the free memory")
+            left = budget - plan.needs[0].gib - cfg.runtime_gib
+            plan = plan.model_copy(update={"kv_cache_gib": round(max(0.0, left), 2)})
+        plan.check("the ES policy engine")
+        return plan
 
     # -- the weights, in the worker --------------------------------------------------------------------------------
     def perturb(self, seed: int, scale: float) -> None:
@@ -238,4 +269,4 @@ class VLLMEngine:
     def info(self) -> dict[str, Any]:
         return {"engine": "vllm", "device": self.cfg.device, "dtype": self.cfg.dtype, "parameters": self.n_elements,
                 "cuda_graphs": not self.cfg.eager(), "noise": self.noise_spec.kind, "lora_ops": self.cfg.lora_ops,
-                "vllm": compat.version()}
+                "vllm": compat.version(), "memory_plan": plan_record(self.plan) if self.plan else None}

@@ -22,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from harness.checkpoint import STATE_FILE, Preempted
 from harness.errors import UserError
 from harness.generation import HFGenerator
+from harness.memory_plan import plan_record, plan_training
 from harness.records import atomic_write_text
 from harness.method import RunContext, RunSettings
 from harness.template import cut_at_stop, format_prompt
@@ -247,13 +248,40 @@ def generation_kwargs(cfg: GRPOSettings, s: RunSettings) -> dict | None:
     return {"min_new_tokens": s.rollout.max_new_tokens} if s.rollout.fixed_length else None
 
 
+def memory_needs(cfg: GRPOSettings, total_gib: float) -> dict[str, float]:
+    """Bytes per policy parameter that training holds at least (activations come on top), and the colocated
+    vLLM's share of the device: TRL gives it ``vllm_gpu_memory_utilization`` of the whole GPU."""
+    weights = 4.0 if cfg.train_dtype == "float32" else 2.0
+    needs = {"policy weights": weights}
+    if not cfg.lora:  # AdamW keeps two states per parameter, in the parameters' dtype
+        needs.update({"gradients": weights, "AdamW states": 2 * weights})
+    if cfg.use_vllm and cfg.vllm_mode == "colocate":
+        needs["colocated vLLM GiB"] = cfg.vllm_gpu_memory_utilization * total_gib
+    return needs
+
+
+def plan_memory(cfg: GRPOSettings, ctx: RunContext) -> None:
+    """One process on one GPU: refuse before training when the lower bound of what it holds is more than is
+    free (the scorer may be beside it), and keep the plan in the record."""
+    import torch
+
+    if cfg.device != "cuda" or not torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return
+    total_gib = torch.cuda.mem_get_info()[1] / 2**30
+    plan = plan_training(ctx.policy_path, memory_needs(cfg, total_gib), torch.cuda.current_device())
+    ctx.add_figures("memory", {"plan": plan_record(plan)})
+    ctx.note(f"memory plan: {plan.describe()}")
+    plan.check("GRPO")
+
+
 def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     stats = StepStats()
+    ctx.describe(variant="vllm" if cfg.use_vllm else "hf", precision=cfg.precision())
+    plan_memory(cfg, ctx)
     trainer, tokenizer = build_trainer(cfg, ctx, stats)
     ctx.budget.gpus = trainer.accelerator.num_processes if cfg.device == "cuda" else 0
     ctx.note(f"GRPO on TRL {trl_compat.check_version()}, {cfg.prompts_per_step}×{cfg.num_generations} "
              f"completions/step, generation by {vllm_words(cfg) if cfg.use_vllm else 'transformers'}")
-    ctx.describe(variant="vllm" if cfg.use_vllm else "hf", precision=cfg.precision())
     if cfg.use_vllm and cfg.vllm_mode == "colocate":  # its KV cache, reported apart as the ES engines' is
         kv = llm_kv_cache_bytes(trl_compat.colocated_llm(trainer))
         ctx.add_figures("memory", {"kv_cache_mb": round(kv / 2**20, 1)})

@@ -1,0 +1,156 @@
+"""A plan of one GPU's memory before a policy engine starts on it: what is already held (the scorer beside it,
+other processes), what the engine needs (weights in their serving dtype, ES's snapshot of them, vLLM's
+activations and CUDA graphs), and the KV cache sized from the memory that is actually free. Parts that cannot
+fit are refused before training, with the numbers; the run record keeps the plan beside the measured peaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from harness.errors import PlannedOutOfMemory, UserError
+
+GIB = 2**30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+class Part(BaseModel):
+    name: str
+    gib: float
+    measured: bool  # read from the device or a process, not estimated from shapes
+
+
+class MemoryPlan(BaseModel):
+    device: str
+    total_gib: float
+    free_gib: float  # measured when the plan was made: what the other parts left
+    held: list[Part]  # by other processes when the plan was made (the scorer, anything else)
+    needs: list[Part]  # what this run adds (beside its KV cache, for a policy engine)
+    kv_cache_gib: float | None = None  # what is left for the KV cache
+    kv_cache_min_gib: float | None = None  # one sequence of max_model_len tokens
+    kv_cache_wanted_gib: float | None = None  # every sequence of one generate call at once
+
+    @property
+    def fits(self) -> bool:
+        if self.kv_cache_gib is not None and self.kv_cache_min_gib is not None:
+            return self.kv_cache_gib >= self.kv_cache_min_gib
+        return sum(p.gib for p in self.needs) <= self.free_gib
+
+    def describe(self) -> str:
+        def parts(ps: list[Part]) -> str:
+            return ", ".join(f"{p.name} {p.gib:.1f}" for p in ps) or "nothing"
+
+        text = (f"{self.device}: {self.total_gib:.1f} GiB, {self.free_gib:.1f} free (held: {parts(self.held)}); "
+                f"the run needs {parts(self.needs)} (GiB)")
+        if self.kv_cache_gib is not None:
+            text += (f" and leaves {self.kv_cache_gib:.1f} GiB of KV cache (at least {self.kv_cache_min_gib:.2f} "
+                     f"for one sequence, {self.kv_cache_wanted_gib:.1f} for a whole generate call at once)")
+        return text
+
+    def check(self, what: str) -> None:
+        if not self.fits:
+            raise PlannedOutOfMemory(f"{what} does not fit (memory plan): {self.describe()}. Free the device, "
+                                     "put the scorer on another GPU, or make the run smaller")
+
+
+def checkpoint_parameters(model_dir: str | Path) -> int:
+    """Parameters in a checkpoint, read from the safetensors headers (no weights loaded)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{model_dir}: no *.safetensors weights to plan the memory from")
+    count = 0
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= d
+                count += n
+    return count
+
+
+def kv_bytes_per_token(model_dir: str | Path, dtype: str) -> int:
+    """Keys and values of every layer for one token, from config.json."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    heads = cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    return 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim * DTYPE_BYTES[dtype]
+
+
+def device_holders(index: int | None, exclude: set[int]) -> list[Part]:
+    """The other processes the driver charges memory to (NVML), named by pid and command: on torch's device
+    ``index`` (among the visible devices), or on every GPU of the host (None)."""
+    from harness.records import nvml_handles
+
+    handles = nvml_handles()
+    if index is not None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
+        if index < len(visible) and visible[index].strip().isdigit():  # torch's index is among the visible ones
+            index = int(visible[index])
+        handles = handles[index : index + 1]
+    if not handles:
+        return []
+    import pynvml
+
+    held = []
+    for h in handles:
+        try:
+            procs = pynvml.nvmlDeviceGetComputeRunningProcesses(h)
+        except pynvml.NVMLError:
+            continue
+        held += [Part(name=f"pid {p.pid} ({process_name(p.pid)})", gib=round((p.usedGpuMemory or 0) / GIB, 2),
+                      measured=True) for p in procs if p.pid not in exclude and p.usedGpuMemory]
+    return held
+
+
+def process_name(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+    except OSError:
+        return "?"
+
+
+def plan_engine(model_dir: str | Path, dtype: str, max_model_len: int, sequences: int, snapshot: bool,
+                runtime_gib: float, device: int = 0) -> MemoryPlan:
+    """The KV cache a vLLM engine on GPU ``device`` can have beside what is already there: free memory minus its
+    weights, ES's snapshot of them (restore: snapshot) and ``runtime_gib`` for vLLM's activations, CUDA graphs
+    and the CUDA context."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    weights = checkpoint_parameters(model_dir) * DTYPE_BYTES[dtype] / GIB
+    needs = [Part(name="policy weights", gib=round(weights, 2), measured=False)]
+    if snapshot:
+        needs.append(Part(name="ES snapshot of the weights", gib=round(weights, 2), measured=False))
+    needs.append(Part(name="vLLM activations, graphs and context", gib=runtime_gib, measured=False))
+    per_token = kv_bytes_per_token(model_dir, dtype) / GIB
+    return MemoryPlan(device=torch.cuda.get_device_name(device), total_gib=round(total / GIB, 2),
+                      free_gib=round(free / GIB, 2), held=device_holders(device, {os.getpid()}), needs=needs,
+                      kv_cache_gib=round(max(0.0, free / GIB - sum(p.gib for p in needs)), 2),
+                      kv_cache_min_gib=round(per_token * max_model_len, 3),
+                      kv_cache_wanted_gib=round(per_token * max_model_len * sequences, 2))
+
+
+def plan_training(model_dir: str | Path, needs_per_parameter: dict[str, float], device: int = 0) -> MemoryPlan:
+    """A training run's lower bound: each part as bytes per policy parameter (weights, gradients, optimizer
+    states, a colocated engine given in GiB under a name ending in ``GiB``); activations come on top."""
+    import torch
+
+    free, total = torch.cuda.mem_get_info(device)
+    params = checkpoint_parameters(model_dir)
+    needs = [Part(name=name.removesuffix(" GiB"), gib=round(v if name.endswith(" GiB") else v * params / GIB, 2),
+                  measured=False) for name, v in needs_per_parameter.items()]
+    return MemoryPlan(device=torch.cuda.get_device_name(device), total_gib=round(total / GIB, 2),
+                      free_gib=round(free / GIB, 2), held=device_holders(device, {os.getpid()}), needs=needs)
+
+
+def plan_record(plan: MemoryPlan) -> dict[str, Any]:
+    return {**plan.model_dump(), "fits": plan.fits, "summary": plan.describe()}

@@ -1,0 +1,52 @@
+"""The memory plan's arithmetic on real checkpoint files (the device readings are exercised in tests/gpu)."""
+
+import pytest
+
+from harness.errors import PlannedOutOfMemory, is_out_of_memory
+from harness.memory_plan import MemoryPlan, Part, checkpoint_parameters, kv_bytes_per_token, plan_record
+
+
+def test_parameters_and_kv_bytes_come_from_the_checkpoint_files(policy_path):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(policy_path)
+    stored = {id(p.untyped_storage()): p.numel() for p in model.state_dict().values()}  # tied weights once
+    assert checkpoint_parameters(policy_path) == sum(stored.values())
+    cfg = AutoConfig.from_pretrained(policy_path)
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    assert kv_bytes_per_token(policy_path, "bfloat16") == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2
+
+
+def plan(free: float, kv: float | None = None) -> MemoryPlan:
+    return MemoryPlan(device="H200", total_gib=139.8, free_gib=free,
+                      held=[Part(name="pid 7 (esgrpo serve-scorer)", gib=30.1, measured=True)],
+                      needs=[Part(name="policy weights", gib=12.6, measured=False),
+                             Part(name="ES snapshot of the weights", gib=12.6, measured=False)],
+                      kv_cache_gib=kv, kv_cache_min_gib=None if kv is None else 0.5,
+                      kv_cache_wanted_gib=None if kv is None else 32.0)
+
+
+def test_a_plan_that_cannot_fit_is_refused_with_the_numbers_and_recorded_as_oom():
+    ok = plan(free=100.0, kv=70.0)
+    ok.check("the ES policy engine")
+    assert plan_record(ok)["fits"] and "70.0 GiB of KV cache" in plan_record(ok)["summary"]
+    with pytest.raises(PlannedOutOfMemory) as e:
+        plan(free=25.5, kv=0.3).check("the ES policy engine")
+    text = str(e.value)
+    for number in ("139.8", "25.5 free", "serve-scorer", "policy weights 12.6", "ES snapshot of the weights 12.6"):
+        assert number in text
+    assert is_out_of_memory(e.value)  # the run's record says oom
+    assert plan(free=30.0).fits and not plan(free=20.0).fits  # no KV cache: the parts alone
+
+
+def test_grpo_needs_scale_with_precision_and_lora():
+    from methods.grpo.config import GRPOSettings
+    from methods.grpo.trainer import memory_needs
+
+    bf16 = memory_needs(GRPOSettings(device="cuda", bf16=True, use_vllm=True, vllm_mode="colocate"), 140.0)
+    assert bf16 == {"policy weights": 2.0, "gradients": 2.0, "AdamW states": 4.0,
+                    "colocated vLLM GiB": pytest.approx(0.3 * 140.0)}
+    fp32 = memory_needs(GRPOSettings(device="cuda", weights_dtype="float32"), 140.0)
+    assert sum(fp32.values()) == 16.0  # fp32 master weights, grads and AdamW: 16 bytes per parameter
+    lora = memory_needs(GRPOSettings(device="cuda", bf16=True, lora={"r": 16, "alpha": 32}), 140.0)
+    assert lora == {"policy weights": 2.0}
