@@ -12,7 +12,7 @@ N_PAIRS = 256
 
 @pytest.mark.slow
 def test_scorer_service_vs_raw_forward(beaver_dir, tmp_path, benchmark):
-    model_cfg = {"path": str(beaver_dir), "kind": "beaver", "device": "cpu", "batch_size": 32}
+    model_cfg = {"path": str(beaver_dir), "kind": "beaver", "device": "cpu", "max_batch_tokens": 16384}
     config = {"reward": model_cfg, "cost": {**model_cfg, "max_length": 511}, "max_batch": 64}
     srv = ScorerProcess(tmp_path, config=config).start()
     try:

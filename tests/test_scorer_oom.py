@@ -101,3 +101,9 @@ def test_the_client_stops_at_once_with_the_scorers_message(small_device_service)
     assert is_out_of_memory(e.value)  # the run records it as oom and stops
     assert not client.outages
     client.close()
+
+
+def test_a_pair_count_batch_size_is_deprecated_for_the_token_budget():
+    with pytest.warns(FutureWarning, match="set max_batch_tokens"):
+        spec = BackendSpec(kind="beaver", batch_size=32)
+    assert spec.max_batch_tokens == BackendSpec().max_batch_tokens
