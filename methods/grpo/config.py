@@ -46,6 +46,14 @@ class GRPOSettings(MethodConfig):
     # colocated vLLM hands its weights and KV cache back while the policy trains (TRL's sleep mode, level 2): the
     # full-parameter 7B step needs that memory (weights + grads + AdamW ≈ 54 GB in bf16); CUDA only
     vllm_sleep_mode: bool = False
+    # TRL's bias-corrected KL gradient (added in TRL 0.26, the pinned TRL's default); the published runs, on TRL
+    # 0.24, used the uncorrected one
+    use_bias_correction_kl: bool = True
+    # vLLM generation only: how TRL corrects for vLLM's sampling logprobs. TRL 0.24: token_truncate at 2.0 (its
+    # truncated importance sampling); the pinned TRL's default: sequence_mask at 3.0
+    vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate",
+                                           "sequence_mask"] = "sequence_mask"
+    vllm_importance_sampling_clip_max: float = Field(3.0, gt=0)
     lora: LoraSettings | None = None
     deepspeed: str | None = None  # path to a DeepSpeed JSON (ZeRO-2 for multi-GPU), launched by accelerate
     threads: int = Field(2, gt=0)

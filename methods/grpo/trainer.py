@@ -166,24 +166,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     rows = [{"prompt": format_prompt(p.prompt), "raw_prompt": p.prompt} for p in ctx.prompts.train]
     # enough rows for every step; TRL shuffles with the run seed
     dataset = Dataset.from_list(rows * math.ceil(max_steps * cfg.prompts_per_step / len(rows) + 1))
-    args = GRPOConfig(
-        output_dir=str(ctx.run_dir / "trl"), seed=s.seed, data_seed=s.seed, max_steps=max_steps,
-        per_device_train_batch_size=per_device, num_generations=cfg.num_generations,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
-        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=0, weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm, max_completion_length=s.rollout.max_new_tokens,
-        temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, beta=cfg.beta, loss_type=cfg.loss_type,
-        scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
-        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=cfg.device == "cpu",
-        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
-        vllm_enable_sleep_mode=cfg.vllm_sleep_mode, generation_kwargs=generation_kwargs(cfg, s),
-        logging_steps=1, report_to="none", deepspeed=cfg.deepspeed,
-        # no periodic checkpoints unless asked: transformers' "steps" strategy also saves at the end of training,
-        # optimizer included (38 GB at 7B) beside the final model; a preemption still checkpoints (on_log)
-        save_strategy="steps" if s.checkpoint_every else "no", save_steps=s.checkpoint_every or 1,
-        save_total_limit=s.keep_checkpoints,
-        disable_tqdm=False, remove_unused_columns=False, shuffle_dataset=True,
-    )
+    args = GRPOConfig(**grpo_arguments(cfg, s, ctx.run_dir, per_device, max_steps))
     peft_config = None
     if cfg.lora:
         from peft import LoraConfig
@@ -204,6 +187,33 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, lambda_per_step=cfg.lambda_update == "step",
                                          accelerator=trainer.accelerator))
     return trainer, tokenizer
+
+
+def grpo_arguments(cfg: GRPOSettings, s: RunSettings, run_dir: Path, per_device: int, max_steps: int) -> dict[str, Any]:
+    """Every ``GRPOConfig`` argument the project sets. Each field whose default changed between TRL 0.24 (the
+    published runs') and the pinned TRL is set here from the config, never left to the installed release
+    (tests/test_grpo.py holds the list)."""
+    return dict(
+        output_dir=str(run_dir / "trl"), seed=s.seed, data_seed=s.seed, max_steps=max_steps,
+        per_device_train_batch_size=per_device, num_generations=cfg.num_generations,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler_type, warmup_steps=0, weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm, max_completion_length=s.rollout.max_new_tokens,
+        temperature=cfg.temperature, top_p=cfg.top_p, top_k=0, beta=cfg.beta, loss_type=cfg.loss_type,
+        scale_rewards=cfg.scale_rewards, epsilon=cfg.epsilon, num_iterations=cfg.num_iterations,
+        use_bias_correction_kl=cfg.use_bias_correction_kl,
+        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, use_cpu=cfg.device == "cpu",
+        use_vllm=cfg.use_vllm, vllm_mode=cfg.vllm_mode, vllm_gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+        vllm_importance_sampling_mode=cfg.vllm_importance_sampling_mode,
+        vllm_importance_sampling_clip_max=cfg.vllm_importance_sampling_clip_max,
+        vllm_enable_sleep_mode=cfg.vllm_sleep_mode, generation_kwargs=generation_kwargs(cfg, s),
+        logging_steps=1, report_to="none", deepspeed=cfg.deepspeed,
+        # no periodic checkpoints unless asked: transformers' "steps" strategy also saves at the end of training,
+        # optimizer included (38 GB at 7B) beside the final model; a preemption still checkpoints (on_log)
+        save_strategy="steps" if s.checkpoint_every else "no", save_steps=s.checkpoint_every or 1,
+        save_total_limit=s.keep_checkpoints,
+        disable_tqdm=False, remove_unused_columns=False, shuffle_dataset=True,
+    )
 
 
 def processes() -> int:
