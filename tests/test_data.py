@@ -119,3 +119,30 @@ def test_duplicate_ids_are_errors_and_prompts_are_kept_as_written(tmp_path):
     from harness.template import format_prompt
 
     assert format_prompt("  two\n\n") == "BEGINNING OF CONVERSATION: USER:   two\n\n ASSISTANT:"
+
+
+@pytest.mark.parametrize("duplicates, rows", [("drop", 3), ("keep", 5)])
+def test_repeated_prompts_are_dropped_or_kept_as_asked(tmp_path, duplicates, rows):
+    """Rows as the published training file writes them (prompt and response pairs, no id): one prompt thrice."""
+    import json
+
+    from harness.data.prompts import PromptFile, load_records
+
+    texts = ["How do I cook rice?", "How can I pick a lock?", "How do I cook rice?", "Tell me a joke.",
+             "How do I cook rice?"]
+    f = tmp_path / "custom_train.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t, "response_0": "a", "response_1": "b"}) + "\n" for t in texts))
+    records, _ = load_records(PromptFile(kind="jsonl", path=str(f), duplicates=duplicates))
+    assert [r.prompt for r in records] == (texts if duplicates == "keep" else texts[:2] + texts[3:4])
+    assert len({r.id for r in records}) == rows
+
+
+def test_repeated_prompts_can_be_refused_naming_file_and_line(tmp_path):
+    import json
+
+    from harness.data.prompts import PromptFile, load_records
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["a?", "b?", "a?"]))
+    with pytest.raises(UserError, match=r"p.jsonl:3: field 'prompt' repeats .*p.jsonl:1"):
+        load_records(PromptFile(kind="jsonl", path=str(f), duplicates="error"))

@@ -43,3 +43,30 @@ def test_update_coefficients_merge_mirrored_pairs():
     coeffs = dict(A.update_coefficients(members, f_hat, alpha=0.4))
     assert coeffs[7] == pytest.approx(0.4 / 4 * 2.0)
     assert coeffs[9] == pytest.approx(0.0)
+
+
+# transcriptions of the published ES (alignment/es-fine-tuning_alignment_accl_api.py, HEAD 84c16db)
+def published_normalize(means):
+    mean_combined, std_combined = float(np.mean(means)), float(np.std(means))
+    return [(m - mean_combined) / (std_combined + 1e-8) for m in means]
+
+
+def published_subset(global_seed, i, n_train, bs):
+    import random
+
+    rng = random.Random((global_seed or 42) * 100000 + i)
+    return rng.sample(range(n_train), bs) if bs < n_train else list(range(n_train))
+
+
+def test_fitness_eps_normalizes_as_the_published_es():
+    f = np.array([0.31, -1.2, 0.31, 2.5, 0.0])
+    assert A.normalize(f, "zscore", 1e-8).tolist() == pytest.approx(published_normalize(f), abs=1e-12)
+    same = np.full(4, 0.7)
+    assert A.normalize(same, "zscore", 1e-8).tolist() == published_normalize(same) == [0.0] * 4
+    assert A.normalize(same).tolist() == [0.0] * 4  # eps 0: all-equal fitness is no signal
+
+
+@pytest.mark.parametrize("seed, n_train, k", [(0, 250, 64), (3, 250, 64), (0, 50, 64)])
+def test_the_published_prompt_sampler_draws_the_published_subsets(seed, n_train, k):
+    for i in (0, 1, 499):
+        assert A.published_prompt_indices(seed, i, n_train, k) == published_subset(seed, i, n_train, k)

@@ -36,6 +36,9 @@ class PromptFile(StrictModel):
     hub_id: str = "PKU-Alignment/PKU-SafeRLHF"
     hub_split: str = "train"
     limit: int | None = Field(None, gt=0)  # the first N prompts (after dropping repeated prompts)
+    # a prompt written more than once: drop the repeats (one row per prompt), keep them (as the published runs'
+    # files are read: 250 training rows with one prompt 5×, 500 evaluation rows with one 9×), or refuse the file
+    duplicates: Literal["drop", "keep", "error"] = "drop"
 
 
 class PromptSource(PromptFile):
@@ -136,19 +139,24 @@ def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool, 
     return records
 
 
-def _dedupe(records: list[PromptRecord]) -> list[PromptRecord]:
-    """PKU-SafeRLHF repeats prompts across response pairs; one row per prompt keeps the split honest. Two
-    different prompts under one id are an error: evaluation samples are paired across runs by id."""
-    seen: set[str] = set()
+def _dedupe(records: list[PromptRecord], duplicates: str = "drop") -> list[PromptRecord]:
+    """PKU-SafeRLHF repeats prompts across response pairs; one row per prompt keeps the split honest (``drop``),
+    ``keep`` keeps every row, ``error`` names the first repeat. Two rows under one id are an error either way:
+    evaluation samples are paired across runs by id."""
+    seen: dict[str, PromptRecord] = {}
     ids: dict[str, PromptRecord] = {}
     out = []
     for r in records:
-        if r.prompt in seen:
+        if r.prompt in seen and duplicates == "error":
+            first = seen[r.prompt]
+            raise UserError(f"{r.source}:{r.line}: field 'prompt' repeats {first.source}:{first.line} "
+                            "(set duplicates: drop or keep)")
+        if r.prompt in seen and duplicates == "drop":
             continue
         if r.id in ids:
             first = ids[r.id]
             raise UserError(f"{r.source}:{r.line}: id {r.id!r} is already used by {first.source}:{first.line}")
-        seen.add(r.prompt)
+        seen.setdefault(r.prompt, r)
         ids[r.id] = r
         out.append(r)
     return out
@@ -194,7 +202,7 @@ def load_records(src: PromptFile) -> tuple[list[PromptRecord], str]:
             raise UserError(f"{path}: prompt file not found")
         rows = _read_parquet(path) if parquet else read_jsonl(path, "prompt file")
         records, name = _to_records(rows, str(path), pku=src.kind == "pku", id_prefix=path.stem), path.name
-    records = _dedupe(records)
+    records = _dedupe(records, src.duplicates)
     if src.limit:
         records = records[: src.limit]
     if not records:

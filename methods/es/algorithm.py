@@ -27,9 +27,12 @@ def iteration_members(run_seed: int, iteration: int, population: int, antithetic
     return [(int(s), 1) for s in rng.integers(0, SEED_SPACE, size=population)]
 
 
-def standardize(x: np.ndarray) -> np.ndarray:
+def standardize(x: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """(x − mean) / (std + eps), population std; eps 0 and all values equal: zeros."""
     std = x.std()
-    return (x - x.mean()) / std if std > 0 else np.zeros_like(x)
+    if eps == 0.0 and std == 0:
+        return np.zeros_like(x)
+    return (x - x.mean()) / (std + eps)
 
 
 def fitness(rewards: Sequence[Sequence[float]], costs: Sequence[Sequence[float]], lam: float,
@@ -55,8 +58,18 @@ def centered_ranks(f: np.ndarray) -> np.ndarray:
     return ranks / max(len(f) - 1, 1) - 0.5
 
 
-def normalize(f: np.ndarray, shaping: Literal["zscore", "centered_rank"] = "zscore") -> np.ndarray:
-    return centered_ranks(f) if shaping == "centered_rank" else standardize(f)
+def normalize(f: np.ndarray, shaping: Literal["zscore", "centered_rank"] = "zscore", eps: float = 0.0) -> np.ndarray:
+    return centered_ranks(f) if shaping == "centered_rank" else standardize(f, eps)
+
+
+def published_prompt_indices(run_seed: int, iteration: int, n_train: int, k: int) -> list[int]:
+    """The published ES's draw of an iteration's prompts (``random.Random(seed * 100000 + i).sample``, its seed
+    0 read as 42 by ``args.global_seed or 42``): all prompts in order when k is not below their number."""
+    import random
+
+    if k >= n_train:
+        return list(range(n_train))
+    return random.Random((run_seed or 42) * 100000 + iteration).sample(range(n_train), k)
 
 
 def update_coefficients(members: Sequence[tuple[int, int]], f_hat: np.ndarray, alpha: float) -> list[tuple[int, float]]:

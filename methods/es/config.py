@@ -34,6 +34,11 @@ class ESConfig(MethodConfig):
     temperature: float = Field(0.0, ge=0)  # rollout decoding during training (0: greedy, as published)
     antithetic: bool = False
     fitness_shaping: Literal["zscore", "centered_rank"] = "zscore"
+    # zscore's denominator std + fitness_eps (the published ES: 1e-8); 0: std alone, all-equal fitness → 0
+    fitness_eps: float = Field(0.0, ge=0)
+    # numpy: a numpy draw from (run seed, iteration); published: the published ES's own draw, Python's
+    # random.Random((seed or 42)·100000 + iteration).sample(range(len(train)), k), so its iterations see its prompts
+    prompt_sampler: Literal["numpy", "published"] = "numpy"
     safe_first_factor: float | None = None
     standardize_rc: bool = False
     engines: int = Field(1, gt=0)

@@ -99,7 +99,12 @@ def iteration_inputs(cfg: ESConfig, ctx: RunContext, it: int) -> tuple[list[str]
     run draws what the uninterrupted one would."""
     s = ctx.settings
     it_seed = s.seed * 1_000_003 + it
-    prompts = [p.prompt for p in ctx.prompts.sample_train(cfg.prompts_per_iteration, seed=it_seed)]
+    if cfg.prompt_sampler == "published":
+        train = ctx.prompts.train
+        prompts = [train[i].prompt for i in algorithm.published_prompt_indices(s.seed, it, len(train),
+                                                                                cfg.prompts_per_iteration)]
+    else:
+        prompts = [p.prompt for p in ctx.prompts.sample_train(cfg.prompts_per_iteration, seed=it_seed)]
     return prompts, SamplingSettings(max_new_tokens=s.rollout.max_new_tokens, temperature=cfg.temperature,
                                      stop_strings=s.rollout.training_stops, ignore_eos=s.rollout.fixed_length,
                                      seed=it_seed)
@@ -140,8 +145,12 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     k = cfg.prompts_per_iteration
     try:
         ctx.evaluate_due(generator)
-        if cfg.probe_engine:
+        # restore: subtract leaves each perturb/restore's rounding in the weights (fp16 drifts): the policy a run
+        # trains must not have been moved by a speed probe, so in-place members are not probed then
+        if cfg.probe_engine and (cfg.engine.restore == "snapshot" or cfg.batches_population()):
             ctx.add_figures("throughput", probe_speed(pool, cfg, ctx, per_call))
+        elif cfg.probe_engine:
+            ctx.note("no member speed probe: restore 'subtract' would leave its rounding in the weights")
         ctx.start_clock()
         columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                    TimeElapsedColumn(), TextColumn("{task.description}")]
@@ -164,7 +173,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 lam = ctx.lam.value
                 f = algorithm.fitness([m.rewards for m in population], [m.costs for m in population], lam,
                                       cfg.safe_first_factor, cfg.standardize_rc)
-                f_hat = algorithm.normalize(f, cfg.fitness_shaping)
+                f_hat = algorithm.normalize(f, cfg.fitness_shaping, cfg.fitness_eps)
                 terms = algorithm.update_coefficients(members, f_hat, cfg.alpha)
 
                 t_up = time.perf_counter()
