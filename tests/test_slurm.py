@@ -48,7 +48,7 @@ def test_rendered_scripts_are_plain_sbatch(tmp_path):
     es = scripts["es"].read_text()
     assert "#SBATCH --array=0-1" in es and "#SBATCH --gres=gpu:4" in es and "#SBATCH --requeue" in es
     assert "apptainer exec --nv" in es and "--seed-index ${SLURM_ARRAY_TASK_ID}" in es
-    assert "scontrol requeue" in es and '"rendezvous": ' in es
+    assert "scontrol requeue" in es and "--set-run 'scorer.rendezvous=" in es
     for script in scripts.values():  # every template placeholder was filled in
         assert not re.search(r"\$\{(?!SLURM_)[a-z_]+\}", script.read_text()), script
     assert "#SBATCH --account=my-account" in scripts["scorer"].read_text()
@@ -100,7 +100,9 @@ def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, g
     assert "--rendezvous" in scorer and "ESGRPO_SCORER_TOKEN=$(cat" in scorer
     es = parts["es.sbatch"]
     assert "#SBATCH --gres=gpu:4" in es and f"#SBATCH --array=0-{seeds - 1}" in es and "--requeue" in es
-    assert '"rendezvous": ' in es and '"token_file": ' in es and "apptainer exec --nv" in es
+    # the scorer entry is merged, key by key: the spec's own max_batch and the rest stay as written
+    assert "--set-run 'scorer.rendezvous=" in es and "--set-run 'scorer.token_file=" in es and "apptainer exec --nv" in es
+    assert "--set-run scorer.url=null" in es and "scorer=" not in es
     for name in grpo_entries:  # one process per GPU under accelerate (DeepSpeed ZeRO-2 from the GRPO config)
         grpo = parts[f"{name}.sbatch"]
         assert "#SBATCH --gres=gpu:4" in grpo and "accelerate launch --num_processes 4 -m harness.launch.cli benchmark" in grpo
@@ -156,3 +158,17 @@ def test_make_slurm_benchmark_end_to_end(local_slurm, policy_path, tmp_path):
     assert "es − grpo" in (out / "report.md").read_text()
     q = subprocess.run(["squeue", "-h", "-j", jobs["scorer"]], capture_output=True, text=True).stdout
     assert "R " not in q  # the report job stopped the scorer
+
+
+def test_the_scorer_override_merges_into_the_specs_scorer_entry():
+    from harness.config import apply_overrides
+    from harness.launch.benchmark import load_spec
+    from harness.method import RunSettings
+    from harness.scoring.client import http_scorer_overrides
+
+    spec, _ = load_spec(ROOT / "benchmarks" / "alpaca-7b-fair.yaml")
+    run = apply_overrides(spec.run.model_dump(mode="json", by_alias=True),
+                          http_scorer_overrides(rendezvous="/shared/scorer.json", token_file="/shared/t", deadline_s=900))
+    scorer = RunSettings.model_validate(run).scorer
+    assert (scorer.kind, scorer.url, scorer.rendezvous, scorer.deadline_s) == ("http", None, "/shared/scorer.json", 900)
+    assert scorer.max_batch == spec.run.scorer.max_batch == 32

@@ -26,6 +26,7 @@ from harness.config import load_config
 from harness.errors import UserError
 from harness.paths import esgrpo_home
 from harness.records import atomic_write_text
+from harness.scoring.client import http_scorer_overrides
 from harness.registry import get_method
 
 DEFAULT_SCORER_CONFIG = "configs/scorer/builtin.yaml"
@@ -140,7 +141,7 @@ def run_in_docker(method: str, config: Path | None, run_dir: Path, overrides: li
                                f"{tag}-scorer", {"ESGRPO_SCORER_TOKEN": token_file.read_text().strip()})
             log = cleanup.enter_context(open(run_dir / "scorer.log", "a"))
             stream(scorer, log)
-            overrides.append(f"run.scorer={{kind: http, rendezvous: {rendezvous}, token_file: {token_file}}}")
+            overrides += http_scorer_overrides("run.", rendezvous=rendezvous, token_file=token_file)
         cmd = ["run", method, "--run-dir", str(run_dir), *(["--config", str(Path(config).resolve())] if config else [])]
         cmd += [x for o in overrides for x in ("--set", o)]
         trainer = run.start(image, cmd, f"{tag}-{method}", {})

@@ -31,7 +31,7 @@ from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.launch.processes import child_env
 from harness.fixtures.random_models import random_policy, random_scorer_models
 from harness.records import atomic_write_text, load_record
-from harness.scoring.client import read_rendezvous
+from harness.scoring.client import http_scorer_overrides, read_rendezvous
 
 SCORER_FIGURES = "scorer_figures.json"
 # per run: ES overhead, perturbation pass ÷ bandwidth bound, member (or population batch) ÷ raw generate,
@@ -127,8 +127,7 @@ def run_gpu_bench(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
         policy_path = policy or str(random_policy(shape))
         cfg = scorer_config(scorer_shape, "cuda" if torch.cuda.is_available() else "cpu")
         with ScorerService(cfg, runs / "scorer") as scorer:
-            shared = [f"policy={policy_path}",
-                      f"scorer={{kind: http, url: {scorer.url}, token_file: {scorer.token_file}}}"]
+            shared = [f"policy={policy_path}", *http_scorer_overrides(url=scorer.url, token_file=scorer.token_file)]
             if methods or not only:
                 report = run_benchmark(spec_path, out=out, runs_dir=runs, only=methods or None,
                                        run_overrides=shared, services={scorer.proc.pid})

@@ -20,6 +20,7 @@ from harness.launch.benchmark import default_locations, load_spec
 from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
 from harness.records import atomic_write_text
+from harness.scoring.client import http_scorer_overrides
 from harness.registry import get_method
 from scorer.service_config import load_service_config
 
@@ -161,8 +162,8 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
         token_file.chmod(0o600)
     out = (out or default_out).resolve()
     rendezvous = slurm_dir / "scorer.json"
-    scorer_override = "scorer=" + json.dumps({"kind": "http", "rendezvous": str(rendezvous),
-                                              "token_file": str(token_file), "deadline_s": cluster.scorer_wait_s})
+    scorer_overrides = http_scorer_overrides(rendezvous=rendezvous, token_file=token_file,
+                                             deadline_s=cluster.scorer_wait_s)
     # every value that reaches a shell line is one quoted word; #SBATCH lines get double-quoted paths
     ray_token = slurm_dir / "ray.token"
     if not ray_token.is_file():
@@ -172,7 +173,7 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
               "grace_s": cluster.grace_s, "log_dir": sbatch_path(slurm_dir),
               "workdir": q(workdir), "spec": q(spec_path.resolve()), "runs_dir": q(runs), "out": q(out),
               "rendezvous": q(rendezvous), "token_file": q(token_file), "scorer_config": q(scorer_config),
-              "scorer_host": q(cluster.scorer_host), "scorer_override": q(scorer_override), "scorer_job": "$SCORER_JOB"}
+              "scorer_host": q(cluster.scorer_host), "scorer_override": " ".join(f"--set-run {q(o)}" for o in scorer_overrides), "scorer_job": "$SCORER_JOB"}
     scripts = {}
     for kind in ("scorer", *spec.methods, "report"):
         res = cluster.scorer if kind == "scorer" else cluster.methods.get(kind, JobResources())
@@ -183,7 +184,7 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
         if template == "method":
             entry = spec.methods[kind]
             run = (f"benchmark --spec {common['spec']} --runs-dir {common['runs_dir']} --only {kind} "
-                   f"--seed-index $${{SLURM_ARRAY_TASK_ID}} --set-run {common['scorer_override']}")
+                   f"--seed-index $${{SLURM_ARRAY_TASK_ID}} {common['scorer_override']}")
             script = slurm_dir / f"{kind}-node.sh"
             values["launch"] = Template(launch(cluster, res, entry.method or kind, workdir, run)).substitute(
                 ray_token=q(ray_token), node_script=q(script))
