@@ -307,7 +307,7 @@ def render_readme(figures: dict[str, Any], name: str, report: str | None) -> str
             held = f" with {_fmt(held, 0)} MB in use by the process (torch's report)" if held else ""
             lines += ["", f"**{label}** ran out of memory{held}; peaks sampled before it: "
                       f"{_fmt(f['peak_gpu_torch_mb'], 0)} MB (torch) / {_fmt(f['peak_gpu_nvml_mb'], 0)} MB (NVML)."]
-    asleep = [label for label, f in runs.items() if f.get("torch_counts_sleeping_vllm") and f["status"] == "completed"]
+    asleep = [label for label, f in runs.items() if f.get("torch_counts_sleeping_vllm") and f.get("peak_gpu_torch_mb")]
     if asleep:
         lines += ["", f"{', '.join(asleep)}: vLLM sleeps while the policy trains; torch's allocator peak still "
                   "counts vLLM's unmapped pool, so it overstates the memory in use: read the NVML column."]
