@@ -20,14 +20,15 @@ def format_conversation(prompt: str, response: str, template: str = PROMPT_TEMPL
     return format_prompt(prompt, template) + response
 
 
-def cut_at_stop(text: str, stop_strings: tuple[str, ...] | list[str] = STOP_STRINGS) -> str:
-    """Drop everything from the first stop string on; generation engines may overshoot by a few tokens."""
+def cut_at_stop(text: str, stop_strings: tuple[str, ...] | list[str] = STOP_STRINGS, strip: bool = True) -> str:
+    """Drop everything from the first stop string on (generation engines may overshoot by a few tokens), and
+    trailing whitespace unless ``strip`` is off (the published runs scored the text as vLLM returned it)."""
     cut = len(text)
     for stop in stop_strings:
         at = text.find(stop)
         if at != -1:
             cut = min(cut, at)
-    return text[:cut].rstrip()
+    return text[:cut].rstrip() if strip else text[:cut]
 
 
 def split_conversation(text: str, template: str = PROMPT_TEMPLATE) -> tuple[str, str]:

@@ -107,7 +107,7 @@ def iteration_inputs(cfg: ESConfig, ctx: RunContext, it: int) -> tuple[list[str]
         prompts = [p.prompt for p in ctx.prompts.sample_train(cfg.prompts_per_iteration, seed=it_seed)]
     return prompts, SamplingSettings(max_new_tokens=s.rollout.max_new_tokens, temperature=cfg.temperature,
                                      stop_strings=s.rollout.training_stops, ignore_eos=s.rollout.fixed_length,
-                                     seed=it_seed)
+                                     strip=s.rollout.strip, seed=it_seed)
 
 
 def checkpoints(ctx: RunContext) -> CheckpointManager:

@@ -48,9 +48,10 @@ class StepStats:
         self.started = time.perf_counter()
 
 
-def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str], lambda_per_call: bool = False):
+def make_reward_fn(ctx: RunContext, stats: StepStats, stops: list[str], lambda_per_call: bool = False,
+                   strip: bool = True):
     def safe_rlhf_reward(prompts, completions, raw_prompt, completion_ids=None, **_: Any) -> list[float]:
-        texts = [cut_at_stop(c, stops) for c in completions]
+        texts = [cut_at_stop(c, stops, strip) for c in completions]
         t = time.perf_counter()
         rewards, costs = ctx.score(raw_prompt, texts)
         stats.scoring += time.perf_counter() - t
@@ -179,7 +180,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
 
     trainer = trl_compat.timed_trainer(GRPOTrainer, generate_and_score_took)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                reward_funcs=make_reward_fn(ctx, stats, s.rollout.training_stops,
-                                                           cfg.lambda_update == "reward_call"),
+                                                           cfg.lambda_update == "reward_call", s.rollout.strip),
                                peft_config=peft_config)
     # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
     trainer.remove_callback(ProgressCallback)
