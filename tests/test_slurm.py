@@ -172,3 +172,36 @@ def test_the_scorer_override_merges_into_the_specs_scorer_entry():
     scorer = RunSettings.model_validate(run).scorer
     assert (scorer.kind, scorer.url, scorer.rendezvous, scorer.deadline_s) == ("http", None, "/shared/scorer.json", 900)
     assert scorer.max_batch == spec.run.scorer.max_batch == 32
+
+
+@pytest.mark.parametrize("runtime", ["apptainer", "docker"])
+def test_containers_see_every_path_the_spec_reaches(tmp_path, runtime):
+    """Models and data outside the working directory are bound into the jobs' containers at the same paths."""
+    import yaml
+
+    from harness.launch.slurm import ClusterSettings, render
+
+    models, data = tmp_path / "models", tmp_path / "datasets"
+    (models / "alpaca-7b").mkdir(parents=True)
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"prompt": "hi?"}\n{"prompt": "ok?"}\n')
+    scorer = tmp_path / "scorer.yaml"
+    scorer.write_text(yaml.safe_dump({"reward": {"kind": "beaver", "path": str(models / "beaver-reward")},
+                                      "cost": {"kind": "beaver", "path": str(tmp_path / "elsewhere" / "cost")}}))
+    spec = tmp_path / "specs" / "spec.yaml"
+    spec.parent.mkdir()
+    spec.write_text(yaml.safe_dump({"name": "b", "run": {"policy": str(models / "alpaca-7b"),
+                                                          "data": {"kind": "jsonl", "path": str(data / "train.jsonl")}},
+                                    "methods": {"es": {"config": str(ROOT / "configs/es/cpu-default.yaml")}},
+                                    "seeds": [0]}))
+    cluster = ClusterSettings(runtime=runtime, image="/img/esgrpo.sif", scorer_config=str(scorer),
+                              binds=["/scratch/shared"])
+    _, scripts, _ = render(spec, cluster, runs_dir=tmp_path / "runs")
+    es = scripts["es"].read_text()
+    wanted = [models / "alpaca-7b", data, tmp_path / "runs", tmp_path / "elsewhere" / "cost", Path("/scratch/shared")]
+    if runtime == "apptainer":
+        bound = re.search(r"--bind '?([^' ]+)'? ", es).group(1).split(",")
+    else:
+        bound = [m.split(":")[0] for m in re.findall(r"-v '?([^' ]+)'?", es)]
+    for path in wanted:
+        assert any(Path(path).resolve().is_relative_to(b) for b in bound), (path, bound)

@@ -12,13 +12,14 @@ import subprocess
 import sys
 from pathlib import Path
 from string import Template
-from typing import Literal
+from typing import Literal, Sequence
 
 from pydantic import Field
 
 from harness.launch.benchmark import default_locations, load_spec
 from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
+from harness.paths import esgrpo_home
 from harness.records import atomic_write_text
 from harness.scoring.client import http_scorer_overrides
 from harness.registry import get_method
@@ -49,6 +50,9 @@ class ClusterSettings(StrictModel):
     scorer_wait_s: float = Field(1800, gt=0)
     grace_s: int = Field(120, gt=0)  # SIGTERM this long before the time limit, for a last checkpoint
     extra_directives: list[str] = Field(default_factory=list)  # e.g. ["--qos=high"]
+    # more host paths the containers must see (apptainer --bind, docker -v); every path the spec reaches (policy,
+    # data, scorer models, runs, $ESGRPO_HOME) is bound without being listed here
+    binds: list[str] = Field(default_factory=list)
 
 
 def directives(c: ClusterSettings, r: JobResources) -> str:
@@ -63,17 +67,42 @@ def directives(c: ClusterSettings, r: JobResources) -> str:
     return "\n".join(f"#SBATCH {x}" for x in lines)
 
 
-def wrapper(c: ClusterSettings, r: JobResources, workdir: Path) -> str:
-    """The prefix that runs ``esgrpo`` natively, in an Apptainer image or in a Docker container."""
+def wrapper(c: ClusterSettings, r: JobResources, workdir: Path, binds: Sequence[Path] = ()) -> str:
+    """The prefix that runs ``esgrpo`` natively, in an Apptainer image or in a Docker container, with the working
+    directory and ``binds`` visible at the same paths inside."""
     if c.runtime == "native":
         return ""
     if not c.image:
         raise UserError(f"runtime '{c.runtime}' needs 'image'")
     w, image = q(workdir), q(c.image)
+    paths = outermost([workdir, *binds])
     if c.runtime == "apptainer":
-        return f"apptainer exec {'--nv ' if r.gpus else ''}--bind {w} {image}"
-    return (f"docker run --rm {'--gpus all ' if r.gpus else ''}--network host -v {q(f'{workdir}:{workdir}')} "
+        return f"apptainer exec {'--nv ' if r.gpus else ''}--bind {q(','.join(map(str, paths)))} {image}"
+    mounts = " ".join(f"-v {q(f'{p}:{p}')}" for p in paths)
+    return (f"docker run --rm {'--gpus all ' if r.gpus else ''}--network host {mounts} "
             f"-w {w} -e ESGRPO_SCORER_TOKEN --entrypoint '' {image}")
+
+
+def outermost(paths: Sequence[Path]) -> list[Path]:
+    """The paths, resolved, without those inside another one, in their first order."""
+    resolved = list(dict.fromkeys(Path(p).resolve() for p in paths))
+    return [p for p in resolved if not any(o != p and p.is_relative_to(o) for o in resolved)]
+
+
+def spec_paths(spec_path: Path, cluster: ClusterSettings, runs: Path) -> list[Path]:
+    """Every host path a job of this spec reads or writes: the spec, its policy, its prompt files, the scorer's
+    config and models, the runs, ``$ESGRPO_HOME`` and the cluster file's own ``binds``."""
+    spec, _ = load_spec(spec_path)
+    s = spec.run
+    paths = [spec_path.resolve().parent, runs, esgrpo_home(), Path(cluster.scorer_config).resolve().parent]
+    if s.policy != "builtin":
+        paths.append(Path(s.policy))
+    for src in (s.data, s.data.eval):
+        if src is not None and src.path:
+            paths.append(Path(src.path).parent)
+    scorer = load_service_config(Path(cluster.scorer_config))
+    paths += [Path(b.path) for b in (scorer.reward, scorer.cost) if b.path]
+    return [*paths, *map(Path, cluster.binds)]
 
 
 def q(value: object) -> str:
@@ -101,12 +130,13 @@ head_ip=$$(srun --nodes=1 --ntasks=1 -w "$${nodes[0]}" hostname --ip-address | a
 port=$$((20000 + SLURM_JOB_ID % 20000))"""
 
 
-def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run: str) -> str:
+def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run: str,
+           binds: Sequence[Path] = ()) -> str:
     """The shell lines that start one seed of ``method`` (``run``: its ``esgrpo benchmark ...`` arguments) in the
     background as $child. One node: directly. Several: ES (Ray launcher) starts a private Ray cluster over the
     allocation, with a per-job auth token, and its engines join it; GRPO (accelerate launcher) runs accelerate on
     every node, machine rank from SLURM."""
-    wrap = wrapper(c, r, workdir)
+    wrap = wrapper(c, r, workdir, binds)
     esgrpo = q(executable(c))
     launcher = get_method(method).launcher
     processes = r.nodes * max(r.gpus, 1)
@@ -135,13 +165,13 @@ def launch(c: ClusterSettings, r: JobResources, method: str, workdir: Path, run:
         "child=$$!"])
 
 
-def node_script(c: ClusterSettings, r: JobResources, workdir: Path, run: str) -> str:
+def node_script(c: ClusterSettings, r: JobResources, workdir: Path, run: str, binds: Sequence[Path] = ()) -> str:
     """What each node's task runs for an accelerate launch: its machine rank is its SLURM node id."""
     return "\n".join([
         "#!/bin/bash",
         "# one node's part of a multi-node accelerate launch (started by the method job with srun, one task per node)",
         f"cd {q(workdir)}",
-        f'exec {wrapper(c, r, workdir)} {q(executable(c, "accelerate"))} launch --num_machines "$$SLURM_NNODES" '
+        f'exec {wrapper(c, r, workdir, binds)} {q(executable(c, "accelerate"))} launch --num_machines "$$SLURM_NNODES" '
         f'--machine_rank "$$SLURM_NODEID" --main_process_ip "$$1" --main_process_port "$$2" '
         f"--num_processes {r.nodes * max(r.gpus, 1)} -m harness.launch.cli {run}", ""])
 
@@ -162,6 +192,7 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
         token_file.chmod(0o600)
     out = (out or default_out).resolve()
     rendezvous = slurm_dir / "scorer.json"
+    binds = outermost(spec_paths(Path(spec_path), cluster, runs))
     scorer_overrides = http_scorer_overrides(rendezvous=rendezvous, token_file=token_file,
                                              deadline_s=cluster.scorer_wait_s)
     # every value that reaches a shell line is one quoted word; #SBATCH lines get double-quoted paths
@@ -180,16 +211,16 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
         template = "method" if kind in spec.methods else kind
         values = {**common, "method": kind, "esgrpo": q(executable(cluster)),
                   f"directives_{template}": directives(cluster, res),
-                  f"wrap_{template}": wrapper(cluster, res, workdir)}
+                  f"wrap_{template}": wrapper(cluster, res, workdir, binds)}
         if template == "method":
             entry = spec.methods[kind]
             run = (f"benchmark --spec {common['spec']} --runs-dir {common['runs_dir']} --only {kind} "
                    f"--seed-index $${{SLURM_ARRAY_TASK_ID}} {common['scorer_override']}")
             script = slurm_dir / f"{kind}-node.sh"
-            values["launch"] = Template(launch(cluster, res, entry.method or kind, workdir, run)).substitute(
+            values["launch"] = Template(launch(cluster, res, entry.method or kind, workdir, run, binds)).substitute(
                 ray_token=q(ray_token), node_script=q(script))
             if res.nodes > 1 and get_method(entry.method or kind).launcher == "accelerate":
-                script.write_text(Template(node_script(cluster, res, workdir, run)).substitute())
+                script.write_text(Template(node_script(cluster, res, workdir, run, binds)).substitute())
         path = slurm_dir / f"{kind}.sbatch"
         path.write_text(Template((TEMPLATES / f"{template}.sbatch").read_text()).substitute(values))
         scripts[kind] = path
