@@ -50,6 +50,8 @@ class ESConfig(MethodConfig):
     # its weights to the others (NCCL on GPU, gloo on CPU). Both leave the engines bit-identical.
     update: Literal["seed_replay", "broadcast"] = "seed_replay"
     probe_engine: bool = True  # time one perturbation pass against the bandwidth bound at the start
+    # interleaved (raw, member) pairs of the speed probe before training; the median of their ratios is the figure
+    probe_pairs: int = Field(5, ge=1)
     # full: ε over every weight; lowrank: EGGROLL's rank-r ε = A·Bᵀ/√r on the decoder's linear layers (vLLM
     # serves the population as LoRA adapters in one generate call)
     perturbation: Literal["full", "lowrank"] = "full"

@@ -282,14 +282,11 @@ class MemberSpeed:
 PROBE_TOKENS = 128  # probe rollouts: long enough for steady decoding, short enough to cost seconds at 7B
 
 
-PROBE_PAIRS = 5  # (raw, member) pairs timed after the warm-up: the median of their ratios is reported
-
-
 def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> dict[str, float]:
     """Before the training clock, on engine 0 with nothing else on the device: an engine's share of perturbed
     members (one member, or a population batch of adapters) against as many unperturbed sequences, on
     iteration 0's prompts. One warm-up of each (shapes, and for a member the engine's snapshot of the weights),
-    then ``PROBE_PAIRS`` pairs back to back, alternating which goes first so that a drift of the host or the
+    then ``probe_pairs`` pairs back to back, alternating which goes first so that a drift of the host or the
     device falls on both sides alike: the figure is the median of the pairs' ratios, with their spread. A member
     does more work than a raw generate, so a median above 1 says the probe is measuring noise."""
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
@@ -305,7 +302,7 @@ def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> di
 
     timed("raw"), timed("member")
     raw, member, prepare = list[float](), list[float](), list[float]()
-    for i in range(PROBE_PAIRS):
+    for i in range(cfg.probe_pairs):
         for kind in ("raw", "member") if i % 2 == 0 else ("member", "raw"):
             speed, share = timed(kind)
             (raw if kind == "raw" else member).append(speed)
