@@ -96,6 +96,8 @@ def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, g
     assert "# MISSING (submit refuses):" in out and "shared.policy: /models/alpaca-7b" in out  # paths come from the user
     assert "report --dependency=afterany:<method jobs>" in out
     scorer = parts["scorer.sbatch"]
+    served = "beaver-7b-published.yaml" if spec == "alpaca-7b-published.yaml" else "beaver-7b.yaml"
+    assert f"configs/scorer/{served}" in scorer  # the spec's own scorer, whatever the cluster file names
     assert "#SBATCH --gres=gpu:1" in scorer and "apptainer exec --nv" in scorer and "serve-scorer" in scorer
     assert "--rendezvous" in scorer and "ESGRPO_SCORER_TOKEN=$(cat" in scorer
     es = parts["es.sbatch"]

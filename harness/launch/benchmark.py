@@ -62,6 +62,9 @@ class BenchmarkSpec(StrictModel):
     target: dict[str, float] | None = None  # e.g. {safe_ratio: 0.9, reward: 0.0}
     compare: CompareSettings = Field(default_factory=CompareSettings)
     references: list[str] = Field(default_factory=list)  # evaluation records (`esgrpo eval --out DIR`) to show
+    # the scorer service a cluster job starts for this spec (a scorer config, relative to this file); unset: the
+    # cluster file's scorer_config. The published and fair specs differ in how they truncate.
+    scorer_service: str | None = None
     runs_dir: str = "runs"
     results_dir: str = "results"
 

@@ -89,18 +89,27 @@ def outermost(paths: Sequence[Path]) -> list[Path]:
     return [p for p in resolved if not any(o != p and p.is_relative_to(o) for o in resolved)]
 
 
+def service_config(spec_path: Path, cluster: ClusterSettings) -> Path:
+    """The scorer config the spec's scorer job serves: the spec's own ``scorer_service``, else the cluster's."""
+    spec, _ = load_spec(spec_path)
+    if spec.scorer_service:
+        return (spec_path.resolve().parent / spec.scorer_service).resolve()
+    return Path(cluster.scorer_config).resolve()
+
+
 def spec_paths(spec_path: Path, cluster: ClusterSettings, runs: Path) -> list[Path]:
     """Every host path a job of this spec reads or writes: the spec, its policy, its prompt files, the scorer's
     config and models, the runs, ``$ESGRPO_HOME`` and the cluster file's own ``binds``."""
     spec, _ = load_spec(spec_path)
     s = spec.run
-    paths = [spec_path.resolve().parent, runs, esgrpo_home(), Path(cluster.scorer_config).resolve().parent]
+    scorer_config = service_config(spec_path, cluster)
+    paths = [spec_path.resolve().parent, runs, esgrpo_home(), scorer_config.parent]
     if s.policy != "builtin":
         paths.append(Path(s.policy))
     for src in (s.data, s.data.eval):
         if src is not None and src.path:
             paths.append(Path(src.path).parent)
-    scorer = load_service_config(Path(cluster.scorer_config))
+    scorer = load_service_config(scorer_config)
     paths += [Path(b.path) for b in (scorer.reward, scorer.cost) if b.path]
     return [*paths, *map(Path, cluster.binds)]
 
@@ -179,7 +188,7 @@ def node_script(c: ClusterSettings, r: JobResources, workdir: Path, run: str, bi
 def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = None,
            out: Path | None = None) -> tuple[Path, dict[str, Path], dict[str, str]]:
     spec, _ = load_spec(spec_path)
-    scorer_config = Path(cluster.scorer_config).resolve()
+    scorer_config = service_config(Path(spec_path), cluster)
     load_service_config(scorer_config)  # a missing or invalid scorer config fails here, not in a job 30 min later
     workdir = Path.cwd().resolve()
     default_runs, default_out = default_locations(spec)
@@ -246,10 +255,11 @@ def missing_inputs(spec_path: Path, cluster: ClusterSettings) -> list[str]:
     for where, src in (("shared.data", s.data), ("shared.data.eval", s.data.eval)):
         if src is not None and src.kind not in ("builtin", "hub") and src.path and not Path(src.path).is_file():
             missing.append(f"{spec_path}: {where}.path: {src.path} not found")
-    scorer = load_service_config(Path(cluster.scorer_config))
+    scorer_config = service_config(spec_path, cluster)
+    scorer = load_service_config(scorer_config)
     for which, backend in (("reward", scorer.reward), ("cost", scorer.cost)):
         if backend.path and not Path(backend.path).is_dir():
-            missing.append(f"{cluster.scorer_config}: {which}.path: {backend.path} not found")
+            missing.append(f"{scorer_config}: {which}.path: {backend.path} not found")
     return missing
 
 
