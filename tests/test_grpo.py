@@ -54,6 +54,23 @@ def test_grpo_with_lora_trains_only_the_adapters(policy_path, tmp_path):
     assert not list((tmp_path / "trl").glob("checkpoint-*"))
 
 
+def test_grpo_in_epochs_passes_over_the_rows_as_often_as_the_steps_need(policy_path, tmp_path):
+    """prompt_order: epochs (the published run's 4 passes of TRL's sampler): each row once in the dataset, and the
+    trainer goes on into a second shuffled pass when the budget needs more prompts than there are rows."""
+    from methods.grpo.trainer import training_rows
+
+    cfg = load_config(GRPOSettings, CPU_DEFAULT, [
+        "run.data.limit=8", "run.budget.completions=32", "run.budget.eval_every_fraction=1.0", "run.eval.limit=2",
+        "num_generations=4", "prompts_per_step=2", "prompt_order=epochs"])
+    rows = [{"prompt": str(i), "raw_prompt": str(i)} for i in range(6)]
+    assert training_rows(cfg, rows, max_steps=4) == rows
+    assert len(training_rows(cfg.model_copy(update={"prompt_order": "repeated"}), rows, max_steps=4)) == 18
+    run_method("grpo", cfg, tmp_path)
+    rec = load_record(tmp_path)
+    assert rec.status == "completed"
+    assert len(rec.series) == 4 and rec.series[-1].completions == 32  # 8 prompts drawn from 6 training rows
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_grpo_generates_with_colocated_vllm_and_syncs_its_weights(policy_path, tmp_path, monkeypatch):

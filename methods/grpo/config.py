@@ -54,6 +54,9 @@ class GRPOSettings(MethodConfig):
     vllm_importance_sampling_mode: Literal["token_truncate", "token_mask", "sequence_truncate",
                                            "sequence_mask"] = "sequence_mask"
     vllm_importance_sampling_clip_max: float = Field(3.0, gt=0)
+    # repeated: the training rows repeated to cover every step and shuffled once by TRL's sampler; epochs: each
+    # row once, the trainer making as many shuffled passes as the steps need (the published run: 4 passes of 250)
+    prompt_order: Literal["repeated", "epochs"] = "repeated"
     lora: LoraSettings | None = None
     deepspeed: str | None = None  # path to a DeepSpeed JSON (ZeRO-2 for multi-GPU), launched by accelerate
     threads: int = Field(2, gt=0)

@@ -165,8 +165,7 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     per_device = per_device_batch(cfg)
     max_steps = math.ceil(s.budget.completions / per_step)
     rows = [{"prompt": format_prompt(p.prompt), "raw_prompt": p.prompt} for p in ctx.prompts.train]
-    # enough rows for every step; TRL shuffles with the run seed
-    dataset = Dataset.from_list(rows * math.ceil(max_steps * cfg.prompts_per_step / len(rows) + 1))
+    dataset = Dataset.from_list(training_rows(cfg, rows, max_steps))
     args = GRPOConfig(**grpo_arguments(cfg, s, ctx.run_dir, per_device, max_steps))
     peft_config = None
     if cfg.lora:
@@ -188,6 +187,14 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, lambda_per_step=cfg.lambda_update == "step",
                                          accelerator=trainer.accelerator))
     return trainer, tokenizer
+
+
+def training_rows(cfg: GRPOSettings, rows: list[dict[str, str]], max_steps: int) -> list[dict[str, str]]:
+    """The dataset TRL samples from: ``repeated``, enough copies of the rows for every step (TRL shuffles them with
+    the run seed once); ``epochs``, the rows once, passed over again and reshuffled each epoch by the trainer."""
+    if cfg.prompt_order == "epochs":
+        return list(rows)
+    return rows * math.ceil(max_steps * cfg.prompts_per_step / len(rows) + 1)
 
 
 def grpo_arguments(cfg: GRPOSettings, s: RunSettings, run_dir: Path, per_device: int, max_steps: int) -> dict[str, Any]:
