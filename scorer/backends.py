@@ -219,15 +219,17 @@ class ModelBackend:
         try:
             return self.forward(self.pad(ids)).tolist()
         except torch.OutOfMemoryError as e:
-            padded = len(ids) * max(len(x) for x in ids)
-            free_device_cache(self.device)
-            if len(ids) == 1:
-                raise PairTooLarge(f"scorer out of memory: one pair of {padded} tokens does not fit on {self.device} "
-                                   f"beside what the scorer holds ({memory_summary(self.device)}): {first_line(e)}"
-                                   ) from None
-            self.budget.halved(padded)
-            half = len(ids) // 2
-            return self.split_on_oom(ids[:half]) + self.split_on_oom(ids[half:])
+            reason = first_line(e)
+        # out of the except block: the exception's traceback holds the failed pass's activations, which the cache
+        # can only give back once it is gone
+        padded = len(ids) * max(len(x) for x in ids)
+        free_device_cache(self.device)
+        if len(ids) == 1:
+            raise PairTooLarge(f"scorer out of memory: one pair of {padded} tokens does not fit on {self.device} "
+                               f"beside what the scorer holds ({memory_summary(self.device)}): {reason}")
+        self.budget.halved(padded)
+        half = len(ids) // 2
+        return self.split_on_oom(ids[:half]) + self.split_on_oom(ids[half:])
 
     def warm_up(self) -> None:
         """One forward pass at the full token budget (rows of max_length tokens), so that the memory the scorer
