@@ -57,7 +57,7 @@ class ErrorReply(BaseModel):
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in (
     (401, "missing or wrong bearer token"), (413, "request body too large"),
     (422, f"invalid request: at most {MAX_ERRORS} problems, inputs never echoed"), (503, "models still loading"),
-    (500, "models failed to load (permanent) or a score was not finite"),
+    (500, "models failed to load or scoring failed (permanent), or a score was not finite"),
     (507, "one pair alone does not fit in the scorer's memory (permanent)"))}
 
 
@@ -219,9 +219,11 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
             return JSONResponse({"detail": str(e), "permanent": True}, status_code=507)
         except ValueError as e:  # non-finite scores and the like: an error, never passed on
             raise HTTPException(500, str(e)) from None
-        except Exception as e:  # the traceback stays in this log; the reply names what failed in one line
+        except Exception as e:  # the traceback stays in this log; the reply names what failed in one line. The
+            # same pairs would fail the same way again: permanent, so the client stops instead of retrying to its deadline
             log.exception("scoring failed")
-            return JSONResponse({"detail": f"scoring failed: {type(e).__name__}: {first_line(e)}"}, status_code=500)
+            return JSONResponse({"detail": f"scoring failed: {type(e).__name__}: {first_line(e)}", "permanent": True},
+                                status_code=500)
         return ScoreResponse(rewards=s.rewards, costs=s.costs)
 
     async def score_batch(req):

@@ -10,7 +10,7 @@ import uvicorn
 
 from conftest import free_port
 
-from harness.errors import ScorerOutOfMemory, is_out_of_memory
+from harness.errors import ScorerError, ScorerOutOfMemory, is_out_of_memory
 from harness.scoring import ScorerSpec
 from harness.scoring.client import HttpScorer
 from scorer.backends import ModelBackend, PairTooLarge, ServiceScorer, token_batches
@@ -67,11 +67,15 @@ def test_one_pair_too_large_is_a_permanent_error_naming_length_and_memory(beaver
         backend(beaver_dir, limit=5).score_texts(["BEGINNING OF CONVERSATION: USER: hi ASSISTANT: a long answer"])
 
 
-@pytest.fixture
-def small_device_service(beaver_dir):
-    """The real app on loopback (uvicorn in a thread), serving a Beaver backend on the small pretend device."""
+class Broken(SmallDevice):
+    """A forward pass that fails the same way every time (a bad kernel, a device-side assert)."""
+
+    def forward(self, batch):
+        raise RuntimeError("CUDA error: device-side assert triggered\nCompile with TORCH_USE_CUDA_DSA")
+
+
+def serve(b: ModelBackend):
     cfg = ScorerServiceConfig(port=free_port(), max_batch=64)
-    b = backend(beaver_dir, limit=60)
     server = uvicorn.Server(uvicorn.Config(create_app(cfg, build=lambda _: ServiceScorer(b, b)), host="127.0.0.1",
                                            port=cfg.port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -79,9 +83,32 @@ def small_device_service(beaver_dir):
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{cfg.port}", b
+    return f"http://127.0.0.1:{cfg.port}", server, thread
+
+
+@pytest.fixture
+def small_device_service(beaver_dir):
+    """The real app on loopback (uvicorn in a thread), serving a Beaver backend on the small pretend device."""
+    b = backend(beaver_dir, limit=60)
+    url, server, thread = serve(b)
+    yield url, b
     server.should_exit = True
     thread.join(10)
+
+
+def test_a_scoring_failure_is_one_line_and_stops_the_client_at_once(beaver_dir):
+    b = Broken(BackendSpec(kind="beaver", path=str(beaver_dir), device="cpu"))
+    url, server, thread = serve(b)
+    try:
+        client = HttpScorer(ScorerSpec(kind="http", url=url, deadline_s=600))
+        t = time.monotonic()
+        with pytest.raises(ScorerError, match=r"scoring failed: RuntimeError: CUDA error: device-side assert") as e:
+            client.score(["hi"], [" ok"])
+        assert time.monotonic() - t < 5 and "Traceback" not in str(e.value) and not client.outages
+        client.close()
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_the_client_stops_at_once_with_the_scorers_message(small_device_service):
