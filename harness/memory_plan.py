@@ -87,15 +87,17 @@ def kv_bytes_per_token(model_dir: str | Path, dtype: str) -> int:
 
 def device_holders(index: int | None, exclude: set[int]) -> list[Part]:
     """The other processes the driver charges memory to (NVML), named by pid and command: on torch's device
-    ``index`` (among the visible devices), or on every GPU of the host (None)."""
+    ``index`` (among the visible devices), or on every visible GPU (None)."""
     from harness.records import nvml_handles
 
     handles = nvml_handles()
+    # NVML counts every GPU of the host; torch and this job see CUDA_VISIBLE_DEVICES (a SLURM node shares its other
+    # GPUs with other jobs, whose processes are none of this one's business)
+    visible = [int(v) for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip().isdigit()]
+    indices = visible or list(range(len(handles)))
     if index is not None:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-        if index < len(visible) and visible[index].strip().isdigit():  # torch's index is among the visible ones
-            index = int(visible[index])
-        handles = handles[index : index + 1]
+        indices = indices[index : index + 1]
+    handles = [handles[i] for i in indices if i < len(handles)]
     if not handles:
         return []
     import pynvml

@@ -50,3 +50,27 @@ def test_grpo_needs_scale_with_precision_and_lora():
     assert sum(fp32.values()) == 16.0  # fp32 master weights, grads and AdamW: 16 bytes per parameter
     lora = memory_needs(GRPOSettings(device="cuda", bf16=True, lora={"r": 16, "alpha": 32}), 140.0)
     assert lora == {"policy weights": 2.0}
+
+
+def test_only_this_jobs_gpus_are_looked_at(monkeypatch):
+    """A SLURM job that was given GPU 2 of a node does not wait for, or name, processes on the node's other GPUs."""
+    import sys
+    import types
+
+    from harness import memory_plan, records
+
+    class Proc:
+        def __init__(self, pid, used):
+            self.pid, self.usedGpuMemory = pid, used
+
+    on_gpu = {0: [Proc(11, 20 * 2**30)], 1: [], 2: [Proc(33, 4 * 2**30)], 3: [Proc(44, 8 * 2**30)]}
+    fake = types.SimpleNamespace(NVMLError=Exception, nvmlDeviceGetComputeRunningProcesses=lambda h: on_gpu[h])
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(records, "nvml_handles", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr(memory_plan, "process_name", lambda pid: "python")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    assert [p.name for p in memory_plan.device_holders(None, set())] == ["pid 33 (python)"]
+    assert [p.name for p in memory_plan.device_holders(0, {33})] == []
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert [p.gib for p in memory_plan.device_holders(None, set())] == [20.0, 4.0, 8.0]
+    assert [p.name for p in memory_plan.device_holders(3, set())] == ["pid 44 (python)"]
