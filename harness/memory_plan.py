@@ -59,21 +59,18 @@ class MemoryPlan(BaseModel):
 
 
 def checkpoint_parameters(model_dir: str | Path) -> int:
-    """Parameters in a checkpoint, read from the safetensors headers (no weights loaded)."""
-    from safetensors import safe_open
+    """Parameters of a checkpoint's model, from its config alone (built on the meta device: no weights read, any
+    weight format; tied weights once)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{model_dir}: no *.safetensors weights to plan the memory from")
-    count = 0
-    for f in files:
-        with safe_open(str(f), "pt") as st:
-            for key in st.keys():
-                n = 1
-                for d in st.get_slice(key).get_shape():
-                    n *= d
-                count += n
-    return count
+    try:
+        config = AutoConfig.from_pretrained(model_dir)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{model_dir}: cannot read the model's config to plan its memory ({e})") from None
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
 
 
 def kv_bytes_per_token(model_dir: str | Path, dtype: str) -> int:
