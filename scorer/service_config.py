@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
-
-import warnings
 
 from pydantic import Field, model_validator
 
@@ -36,7 +35,6 @@ class BackendSpec(StrictModel):
             warnings.warn("scorer backend batch_size is deprecated and ignored: batches are sized by tokens, "
                           "set max_batch_tokens (rows × longest row) instead", FutureWarning, stacklevel=2)
         return data
-
 
 
 class ScorerServiceConfig(StrictModel):

@@ -101,10 +101,11 @@ def http_scorer_overrides(prefix: str = "", url: str | None = None, rendezvous: 
                           token_file: str | Path | None = None, deadline_s: float | None = None) -> list[str]:
     """Dotted ``KEY=VALUE`` overrides that point a run's scorer entry at a running service, merged into the
     entry rather than replacing it (the spec's ``max_batch``, ``concurrency``... stay as written)."""
-    values = {"kind": "http", "url": url, "rendezvous": None if rendezvous is None else str(rendezvous),
-              "token_file": None if token_file is None else str(token_file), "deadline_s": deadline_s}
-    keep_deadline = deadline_s is None
-    return [f"{prefix}scorer.{k}={json.dumps(v)}" for k, v in values.items() if not (k == "deadline_s" and keep_deadline)]
+    values: dict[str, Any] = {"kind": "http", "url": url, "rendezvous": None if rendezvous is None else str(rendezvous),
+                              "token_file": None if token_file is None else str(token_file)}
+    if deadline_s is not None:  # else the spec's own deadline stands
+        values["deadline_s"] = deadline_s
+    return [f"{prefix}scorer.{k}={json.dumps(v)}" for k, v in values.items()]
 
 
 @dataclass
