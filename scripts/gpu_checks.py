@@ -61,6 +61,50 @@ def timed(fn, repeat=5) -> float:
     return statistics.median(times)
 
 
+def device_seconds(fn, repeat=5) -> float:
+    """Median time between CUDA events around ``fn``: the stream's time, host gaps between its launches included."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def kernel_seconds(fn, repeat=5) -> float:
+    """The CUDA kernels' own time per call of ``fn`` (torch profiler), copies and host gaps excluded."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeat):
+            fn()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.key_averages() if "noise" in e.key]
+    return sum(e.device_time_total for e in kernels) / 1e6 / repeat
+
+
+def graphs_match_launches() -> bool:
+    """The same sequence of perturbations and updates, replayed from CUDA graphs and launched directly: equal bits."""
+    from methods.es.noise_cuda import DEFAULT, FusedNoise
+
+    out = []
+    for graphs in (True, False):
+        torch.manual_seed(0)
+        views = [(f"t{i}.weight", torch.randn(n, device="cuda").to(torch.bfloat16)) for i, n in enumerate((5000, 77, 1 << 20))]
+        fused = FusedNoise(views, DEFAULT._replace(graphs=graphs))
+        for terms in ([(1, 1e-2)], [(2, -1e-2)], [(3, 1e-2)], [(s, 1e-3) for s in range(5)], [(s, 2e-3) for s in range(9, 14)]):
+            fused.add_(terms)
+        out.append(torch.cat([v.float() for _, v in views]))
+    return bool(torch.equal(out[0], out[1]))
+
+
 def shaped_views(shape: str) -> list[tuple[str, torch.Tensor]]:
     """Empty bf16 tensors of a policy shape's weights (HF names and shapes; no model needed)."""
     p = POLICY_SHAPES[shape]
@@ -98,6 +142,7 @@ def kernels() -> dict:
             "beyond_3sigma": float((x.abs() > 3).double().mean()), "max_abs": float(x.abs().max()),
             "lag1_corr": float((z[1:] * z[:-1]).mean()), "quarter_corr": float((z[: len(z) // 2] * z[len(z) // 2:]).mean())}
     del probe
+    out["graphs_match_launches"] = graphs_match_launches()
     for shape in ("qwen2-0.5b", "llama-7b"):
         views = shaped_views(shape)
         nbytes = sum(t.numel() * t.element_size() for _, t in views)
@@ -107,11 +152,16 @@ def kernels() -> dict:
         src = dst = None  # freed before the rest of the probe
         bound = 2 * nbytes / copy_bps
         rows = {}
-        for v in variants:
+        launches = [DEFAULT._replace(warps=w, graphs=gr) for w in (1, 2, 4, 8) for gr in (False, True)]  # the same noise
+        for v in dict.fromkeys([*variants, *launches]):
             fused = FusedNoise(views, v)
-            rows[str(tuple(v))] = {"perturb_s": timed(lambda: fused.add_([(1, 0.001)])),
-                                   "update8_s": timed(lambda: fused.add_([(s, 1e-4) for s in range(8)]), repeat=3)}
-            rows[str(tuple(v))]["perturb_vs_bound"] = rows[str(tuple(v))]["perturb_s"] / bound
+            perturb = lambda: fused.add_([(1, 0.001)])  # noqa: E731
+            row = {"perturb_s": timed(perturb), "perturb_device_s": device_seconds(perturb),
+                   "perturb_kernel_s": kernel_seconds(perturb),
+                   "update8_s": timed(lambda: fused.add_([(s, 1e-4) for s in range(8)]), repeat=3)}
+            row["perturb_vs_bound"] = row["perturb_s"] / bound
+            row["kernel_vs_bound"] = row["perturb_kernel_s"] / bound
+            rows[str(tuple(v))] = row
         out["shapes"][shape] = {"weight_bytes": nbytes, "copy_GBps": copy_bps / 1e9, "bound_s": bound, "variants": rows}
         del views
         torch.cuda.empty_cache()

@@ -88,6 +88,7 @@ class IndependentNoise:
     def __init__(self) -> None:
         self._fused: Any = None  # noise_cuda.FusedNoise, made for one list of tensor addresses
         self._fused_key: tuple[int, ...] | None = None
+        self._fused_views: Sequence[tuple[str, torch.Tensor]] | None = None
 
     @torch.no_grad()
     def add_(self, views: Sequence[tuple[str, torch.Tensor]], terms: UpdateTerms) -> None:
@@ -95,9 +96,11 @@ class IndependentNoise:
         from methods.es.noise_cuda import available as fused_available
 
         if views and views[0][1].is_cuda and fused_available():
-            key = tuple(v.data_ptr() for _, v in views)
-            if self._fused_key != key:  # the launch tables hold the tensors' addresses
-                self._fused, self._fused_key = FusedNoise(views), key
+            if views is not self._fused_views:  # an engine hands the same list each time: no addresses to compare
+                key = tuple(v.data_ptr() for _, v in views)
+                if self._fused_key != key:  # the launch tables hold the tensors' addresses
+                    self._fused, self._fused_key = FusedNoise(views), key
+                self._fused_views = views
             self._fused.add_(list(terms))
             return
         for name, v in views:

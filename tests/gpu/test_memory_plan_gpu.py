@@ -23,6 +23,8 @@ def test_the_plan_follows_what_is_free(policy_05b, figures):
     assert after.needs[0].gib == pytest.approx(0.92, abs=0.1)  # 494 M bf16 parameters
     del held
     torch.cuda.empty_cache()
-    too_much = plan_engine(policy_05b, "bfloat16", 512, 64, snapshot=True, runtime_gib=before.free_gib)
+    # what is free now, not at the start: an earlier test's engine may still have been leaving the device then
+    free_now = torch.cuda.mem_get_info()[0] / GIB
+    too_much = plan_engine(policy_05b, "bfloat16", 512, 64, snapshot=True, runtime_gib=free_now)
     with pytest.raises(PlannedOutOfMemory, match="does not fit"):
         too_much.check("the ES policy engine")
