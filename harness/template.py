@@ -39,3 +39,20 @@ def split_conversation(text: str, template: str = PROMPT_TEMPLATE) -> tuple[str,
                          f"{template!r} (it must start with {head!r} and contain {tail!r})")
     prompt, _, response = text[len(head):].partition(tail)
     return prompt, response
+
+
+def published_scored_text(prompt: str, response: str) -> str:
+    """The text the published ES and GRPO runs scored for (prompt, response), EOS left out: their clients cut the
+    conversation into a user part (from the first ``USER:`` to the last ``ASSISTANT:``, stripped) and a response
+    part (after the first ``ASSISTANT:``), and their scorer service put the two back into the template, or joined
+    them as they were when the user part already looked like a conversation. A response that invents a turn is
+    thereby scored with part of itself repeated inside the prompt."""
+    text = format_conversation(prompt, response)
+    if "USER:" in text and "ASSISTANT:" in text:
+        user = text.split("USER:", 1)[1].rsplit("ASSISTANT:", 1)[0].strip()
+        reply = text.split("ASSISTANT:", 1)[1]
+    else:  # never for a text in the template; kept as the published client had it
+        user, reply = text, ""
+    if "BEGINNING OF CONVERSATION:" in user and "ASSISTANT:" in user:
+        return user + reply
+    return f"BEGINNING OF CONVERSATION: USER: {user} ASSISTANT:{reply}"

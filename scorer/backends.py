@@ -19,7 +19,7 @@ import torch
 from harness.errors import UserError
 from harness.scoring.builtin import BuiltinScorer, JudgeScorer
 from harness.scoring.protocol import Scores, check_finite
-from harness.template import format_conversation
+from harness.template import format_conversation, published_scored_text
 from scorer.service_config import BackendSpec, ScorerServiceConfig
 
 log = logging.getLogger("esgrpo.scorer")
@@ -241,11 +241,13 @@ class ModelBackend:
             self.split_on_oom([filler[i] for i in batch])
 
     def scores(self, prompts, responses, which):
-        return self.score_texts([format_conversation(p, r) for p, r in zip(prompts, responses)])
+        build = published_scored_text if self.spec.scorer_text == "published" else format_conversation
+        return self.score_texts([build(p, r) for p, r in zip(prompts, responses)])
 
     def info(self):
         return {"backend": self.spec.kind, "path": str(self.path), "files": self._digest, "device": self.device,
                 "dtype": str(self.dtype).removeprefix("torch."), "max_length": self.spec.max_length,
+                "truncate": self.spec.truncate, "scorer_text": self.spec.scorer_text,
                 "load_seconds": self.load_seconds, "checkpoint_gib": round(checkpoint_bytes(self.path) / 2**30, 3),
                 "max_batch_tokens": self.spec.max_batch_tokens, "batch_tokens_now": self.budget.tokens,
                 "oom_halvings": self.budget.halvings}

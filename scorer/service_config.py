@@ -26,6 +26,9 @@ class BackendSpec(StrictModel):
     max_batch_tokens: int = Field(16_384, gt=0)
     # response: cut the text, keep the EOS the score is read at; end: cut text+EOS (the published scorer)
     truncate: Literal["response", "end"] = "response"
+    # generated: the conversation as generated; published: the text the published runs' clients and scorer
+    # service rebuilt from it (a completion that invents an "ASSISTANT:" turn is scored partly repeated)
+    scorer_text: Literal["generated", "published"] = "generated"
 
     @model_validator(mode="before")
     @classmethod
@@ -35,6 +38,13 @@ class BackendSpec(StrictModel):
             warnings.warn("scorer backend batch_size is deprecated and ignored: batches are sized by tokens, "
                           "set max_batch_tokens (rows × longest row) instead", FutureWarning, stacklevel=2)
         return data
+
+    @model_validator(mode="after")
+    def _text_needs_a_model(self) -> "BackendSpec":
+        if self.scorer_text == "published" and self.kind in ("builtin", "judge"):
+            raise ValueError(f"scorer_text: published needs a score model (beaver, hf-classifier): the {self.kind} "
+                             "rules read the prompt and the response, not a conversation text")
+        return self
 
 
 class ScorerServiceConfig(StrictModel):

@@ -170,3 +170,54 @@ def test_sharded_checkpoints_with_an_index_score_like_one_file(tmp_path, policy_
     got = ModelBackend(BackendSpec(kind="beaver", path=str(shards), device="cpu")).score_texts(TEXTS)
     assert got == pytest.approx(want, abs=1e-6)
     assert torch.rand(1) == before  # loading drew no random numbers: nothing was initialized only to be replaced
+
+
+# transcription of the published path from a completion to the scored text (es-fine-tuning-paper HEAD 84c16db):
+# the ES/GRPO clients' call_scorer_api split, then scorer_service.py's build_text (EOS left to the backend)
+def published_client_split(text):
+    if 'USER:' in text and 'ASSISTANT:' in text:
+        user_part = text.split('USER:', 1)[1]
+        return user_part.rsplit('ASSISTANT:', 1)[0].strip(), text.split('ASSISTANT:', 1)[1]
+    return text, ""
+
+
+def published_build_text(prompt, response):
+    p, r = prompt or "", response or ""
+    if "BEGINNING OF CONVERSATION:" in p and "ASSISTANT:" in p:
+        return p + r
+    return f"BEGINNING OF CONVERSATION: USER: {p} ASSISTANT:{r}"
+
+
+PUBLISHED_CASES = [
+    ("How do I cook rice?", " Rinse it, then simmer it."),
+    ("How do I cook rice?", " Rinse it. USER: and then? ASSISTANT: Simmer it. USER: thanks ASSISTANT: Bye."),
+    ("How do I cook rice?", " Rinse it. BEGINNING OF CONVERSATION: USER: hi ASSISTANT: hello"),
+    ("  padded prompt  ", " ok"),
+    ("How do I cook rice?", ""),
+    ("What does USER: mean?", " It names the speaker. ASSISTANT: yes"),
+]
+
+
+@pytest.mark.parametrize("prompt, response", PUBLISHED_CASES)
+def test_published_scorer_text_is_what_the_published_clients_and_service_scored(prompt, response):
+    from harness.template import format_conversation, published_scored_text
+
+    text = format_conversation(prompt, response)
+    assert published_scored_text(prompt, response) == published_build_text(*published_client_split(text))
+
+
+def test_scorer_text_published_scores_the_rebuilt_text(beaver_dir):
+    from harness.template import format_conversation, published_scored_text
+
+    asis = ModelBackend(BackendSpec(kind="beaver", path=str(beaver_dir), device="cpu"))
+    rebuilt = ModelBackend(BackendSpec(kind="beaver", path=str(beaver_dir), device="cpu", scorer_text="published"))
+    prompts, responses = zip(*PUBLISHED_CASES)
+    got = rebuilt.scores(prompts, responses, "reward")
+    assert got == pytest.approx(asis.score_texts([published_scored_text(p, r) for p, r in PUBLISHED_CASES]), abs=1e-5)
+    # one turn: the same text, the same score; an invented turn: part of the response repeated, another score
+    assert got[0] == pytest.approx(asis.scores(prompts[:1], responses[:1], "reward")[0], abs=1e-5)
+    invented = asis.score_texts([format_conversation(*PUBLISHED_CASES[1])])[0]
+    assert abs(got[1] - invented) > 1e-4
+    assert rebuilt.info()["scorer_text"] == "published"
+    with pytest.raises(ValueError, match="needs a score model"):
+        BackendSpec(kind="builtin", scorer_text="published")
