@@ -154,6 +154,35 @@ def make_scorer_service(tmp_path):
         s.stop()
 
 
+@pytest.fixture(scope="session")
+def llama_format_policy(tmp_path_factory) -> Path:
+    """A tiny random Llama policy whose tokenizer is in LLaMA's own files: a SentencePiece BPE ``tokenizer.model``
+    (unk 0, BOS 1, EOS 2, byte fallback) and a ``tokenizer_config.json`` with ``add_bos_token: true``, as the
+    Alpaca-7B and LLaMA checkpoints ship them."""
+    import io
+
+    import sentencepiece as spm
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("llama-format-policy")
+    texts = [json.loads(line)["prompt"] for line in (ROOT / "harness" / "data" / "builtin_prompts.jsonl").open()]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts * 5), model_writer=model, vocab_size=300,
+                                   model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True,
+                                   character_coverage=1.0, minloglevel=2)
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>",
+        "eos_token": "</s>", "unk_token": "<unk>", "model_max_length": 2048, "legacy": False}))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
 def tiny_llama_config():
     from transformers import LlamaConfig
 

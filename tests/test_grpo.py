@@ -190,3 +190,32 @@ def test_an_unchecked_trl_release_is_refused(monkeypatch):
     monkeypatch.setattr(trl, "__version__", "1.99.0")
     with pytest.raises(trl_compat.TRLIncompatible, match=r"TRL 1.99.0 is not a release .* \(supported: 1.16.x\)"):
         trl_compat.check_version()
+
+
+@pytest.mark.parametrize("prompt_bos", [True, False])
+def test_prompt_bos_is_what_trl_tokenizes_rollouts_from(llama_format_policy, prompt_bos):
+    """On a LLaMA-format tokenizer (SentencePiece file, add_bos_token: true): the pinned TRL's rollout prompt ids
+    start with the BOS unless prompt_bos is off (TRL <= 0.25, the published runs); the tokenizer evaluation
+    uses keeps it; a TRL that tokenized otherwise is named."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from harness.template import format_prompt
+    from methods.grpo import trl_compat
+    from methods.grpo.trainer import check_prompt_bos, without_bos
+
+    tok = AutoTokenizer.from_pretrained(llama_format_policy)
+    prompt = format_prompt("How do I cook rice?")
+    rollout_tok = tok if prompt_bos else without_bos(tok, prompt)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(llama_format_policy),
+                          reward_funcs=lambda completions, **_: [0.0] * len(completions),
+                          args=GRPOConfig(output_dir=str(llama_format_policy / "trl"), per_device_train_batch_size=2,
+                                          num_generations=2, max_steps=1, report_to=[], use_cpu=True),
+                          train_dataset=Dataset.from_list([{"prompt": prompt}] * 2), processing_class=rollout_tok)
+    ids = trl_compat.rollout_prompt_ids(trainer, [prompt])[0]
+    assert (ids[0] == tok.bos_token_id) is prompt_bos
+    assert tok(prompt)["input_ids"][0] == tok.bos_token_id  # evaluation's tokenizer is not changed
+    check_prompt_bos(trainer, tok, prompt, prompt_bos)
+    with pytest.raises(trl_compat.TRLIncompatible, match="rollout prompts"):
+        check_prompt_bos(trainer, tok, prompt, not prompt_bos)

@@ -57,6 +57,9 @@ class GRPOSettings(MethodConfig):
     # repeated: the training rows repeated to cover every step and shuffled once by TRL's sampler; epochs: each
     # row once, the trainer making as many shuffled passes as the steps need (the published run: 4 passes of 250)
     prompt_order: Literal["repeated", "epochs"] = "repeated"
+    # true: TRL tokenizes rollout prompts with the tokenizer's BOS (TRL >= 0.26, the pinned one); false: without it,
+    # as TRL <= 0.25 did (the published runs). Evaluation prompts keep the BOS either way, as every method's do.
+    prompt_bos: bool = True
     lora: LoraSettings | None = None
     deepspeed: str | None = None  # path to a DeepSpeed JSON (ZeRO-2 for multi-GPU), launched by accelerate
     threads: int = Field(2, gt=0)

@@ -177,16 +177,46 @@ def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
     def generate_and_score_took(seconds: float) -> None:
         stats.generate_and_score += seconds
 
-    trainer = trl_compat.timed_trainer(GRPOTrainer, generate_and_score_took)(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+    rollout_tokenizer = tokenizer if cfg.prompt_bos else without_bos(tokenizer, rows[0]["prompt"])
+    trainer = trl_compat.timed_trainer(GRPOTrainer, generate_and_score_took)(model=model, args=args, train_dataset=dataset, processing_class=rollout_tokenizer,
                                reward_funcs=make_reward_fn(ctx, stats, s.rollout.training_stops,
                                                            cfg.lambda_update == "reward_call", s.rollout.strip),
                                peft_config=peft_config)
+    check_prompt_bos(trainer, tokenizer, rows[0]["prompt"], cfg.prompt_bos)
     # The harness reports progress and metrics; TRL's own printers would repeat them as raw dicts.
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     trainer.add_callback(HarnessCallback(ctx, stats, tokenizer, lambda_per_step=cfg.lambda_update == "step",
                                          accelerator=trainer.accelerator))
     return trainer, tokenizer
+
+
+def without_bos(tokenizer, example: str):
+    """A copy of ``tokenizer`` that adds no BOS (``prompt_bos: false``); the original, which evaluation uses, keeps
+    it. A tokenizer that adds none already is returned as it is."""
+    import copy
+
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer(example)["input_ids"][:1] != [bos]:
+        return tokenizer
+    quiet = copy.deepcopy(tokenizer)
+    quiet.add_bos_token = False
+    if quiet(example)["input_ids"][:1] == [bos]:
+        raise UserError(f"prompt_bos: false: the tokenizer {type(tokenizer).__name__} still adds its BOS with "
+                        "add_bos_token off; this policy's tokenizer cannot reproduce TRL <= 0.25's prompts")
+    return quiet
+
+
+def check_prompt_bos(trainer, tokenizer, example: str, want: bool) -> None:
+    """TRL's own rollout ids for a training prompt start with the BOS exactly when ``prompt_bos`` says so (for a
+    tokenizer that adds one at all): a TRL that tokenized otherwise would change the published reproduction."""
+    bos = tokenizer.bos_token_id
+    if bos is None or tokenizer(example)["input_ids"][:1] != [bos]:
+        return
+    starts = trl_compat.rollout_prompt_ids(trainer, [example])[0][:1] == [bos]
+    if starts != want:
+        raise trl_compat.TRLIncompatible(f"prompt_bos: {str(want).lower()}, but TRL {trl_compat.check_version()} "
+                                         f"tokenizes rollout prompts {'with' if starts else 'without'} the BOS")
 
 
 def training_rows(cfg: GRPOSettings, rows: list[dict[str, str]], max_steps: int) -> list[dict[str, str]]:

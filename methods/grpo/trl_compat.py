@@ -57,3 +57,16 @@ def colocated_llm(trainer: Any) -> Any:
         raise TRLIncompatible(f"TRL {check_version()}: GRPOTrainer.vllm_generation.llm not found: the colocated "
                               "engine's KV cache cannot be reported")
     return llm
+
+
+TOKENIZE_PROMPTS = "_tokenize_prompts"
+
+
+def rollout_prompt_ids(trainer: Any, prompts: list[str]) -> list[list[int]]:
+    """The token ids TRL generates rollouts from for these prompts (its ``_tokenize_prompts``), so that the BOS
+    choice can be checked on what TRL actually does, not on what the tokenizer alone would do."""
+    tokenize = getattr(trainer, TOKENIZE_PROMPTS, None)
+    if not callable(tokenize):
+        raise TRLIncompatible(f"TRL {check_version()}: GRPOTrainer.{TOKENIZE_PROMPTS} not found: the rollout "
+                              "prompts' BOS cannot be checked")
+    return [list(ids) for ids in tokenize(prompts)[0]]
