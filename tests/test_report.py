@@ -150,3 +150,27 @@ def test_out_of_memory_is_a_result_in_the_report(tmp_path):
     md = write_report(runs, tmp_path / "out", oom=[w.run_dir])
     assert "ran out of memory" in md.read_text() and "79500" in md.read_text()
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["oom"][0]["method"] == "grpo-fp32"
+
+
+def test_training_curves_show_the_es_population_mean_beside_the_policy(tmp_path):
+    """ES records θ's scores and its population's mean (the published ES's curve): both are drawn, dashed for
+    the population; a run without them (GRPO) draws one line."""
+    import matplotlib.pyplot as plt
+
+    from harness.report.compare import load_runs, summarize
+    from harness.report.plots import training_figure
+
+    es, grpo = fake_run(tmp_path, "es", 0, 1.0), fake_run(tmp_path, "grpo", 0, 0.0)
+    rec = json.loads((es / "record.json").read_text())
+    for i, point in enumerate(rec["series"]):
+        point["extra"] = {"population_reward": 0.5 + i, "population_cost": -0.5 - i}
+    (es / "record.json").write_text(json.dumps(rec))
+    summaries = [summarize(label, [r], None) for label, r in zip(("es", "grpo"), load_runs([es, grpo]))]
+    fig = training_figure(summaries)
+    reward_ax, cost_ax, lam_ax = fig.axes[:3]
+    dashed = [line for line in reward_ax.lines if line.get_linestyle() == "--"]
+    assert [line.get_label() for line in dashed] == ["es population mean"]
+    assert list(dashed[0].get_ydata()) == [0.5, 1.5]
+    assert [list(line.get_ydata()) for line in cost_ax.lines if line.get_linestyle() == "--"] == [[-0.5, -1.5]]
+    assert len(lam_ax.lines) == 2  # λ: no population curve
+    plt.close(fig)

@@ -69,7 +69,15 @@ def curves(summaries: list["MethodSummary"], references: list["MethodSummary"], 
 
 
 def training(summaries: list["MethodSummary"], out: Path) -> str:
+    fig = training_figure(summaries)
+    fig.savefig(out / "training.png", dpi=110)
+    plt.close(fig)
+    return "training.png"
+
+
+def training_figure(summaries: list["MethodSummary"]):
     keys = (("reward", "train reward R"), ("cost", "train cost C"), ("lam", "λ"), ("safe_ratio", "train safe ratio"))
+    # solid: the policy being trained (ES: θ itself, GRPO: its rollouts); dashed: ES's population mean
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
     for ax, (k, title) in zip(axes, keys):
         for i, s in enumerate(summaries):
@@ -77,14 +85,17 @@ def training(summaries: list["MethodSummary"], out: Path) -> str:
                 xs = [p.completions for p in r.record.series]
                 ys = [getattr(p, k) for p in r.record.series]
                 ax.plot(xs, ys, color=_color(i), alpha=0.8, lw=1, label=s.label if j == 0 else None)
+                # ES records its population's mean too (the curve the published ES logged): dashed beside θ's
+                pop = [p.extra.get(f"population_{k}") for p in r.record.series]
+                if pop and all(v is not None for v in pop):
+                    ax.plot(xs, pop, color=_color(i), alpha=0.6, lw=1, ls="--",
+                            label=f"{s.label} population mean" if j == 0 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("completions scored")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=110)
-    plt.close(fig)
-    return "training.png"
+    return fig
 
 
 def scatter(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
