@@ -151,5 +151,12 @@ def plan_training(model_dir: str | Path, needs_per_parameter: dict[str, float], 
                       free_gib=round(free / GIB, 2), held=device_holders(device, {os.getpid()}), needs=needs)
 
 
+def vllm_memory_kwargs(plan: MemoryPlan) -> dict[str, Any]:
+    """vLLM ``LLM`` arguments that give an engine the KV cache the plan left it: the cache in bytes, and a
+    utilization just under what is free (vLLM checks at start that this share of the device is free)."""
+    return {"kv_cache_memory_bytes": int((plan.kv_cache_gib or 0.0) * GIB),
+            "gpu_memory_utilization": max(0.01, (plan.free_gib - 0.5) / plan.total_gib)}
+
+
 def plan_record(plan: MemoryPlan) -> dict[str, Any]:
     return {**plan.model_dump(), "fits": plan.fits, "summary": plan.describe()}

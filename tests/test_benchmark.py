@@ -104,3 +104,26 @@ def test_reference_rows_from_esgrpo_eval(policy_path, tmp_path):
     # the base model's row is the trained runs' own step-0 evaluation, reproduced
     base = load_record(refs[0]).evals[0].metrics
     assert base["reward"] == pytest.approx(load_record(runs[0]).evals[0].metrics["reward"])
+
+
+def test_an_evaluation_only_spec_reports_reference_rows_and_names_missing_policies(policy_path, tmp_path, caplog):
+    """A spec of `evaluate:` entries alone (the published table's kind): each policy there is evaluated by
+    `esgrpo eval` in its own process on the spec's prompts and scorer, a policy that is not there is named and
+    left out, and the report holds the rows; run again, finished evaluations are kept."""
+    spec = {"name": "table", "run": {"data": {"kind": "builtin", "eval": {
+                "kind": "pku", "path": str(ROOT / "tests/fixtures/pku_small.jsonl"), "duplicates": "keep"}},
+            "scorer": {"kind": "builtin"}, "judge": None, "rollout": {"max_new_tokens": 8}},
+            "evaluate": {"base": {"policy": "builtin", "engine": "hf"},
+                         "gone": {"policy": str(tmp_path / "nope"), "engine": "hf"}}}
+    path = tmp_path / "table.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    md = run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
+    assert "evaluate.gone.policy" in caplog.text and "is not a model folder" in caplog.text
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert list(summary["references"]) == ["base"] and summary["methods"] == {}
+    rec = load_record(tmp_path / "runs" / "base")
+    assert rec.kind == "eval" and rec.label == "base" and rec.evals[0].metrics["n"] == 8  # every row, repeats kept
+    assert "base (reference)" in md.read_text()
+    finished = rec.finished
+    run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
+    assert load_record(tmp_path / "runs" / "base").finished == finished

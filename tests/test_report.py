@@ -93,8 +93,12 @@ def test_every_label_is_paired_against_the_named_baseline_and_references_are_nev
     assert json.loads((tmp_path / "out2" / "summary.json").read_text())["comparisons"] == []
     with pytest.raises(UserError, match="baseline 'nope'"):
         write_report(runs, tmp_path / "out3", baseline="nope")
-    with pytest.raises(UserError, match="only evaluation records"):
-        write_report([base], tmp_path / "out4")
+    # evaluation records alone (a paper-table spec): their rows and scatter, no training sections
+    alone = write_report([base], tmp_path / "out4").read_text()
+    assert "base-model (reference)" in alone and "## Resources" not in alone and "nan" not in alone
+    assert (tmp_path / "out4" / "scatter.png").is_file() and not (tmp_path / "out4" / "training.png").exists()
+    with pytest.raises(UserError, match="no runs"):
+        write_report([], tmp_path / "out5")
 
 
 def test_compare_refuses_what_would_skew_the_statistics(tmp_path):

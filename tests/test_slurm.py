@@ -93,8 +93,8 @@ def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, g
     assert r.exit_code == 0, r.output
     out = r.output
     parts = {p.split(" =====")[0].rsplit("/", 1)[-1]: p for p in out.split("# ===== ")[1:]}
-    assert "# MISSING (submit refuses):" in out and "shared.policy: /models/alpaca-7b" in out  # paths come from the user
-    assert "report --dependency=afterany:<method jobs>" in out
+    assert "# MISSING (submit refuses):" in out and "run.policy: /models/alpaca-7b" in out  # paths come from the user
+    assert "report --dependency=afterany:<the jobs above>" in out
     scorer = parts["scorer.sbatch"]
     served = "beaver-7b-published.yaml" if spec == "alpaca-7b-published.yaml" else "beaver-7b.yaml"
     assert f"configs/scorer/{served}" in scorer  # the spec's own scorer, whatever the cluster file names
@@ -207,3 +207,29 @@ def test_containers_see_every_path_the_spec_reaches(tmp_path, runtime):
         bound = [m.split(":")[0] for m in re.findall(r"-v '?([^' ]+)'?", es)]
     for path in wanted:
         assert any(Path(path).resolve().is_relative_to(b) for b in bound), (path, bound)
+
+
+def test_dry_run_renders_the_paper_eval_spec_one_gpu_job_per_policy(tmp_path):
+    """The published table's evaluation: one job per policy, no scorer service (each job scores in-process),
+    every path bound; a policy that is not there is named and left out, the others are submitted."""
+    from harness.launch.slurm import dry_run
+
+    spec = yaml.safe_load((ROOT / "benchmarks" / "alpaca-7b-paper-eval.yaml").read_text())
+    have = tmp_path / "models" / "alpaca-7b"
+    have.mkdir(parents=True)
+    (have / "config.json").write_text("{}")
+    spec["evaluate"]["alpaca-7b"]["policy"] = str(have)
+    spec["run"]["scorer"]["config"] = str(ROOT / "configs/scorer/beaver-7b-paper-eval.yaml")
+    path = tmp_path / "paper-eval.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = dry_run(path, ROOT / "containers/slurm/cluster-gpu.yaml", runs_dir=tmp_path / "runs")
+    parts = {p.split(" =====")[0].rsplit("/", 1)[-1]: p for p in out.split("# ===== ")[1:]}
+    assert "scorer.sbatch" not in parts and len(parts) == len(spec["evaluate"]) + 1  # + the report
+    assert "# submit order: alpaca-7b (one evaluation each); report" in out
+    assert "evaluate.beaver-v1.policy: /models/beaver-7b-v1.0 is not a model folder" in out
+    assert "reward.path: /models/beaver-7b-unified-reward not found" in out  # the embedded scorer's models
+    job = parts["alpaca-7b.sbatch"]
+    assert "#SBATCH --gres=gpu:1" in job and "#SBATCH --array=0-0" in job and "--only alpaca-7b &" in job
+    binds = job.split("--bind ")[1].split()[0].strip("'").split(",")
+    assert any(have.is_relative_to(b) for b in binds) and "/models/beaver-7b-unified-cost" in binds
+    assert "/data/PKU-SafeRLHF/data/Alpaca-7B" in binds and "/models/beaver-7b-v3.0" in binds

@@ -13,7 +13,7 @@ import threading
 import time
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, field_validator, model_validator
@@ -50,6 +50,14 @@ class MethodEntry(StrictModel):
     budget: BudgetConfig | None = None
 
 
+class EvalEntry(StrictModel):
+    """A fixed policy evaluated under the spec's ``run`` settings into a reference row (``esgrpo eval``)."""
+
+    policy: str  # a local HF model folder (a base model, a published checkpoint, a run's model_saves/latest_hf)
+    engine: Literal["hf", "vllm"] = "vllm"
+    set: list[str] = Field(default_factory=list)  # KEY=VALUE overrides of the evaluation (esgrpo eval --set)
+
+
 class CompareSettings(StrictModel):
     baseline: str | None = None  # the label every other label is paired against
 
@@ -57,7 +65,9 @@ class CompareSettings(StrictModel):
 class BenchmarkSpec(StrictModel):
     name: str
     run: RunSettings = Field(default_factory=RunSettings)  # every method's `run:` section (until 0.2: `shared:`)
-    methods: dict[str, MethodEntry] = Field(min_length=1)
+    methods: dict[str, MethodEntry] = Field(default_factory=dict)
+    # fixed policies evaluated into reference rows beside the methods (a spec may hold only these)
+    evaluate: dict[str, EvalEntry] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0, 1], min_length=1)
     target: dict[str, float] | None = None  # e.g. {safe_ratio: 0.9, reward: 0.0}
     compare: CompareSettings = Field(default_factory=CompareSettings)
@@ -78,11 +88,11 @@ class BenchmarkSpec(StrictModel):
     def _name(cls, v: str) -> str:
         return check_name(v, "name")
 
-    @field_validator("methods")
+    @field_validator("methods", "evaluate")
     @classmethod
-    def _method_names(cls, v: dict[str, MethodEntry]) -> dict[str, MethodEntry]:
+    def _entry_names(cls, v: dict[str, Any], info) -> dict[str, Any]:
         for key in v:
-            check_name(key, "method entry")
+            check_name(key, "method entry" if info.field_name == "methods" else "evaluation entry")
         return v
 
     @field_validator("seeds")
@@ -91,6 +101,15 @@ class BenchmarkSpec(StrictModel):
         if any(s < 0 for s in v) or len(set(v)) != len(v):
             raise ValueError("seeds must be distinct non-negative integers")
         return v
+
+    @model_validator(mode="after")
+    def _entries(self) -> "BenchmarkSpec":
+        if not self.methods and not self.evaluate:
+            raise ValueError("a spec names at least one entry under methods or evaluate")
+        both = sorted(set(self.methods) & set(self.evaluate))
+        if both:
+            raise ValueError(f"{', '.join(both)}: named under both methods and evaluate (the names label report rows)")
+        return self
 
     @model_validator(mode="after")
     def _baseline(self) -> "BenchmarkSpec":
@@ -176,8 +195,8 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     default_runs, default_out = default_locations(spec)
     runs_root, out = Path(runs_dir or default_runs), Path(out or default_out)
     for m in only or []:
-        if m not in spec.methods:
-            raise UserError(f"{spec_path}: no method {m!r} (it names {', '.join(spec.methods)})")
+        if m not in spec.methods and m not in spec.evaluate:
+            raise UserError(f"{spec_path}: no entry {m!r} (it names {', '.join([*spec.methods, *spec.evaluate])})")
     if seed_index is not None and not 0 <= seed_index < len(spec.seeds):
         raise UserError(f"{spec_path}: seed index {seed_index} outside 0..{len(spec.seeds) - 1}")
     seeds = spec.seeds if seed_index is None else [spec.seeds[seed_index]]
@@ -185,18 +204,20 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     configs = {} if report_only else {(m, s): method_config(spec, Path(spec_path), m, s, method_overrides)
                                       for m, s in selected}
     references = reference_dirs(spec, Path(spec_path))
+    evaluations = [e for e in spec.evaluate if not only or e in only] if seed_index in (None, 0) else []
 
     def report(dirs: list[Path]) -> Path:
-        return write_report([*dirs, *references], out, title=spec.name, target=spec.target, spec=raw,
-                            allow_mismatch=bool(budgets_differ(spec)),
+        return write_report([*dirs, *references, *spec_evaluations(spec, runs_root)], out, title=spec.name,
+                            target=spec.target, spec=raw, allow_mismatch=bool(budgets_differ(spec)),
                             oom=spec_runs(spec, runs_root, "oom"))
 
     if report_only:
         done = spec_runs(spec, runs_root)
-        if not done:
-            raise UserError(f"{runs_root}: no completed runs of {spec_path} to report")
+        if not done and not spec_evaluations(spec, runs_root):
+            raise UserError(f"{runs_root}: no completed runs or evaluations of {spec_path} to report")
         return report(done)
     done, failed = [], []
+    evaluated, skipped = run_evaluations(spec, Path(spec_path), runs_root, evaluations, run_overrides, failed)
     for (name, seed), cfg in configs.items():
         run_dir = runs_root / f"{name}-s{seed}"
         if (run_dir / "record.json").is_file() and load_record(run_dir).status == "completed":
@@ -227,8 +248,8 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
         else:  # keep going: the other runs are still worth their compute
             log.error("%s seed %d failed (exit %d); see %s", name, seed, rc, run_dir / "record.json")
             failed.append(f"{name} seed {seed}: exit code {rc}")
-    if not done:
-        raise UserError("every run failed:\n  " + "\n  ".join(failed))
+    if not done and not evaluated:
+        raise UserError("every run failed:\n  " + "\n  ".join(failed or skipped))
     if only or seed_index is not None:  # one part of the benchmark: the report comes once all parts are done
         if failed:
             raise UserError("some runs failed:\n  " + "\n  ".join(failed))
@@ -237,6 +258,61 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     if failed:
         raise UserError(f"report written to {path}, but some runs failed:\n  " + "\n  ".join(failed))
     return path
+
+
+# the keys a benchmark spec's `run` shares with `esgrpo eval`'s settings
+EVAL_KEYS = ("data", "scorer", "judge", "rollout", "eval", "lambda", "seed")
+
+
+def missing_policies(spec: BenchmarkSpec, spec_path: Path, names: list[str] | None = None) -> list[str]:
+    """Evaluation entries whose policy is not a model folder here, each named with its field."""
+    return [f"{spec_path}: evaluate.{name}.policy: {e.policy} is not a model folder (no config.json)"
+            for name, e in spec.evaluate.items() if (names is None or name in names)
+            and e.policy != "builtin" and not (Path(e.policy) / "config.json").is_file()]
+
+
+def skips(name: str, missing: list[str]) -> bool:
+    """Whether ``missing_policies`` named this evaluation entry."""
+    return any(f": evaluate.{name}.policy:" in line for line in missing)
+
+
+def run_evaluations(spec: BenchmarkSpec, spec_path: Path, runs_root: Path, names: list[str],
+                    run_overrides: list[str] | None, failed: list[str]) -> tuple[list[Path], list[str]]:
+    """``esgrpo eval`` for each named entry, each in its own process, into ``runs_root/NAME`` (a finished one is
+    kept, an unfinished one resumed). A policy that is not there is skipped and named: the spec lists the
+    checkpoints a user may have."""
+    skipped = missing_policies(spec, spec_path, names)
+    for line in skipped:
+        log.warning("%s: skipped", line)
+    done = []
+    overrides = [o for o in run_overrides or [] if o.split("=", 1)[0].split(".", 1)[0] in EVAL_KEYS]
+    for name in names:
+        entry, out = spec.evaluate[name], runs_root / name
+        if skips(name, skipped):
+            continue
+        if (out / "record.json").is_file() and load_record(out).status == "completed":
+            log.info("evaluation %s already completed in %s; keeping it", name, out)
+            done.append(out)
+            continue
+        log.info("evaluating %s (%s) -> %s", name, entry.policy, out)
+        cmd = [sys.executable, "-m", "harness.launch.cli", "eval", "--from-spec", str(spec_path), "--policy",
+               entry.policy, "--engine", entry.engine, "--label", name, "--out", str(out),
+               *[x for o in [*overrides, *entry.set] for x in ("--set", o)]]
+        rc, stopped = run_forwarding_stops(cmd)
+        if stopped:
+            raise Preempted
+        if rc == 0:
+            done.append(out)
+        else:
+            log.error("evaluation %s failed (exit %d); see %s", name, rc, out / "record.json")
+            failed.append(f"evaluation {name}: exit code {rc}")
+    return done, skipped
+
+
+def spec_evaluations(spec: BenchmarkSpec, runs_root: Path) -> list[Path]:
+    """The spec's completed evaluation folders (runs_root/NAME)."""
+    return [runs_root / n for n in spec.evaluate if (runs_root / n / "record.json").is_file()
+            and load_record(runs_root / n).status == "completed"]
 
 
 RESOLVED_CONFIG = "config.yaml"

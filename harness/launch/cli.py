@@ -158,7 +158,7 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
                 set_: List[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE of the evaluation "
                                                "settings (e.g. eval.limit=200, device=cuda, dtype=bfloat16)")):
     """Evaluate a fixed policy into an evaluation-only record: a reference row for `esgrpo compare`."""
-    from harness.launch.benchmark import load_spec
+    from harness.launch.benchmark import EVAL_KEYS, load_spec
     from harness.config import apply_overrides, validate
     from harness.launch.policy_eval import EvalConfig, prompt_source, run_eval
 
@@ -166,7 +166,7 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
     if from_spec:
         spec, _ = load_spec(from_spec)
         shared = spec.run.model_dump(mode="json", by_alias=True)
-        data.update({k: shared[k] for k in ("data", "scorer", "judge", "rollout", "eval", "lambda", "seed")})
+        data.update({k: shared[k] for k in EVAL_KEYS})
     if prompts:
         source = prompt_source(prompts)
         if source == "builtin":

@@ -26,6 +26,7 @@ from harness.errors import UserError
 from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks, evaluation_record
 from harness.generation import RolloutSettings, move_rollout_keys
 from harness.lagrangian import LambdaConfig
+from harness.memory_plan import plan_engine, vllm_memory_kwargs
 from harness.fixtures.policy import resolve_policy
 from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_text, load_record
 from harness.run import make_scorer
@@ -51,6 +52,7 @@ class EvalConfig(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     batch_size: int = Field(64, gt=0)  # prompts per generate call, and per chunk written to disk
     max_model_len: int = Field(2048, gt=0)  # vLLM
+    vllm_runtime_gib: float = Field(6.0, gt=0)  # vLLM on a GPU: kept beside weights and KV cache for activations
     seed: int = Field(0, ge=0)
 
     model_config = {"populate_by_name": True, "extra": "forbid"}
@@ -94,6 +96,8 @@ def prompt_source(text: str) -> PromptFile | str:
 
 
 def make_generator(cfg: EvalConfig, policy: Path):
+    import torch
+
     if cfg.engine == "vllm":
         from vllm import LLM
 
@@ -101,9 +105,15 @@ def make_generator(cfg: EvalConfig, policy: Path):
         from harness.vllm.process import prepare_vllm_process
 
         prepare_vllm_process(cpu_kv_cache_gib=1)
+        memory = {}
+        if torch.cuda.is_available():  # beside an embedded scorer: the KV cache is what the scorer left free
+            plan = plan_engine(policy, cfg.dtype, cfg.max_model_len, cfg.batch_size, snapshot=False,
+                               runtime_gib=cfg.vllm_runtime_gib)
+            plan.check("the evaluated policy's vLLM engine")
+            log.info("memory plan: %s", plan.describe())
+            memory = vllm_memory_kwargs(plan)
         return VLLMGenerator(LLM(model=str(policy), dtype=cfg.dtype, max_model_len=cfg.max_model_len, seed=cfg.seed,
-                                 enable_prefix_caching=False))
-    import torch
+                                 enable_prefix_caching=False, **memory))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.generation import HFGenerator

@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from harness.launch.benchmark import default_locations, load_spec
+from harness.launch.benchmark import default_locations, load_spec, missing_policies, skips
 from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
 from harness.paths import esgrpo_home
@@ -42,7 +42,8 @@ class ClusterSettings(StrictModel):
     partition: str | None = None
     time: str = "04:00:00"
     scorer: JobResources = Field(default_factory=lambda: JobResources(cpus=1))
-    methods: dict[str, JobResources] = Field(default_factory=dict)  # per method; default JobResources()
+    methods: dict[str, JobResources] = Field(default_factory=dict)  # per method or evaluation entry
+    evaluate: JobResources = Field(default_factory=JobResources)  # an evaluation entry not named in methods
     runtime: Literal["native", "apptainer", "docker"] = "native"
     image: str | None = None  # .sif file (apptainer) or image name (docker)
     scorer_config: str = "configs/scorer/builtin.yaml"
@@ -97,20 +98,30 @@ def service_config(spec_path: Path, cluster: ClusterSettings) -> Path:
     return Path(cluster.scorer_config).resolve()
 
 
+def scorer_configs(spec_path: Path, cluster: ClusterSettings) -> list[Path]:
+    """The scorer configs this spec's jobs load: the served one (when the spec trains), and the spec's own
+    embedded one (evaluations and runs that score in-process)."""
+    spec, _ = load_spec(spec_path)
+    configs = [service_config(spec_path, cluster)] if spec.methods else []
+    if spec.run.scorer.kind == "embedded" and spec.run.scorer.config:
+        given = Path(spec.run.scorer.config)
+        configs.append((given if given.is_file() else spec_path.resolve().parent / given).resolve())
+    return configs
+
+
 def spec_paths(spec_path: Path, cluster: ClusterSettings, runs: Path) -> list[Path]:
-    """Every host path a job of this spec reads or writes: the spec, its policy, its prompt files, the scorer's
-    config and models, the runs, ``$ESGRPO_HOME`` and the cluster file's own ``binds``."""
+    """Every host path a job of this spec reads or writes: the spec, its policies, its prompt files, the
+    scorers' configs and models, the runs, ``$ESGRPO_HOME`` and the cluster file's own ``binds``."""
     spec, _ = load_spec(spec_path)
     s = spec.run
-    scorer_config = service_config(spec_path, cluster)
-    paths = [spec_path.resolve().parent, runs, esgrpo_home(), scorer_config.parent]
-    if s.policy != "builtin":
-        paths.append(Path(s.policy))
+    paths = [spec_path.resolve().parent, runs, esgrpo_home()]
+    paths += [Path(p) for p in (s.policy, *(e.policy for e in spec.evaluate.values())) if p != "builtin"]
     for src in (s.data, s.data.eval):
         if src is not None and src.path:
             paths.append(Path(src.path).parent)
-    scorer = load_service_config(scorer_config)
-    paths += [Path(b.path) for b in (scorer.reward, scorer.cost) if b.path]
+    for config in scorer_configs(spec_path, cluster):
+        scorer = load_service_config(config)
+        paths += [config.parent, *(Path(b.path) for b in (scorer.reward, scorer.cost) if b.path)]
     return [*paths, *map(Path, cluster.binds)]
 
 
@@ -189,7 +200,8 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
            out: Path | None = None) -> tuple[Path, dict[str, Path], dict[str, str]]:
     spec, _ = load_spec(spec_path)
     scorer_config = service_config(Path(spec_path), cluster)
-    load_service_config(scorer_config)  # a missing or invalid scorer config fails here, not in a job 30 min later
+    for config in scorer_configs(Path(spec_path), cluster):
+        load_service_config(config)  # a missing or invalid scorer config fails here, not in a job 30 min later
     workdir = Path.cwd().resolve()
     default_runs, default_out = default_locations(spec)
     runs = (runs_dir or default_runs).resolve()
@@ -215,13 +227,20 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
               "rendezvous": q(rendezvous), "token_file": q(token_file), "scorer_config": q(scorer_config),
               "scorer_host": q(cluster.scorer_host), "scorer_override": " ".join(f"--set-run {q(o)}" for o in scorer_overrides), "scorer_job": "$SCORER_JOB"}
     scripts = {}
-    for kind in ("scorer", *spec.methods, "report"):
-        res = cluster.scorer if kind == "scorer" else cluster.methods.get(kind, JobResources())
-        template = "method" if kind in spec.methods else kind
+    # the scorer service serves the methods' runs; evaluation entries score in their own process (the spec's scorer)
+    for kind in (*(["scorer"] if spec.methods else []), *spec.methods, *spec.evaluate, "report"):
+        res = cluster.scorer if kind == "scorer" else cluster.methods.get(
+            kind, cluster.evaluate if kind in spec.evaluate else JobResources())
+        template = "method" if kind in spec.methods or kind in spec.evaluate else kind
         values = {**common, "method": kind, "esgrpo": q(executable(cluster)),
                   f"directives_{template}": directives(cluster, res),
                   f"wrap_{template}": wrapper(cluster, res, workdir, binds)}
-        if template == "method":
+        if kind in spec.evaluate:  # one task: the evaluation of one fixed policy
+            values["last_seed_index"] = 0
+            values["launch"] = (f"{values['wrap_method']} {values['esgrpo']} benchmark --spec {common['spec']} "
+                                f"--runs-dir {common['runs_dir']} --only {kind} &\nchild=$$!")
+            values["launch"] = Template(values["launch"]).substitute()
+        elif template == "method":
             entry = spec.methods[kind]
             run = (f"benchmark --spec {common['spec']} --runs-dir {common['runs_dir']} --only {kind} "
                    f"--seed-index $${{SLURM_ARRAY_TASK_ID}} {common['scorer_override']}")
@@ -250,16 +269,16 @@ def missing_inputs(spec_path: Path, cluster: ClusterSettings) -> list[str]:
     spec, _ = load_spec(spec_path)
     s = spec.run
     missing = []
-    if s.policy != "builtin" and not (Path(s.policy) / "config.json").is_file():
-        missing.append(f"{spec_path}: shared.policy: {s.policy} is not a model folder (no config.json)")
-    for where, src in (("shared.data", s.data), ("shared.data.eval", s.data.eval)):
+    if spec.methods and s.policy != "builtin" and not (Path(s.policy) / "config.json").is_file():
+        missing.append(f"{spec_path}: run.policy: {s.policy} is not a model folder (no config.json)")
+    for where, src in (("run.data", s.data), ("run.data.eval", s.data.eval)):
         if src is not None and src.kind not in ("builtin", "hub") and src.path and not Path(src.path).is_file():
             missing.append(f"{spec_path}: {where}.path: {src.path} not found")
-    scorer_config = service_config(spec_path, cluster)
-    scorer = load_service_config(scorer_config)
-    for which, backend in (("reward", scorer.reward), ("cost", scorer.cost)):
-        if backend.path and not Path(backend.path).is_dir():
-            missing.append(f"{scorer_config}: {which}.path: {backend.path} not found")
+    for scorer_config in scorer_configs(spec_path, cluster):
+        scorer = load_service_config(scorer_config)
+        for which, backend in (("reward", scorer.reward), ("cost", scorer.cost)):
+            if backend.path and not Path(backend.path).is_dir():
+                missing.append(f"{scorer_config}: {which}.path: {backend.path} not found")
     return missing
 
 
@@ -269,10 +288,17 @@ def dry_run(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = 
     and what would stop a real submission (inputs that are not there)."""
     cluster = load_config(ClusterSettings, cluster_path)
     _, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
-    methods = [m for m in scripts if m not in ("scorer", "report")]
+    spec, _ = load_spec(Path(spec_path))
+    skipped = missing_policies(spec, Path(spec_path))
+    methods = [m for m in scripts if m in spec.methods]
+    evaluations = [m for m in scripts if m in spec.evaluate and not skips(m, skipped)]
     order = "".join(f"# MISSING (submit refuses): {m}\n" for m in missing_inputs(Path(spec_path), cluster))
-    order += (f"# submit order: scorer; {', '.join(methods)} (one array task per seed); "
-              f"report --dependency=afterany:<method jobs>\n# report: {values['out']}/report.md\n")
+    order += "".join(f"# MISSING (submit leaves this evaluation out): {m}\n" for m in skipped)
+    jobs = [*(["scorer"] if methods else []), *([", ".join(methods) + " (one array task per seed)"] if methods else []),
+            *([", ".join(evaluations) + " (one evaluation each)"] if evaluations else [])]
+    order += (f"# submit order: {'; '.join(jobs)}; report --dependency=afterany:<the jobs above>\n"
+              if methods or evaluations else "# nothing to submit: every entry's policy is missing\n")
+    order += f"# report: {values['out']}/report.md\n"
     return order + "".join(f"\n# ===== {p} =====\n{p.read_text()}" for p in scripts.values())
 
 
@@ -282,12 +308,17 @@ def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = N
     missing = missing_inputs(Path(spec_path), cluster)
     if missing:  # jobs would start, wait for GPUs, then fail on the first file
         raise UserError("inputs not found; point the spec and the scorer config at your copies:\n  " + "\n  ".join(missing))
+    spec, _ = load_spec(Path(spec_path))
+    skipped = missing_policies(spec, Path(spec_path))
+    entries = [*spec.methods, *(e for e in spec.evaluate if not skips(e, skipped))]
+    if not entries:
+        raise UserError("no evaluation policy found; point the spec at your copies:\n  " + "\n  ".join(skipped))
     slurm_dir, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
-    jobs = {"scorer": sbatch(str(scripts["scorer"]))}
-    method_jobs = [sbatch(str(scripts[m])) for m in scripts if m not in ("scorer", "report")]
-    jobs.update({m: j for m, j in zip([m for m in scripts if m not in ("scorer", "report")], method_jobs)})
+    jobs = {"scorer": sbatch(str(scripts["scorer"]))} if "scorer" in scripts else {}
+    jobs.update({m: sbatch(str(scripts[m])) for m in entries})
+    method_jobs = [jobs[m] for m in entries]
     report = scripts["report"]
-    report.write_text(report.read_text().replace("$SCORER_JOB", jobs["scorer"]))
+    report.write_text(report.read_text().replace("$SCORER_JOB", jobs.get("scorer", "")))
     jobs["report"] = sbatch(f"--dependency=afterany:{':'.join(method_jobs)}", str(report))
     atomic_write_text(slurm_dir / JOBS_FILE, json.dumps({"jobs": jobs, "report": values["out"] + "/report.md"}, indent=1))
     return {**jobs, "report_path": values["out"] + "/report.md", "slurm_dir": str(slurm_dir)}

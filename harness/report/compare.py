@@ -263,8 +263,8 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
     runs = load_runs(paths)
     trained = [r for r in runs if not r.is_reference]
     references = [r for r in runs if r.is_reference]
-    if not trained:
-        raise UserError("only evaluation records given: a comparison needs at least one trained run")
+    if not runs:
+        raise UserError("no runs or evaluation records to report")
     problems = comparability_problems(trained, references)
     if problems and not allow_mismatch:
         raise UserError("runs are not comparable (pass --allow-mismatch to report anyway):\n  " + "\n  ".join(problems))
@@ -277,7 +277,7 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
     clash = sorted(set(groups) & set(ref_groups))
     if clash:
         raise UserError(f"label(s) {', '.join(clash)} name both trained runs and evaluation records; relabel one")
-    spec = spec or trained[0].record.spec or {}
+    spec = spec or runs[0].record.spec or {}
     target = target or spec.get("target")
     spec_baseline = (spec.get("compare") or {}).get("baseline")
     if baseline is None and spec_baseline is not None and spec_baseline not in groups:

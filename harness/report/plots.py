@@ -157,6 +157,8 @@ def resources(summaries: list["MethodSummary"], out: Path) -> str:
 
 
 def make_all(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> dict[str, str]:
+    if not summaries:  # evaluation records alone: no curves, training or resources to draw
+        return {"Reward–cost scatter with quadrant shares": scatter(summaries, references, out)}
     return {"Evaluation curves (mean over seeds, 95 % band; references dashed)": curves(summaries, references, out),
             "Training curves (every run)": training(summaries, out),
             "Final reward–cost scatter with quadrant shares": scatter(summaries, references, out),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import base64
 import html
 from pathlib import Path
@@ -28,7 +30,7 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
     out = []
     rows_of = [*summaries, *references]
     name = lambda s: f"{s.label} (reference)" if s.reference else s.label  # noqa: E731
-    metrics = [m for m in METRIC_LABELS if any(m in s.final for s in rows_of)]
+    metrics = [m for m in METRIC_LABELS if any(m in s.final and not math.isnan(s.final[m].mean) for s in rows_of)]
     out.append(("Final evaluation (mean ± 95 % CI half-width)",
                 (["method", "seeds", *[METRIC_LABELS[m] for m in metrics]],
                  [[name(s), "–" if s.reference else str(len(s.runs)), *[_fmt(s.final.get(m)) for m in metrics]]
@@ -40,8 +42,9 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
     out.append(("Quadrants of the final evaluation (share of prompts)", (["method", "SH", "SU", "UH", "UU"], q_rows)))
     res_keys = [k for k in ("peak_rss_mb", "peak_gpu_mb", "tokens_per_s", "completions_per_s", "scorer_pairs_per_s",
                             "train_seconds") if any(k in s.resources for s in summaries)]
-    out.append(("Resources", (["method", *res_keys],
-                              [[s.label, *[_fmt(s.resources.get(k), 1) for k in res_keys]] for s in summaries])))
+    if summaries:  # evaluation records alone have no training resources
+        out.append(("Resources", (["method", *res_keys],
+                                  [[s.label, *[_fmt(s.resources.get(k), 1) for k in res_keys]] for s in summaries])))
     if summary.get("target"):
         tgt = ", ".join(f"{k} {'≤' if k.endswith('cost') else '≥'} {v}" for k, v in summary["target"].items())
         rows = [[s.label, f"{s.target['reached']}/{s.target['runs']}",

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings, VLLMGenerator
-from harness.memory_plan import MemoryPlan, plan_engine, plan_record
+from harness.memory_plan import MemoryPlan, plan_engine, plan_record, vllm_memory_kwargs
 from harness.template import format_prompt
 from harness.vllm import compat
 from harness.vllm.process import prepare_vllm_process
@@ -124,9 +124,7 @@ class VLLMEngine:
         else:
             self.plan = self.memory_plan(cfg)
             if cfg.gpu_memory_utilization is None:
-                kwargs["kv_cache_memory_bytes"] = int((self.plan.kv_cache_gib or 0.0) * 2**30)
-                # vLLM still checks that this share of the device is free at start, KV cache given or not
-                kwargs["gpu_memory_utilization"] = max(0.01, (self.plan.free_gib - 0.5) / self.plan.total_gib)
+                kwargs.update(vllm_memory_kwargs(self.plan))
             else:
                 kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         if cfg.max_num_seqs:
