@@ -215,6 +215,8 @@ def test_prompt_bos_is_what_trl_tokenizes_rollouts_from(llama_format_policy, pro
                           train_dataset=Dataset.from_list([{"prompt": prompt}] * 2), processing_class=rollout_tok)
     ids = trl_compat.rollout_prompt_ids(trainer, [prompt])[0]
     assert (ids[0] == tok.bos_token_id) is prompt_bos
+    if not prompt_bos:  # TRL 0.24's own call: processing_class(text=prompts, add_special_tokens=False)
+        assert ids == tok(prompt, add_special_tokens=False)["input_ids"]
     assert tok(prompt)["input_ids"][0] == tok.bos_token_id  # evaluation's tokenizer is not changed
     check_prompt_bos(trainer, tok, prompt, prompt_bos)
     with pytest.raises(trl_compat.TRLIncompatible, match="rollout prompts"):
