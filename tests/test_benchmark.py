@@ -1,6 +1,7 @@
 """The benchmark spec end to end: both methods, two seeds, equal budgets, one report."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,9 @@ def test_an_evaluation_only_spec_reports_reference_rows_and_names_missing_polici
     left out, and the report holds the rows; run again, finished evaluations are kept."""
     spec = {"name": "table", "run": {"data": {"kind": "builtin", "eval": {
                 "kind": "pku", "path": str(ROOT / "tests/fixtures/pku_small.jsonl"), "duplicates": "keep"}},
-            "scorer": {"kind": "builtin"}, "judge": None, "rollout": {"max_new_tokens": 8}},
+            # relative to the spec's folder, as the shipped specs name theirs
+            "scorer": {"kind": "embedded", "config": os.path.relpath(ROOT / "configs/scorer/builtin.yaml", tmp_path)},
+            "judge": None, "rollout": {"max_new_tokens": 8}},
             "evaluate": {"base": {"policy": "builtin", "engine": "hf"},
                          "gone": {"policy": str(tmp_path / "nope"), "engine": "hf"}}}
     path = tmp_path / "table.yaml"

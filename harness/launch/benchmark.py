@@ -121,8 +121,12 @@ class BenchmarkSpec(StrictModel):
 
 def config_path(spec_path: Path, entry: MethodEntry) -> Path:
     """A method config named in a spec: as given, or relative to the spec's folder."""
-    given = Path(entry.config)
-    return given if given.is_file() else Path(spec_path).parent / entry.config
+    return from_spec(spec_path, entry.config)
+
+
+def from_spec(spec_path: Path, given: str) -> Path:
+    """A file a spec names: as given when it is there, else relative to the spec's folder."""
+    return Path(given) if Path(given).is_file() else Path(spec_path).parent / given
 
 
 def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
@@ -249,7 +253,7 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             log.error("%s seed %d failed (exit %d); see %s", name, seed, rc, run_dir / "record.json")
             failed.append(f"{name} seed {seed}: exit code {rc}")
     if not done and not evaluated:
-        raise UserError("every run failed:\n  " + "\n  ".join(failed or skipped))
+        raise UserError("every run failed:\n  " + "\n  ".join(failed or list(skipped.values())))
     if only or seed_index is not None:  # one part of the benchmark: the report comes once all parts are done
         if failed:
             raise UserError("some runs failed:\n  " + "\n  ".join(failed))
@@ -264,31 +268,26 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
 EVAL_KEYS = ("data", "scorer", "judge", "rollout", "eval", "lambda", "seed")
 
 
-def missing_policies(spec: BenchmarkSpec, spec_path: Path, names: list[str] | None = None) -> list[str]:
-    """Evaluation entries whose policy is not a model folder here, each named with its field."""
-    return [f"{spec_path}: evaluate.{name}.policy: {e.policy} is not a model folder (no config.json)"
+def missing_policies(spec: BenchmarkSpec, spec_path: Path, names: list[str] | None = None) -> dict[str, str]:
+    """Evaluation entries whose policy is not a model folder here: entry name -> the line naming its field."""
+    return {name: f"{spec_path}: evaluate.{name}.policy: {e.policy} is not a model folder (no config.json)"
             for name, e in spec.evaluate.items() if (names is None or name in names)
-            and e.policy != "builtin" and not (Path(e.policy) / "config.json").is_file()]
-
-
-def skips(name: str, missing: list[str]) -> bool:
-    """Whether ``missing_policies`` named this evaluation entry."""
-    return any(f": evaluate.{name}.policy:" in line for line in missing)
+            and e.policy != "builtin" and not (Path(e.policy) / "config.json").is_file()}
 
 
 def run_evaluations(spec: BenchmarkSpec, spec_path: Path, runs_root: Path, names: list[str],
-                    run_overrides: list[str] | None, failed: list[str]) -> tuple[list[Path], list[str]]:
+                    run_overrides: list[str] | None, failed: list[str]) -> tuple[list[Path], dict[str, str]]:
     """``esgrpo eval`` for each named entry, each in its own process, into ``runs_root/NAME`` (a finished one is
     kept, an unfinished one resumed). A policy that is not there is skipped and named: the spec lists the
     checkpoints a user may have."""
     skipped = missing_policies(spec, spec_path, names)
-    for line in skipped:
+    for line in skipped.values():
         log.warning("%s: skipped", line)
     done = []
     overrides = [o for o in run_overrides or [] if o.split("=", 1)[0].split(".", 1)[0] in EVAL_KEYS]
     for name in names:
         entry, out = spec.evaluate[name], runs_root / name
-        if skips(name, skipped):
+        if name in skipped:
             continue
         if (out / "record.json").is_file() and load_record(out).status == "completed":
             log.info("evaluation %s already completed in %s; keeping it", name, out)

@@ -159,6 +159,7 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
                                                "settings (e.g. eval.limit=200, device=cuda, dtype=bfloat16)")):
     """Evaluate a fixed policy into an evaluation-only record: a reference row for `esgrpo compare`."""
     from harness.launch.benchmark import EVAL_KEYS, load_spec
+    from harness.launch.benchmark import from_spec as spec_relative
     from harness.config import apply_overrides, validate
     from harness.launch.policy_eval import EvalConfig, prompt_source, run_eval
 
@@ -167,6 +168,9 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
         spec, _ = load_spec(from_spec)
         shared = spec.run.model_dump(mode="json", by_alias=True)
         data.update({k: shared[k] for k in EVAL_KEYS})
+        for key in ("scorer", "judge"):  # an embedded scorer's config, relative to the spec like its other files
+            if (data[key] or {}).get("kind") == "embedded" and data[key].get("config"):
+                data[key] = {**data[key], "config": str(spec_relative(from_spec, data[key]["config"]))}
     if prompts:
         source = prompt_source(prompts)
         if source == "builtin":

@@ -16,7 +16,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field
 
-from harness.launch.benchmark import default_locations, load_spec, missing_policies, skips
+from harness.launch.benchmark import default_locations, from_spec, load_spec, missing_policies
 from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
 from harness.paths import esgrpo_home
@@ -104,8 +104,7 @@ def scorer_configs(spec_path: Path, cluster: ClusterSettings) -> list[Path]:
     spec, _ = load_spec(spec_path)
     configs = [service_config(spec_path, cluster)] if spec.methods else []
     if spec.run.scorer.kind == "embedded" and spec.run.scorer.config:
-        given = Path(spec.run.scorer.config)
-        configs.append((given if given.is_file() else spec_path.resolve().parent / given).resolve())
+        configs.append(from_spec(spec_path.resolve(), spec.run.scorer.config).resolve())
     return configs
 
 
@@ -291,9 +290,9 @@ def dry_run(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = 
     spec, _ = load_spec(Path(spec_path))
     skipped = missing_policies(spec, Path(spec_path))
     methods = [m for m in scripts if m in spec.methods]
-    evaluations = [m for m in scripts if m in spec.evaluate and not skips(m, skipped)]
+    evaluations = [m for m in scripts if m in spec.evaluate and m not in skipped]
     order = "".join(f"# MISSING (submit refuses): {m}\n" for m in missing_inputs(Path(spec_path), cluster))
-    order += "".join(f"# MISSING (submit leaves this evaluation out): {m}\n" for m in skipped)
+    order += "".join(f"# MISSING (submit leaves this evaluation out): {m}\n" for m in skipped.values())
     jobs = [*(["scorer"] if methods else []), *([", ".join(methods) + " (one array task per seed)"] if methods else []),
             *([", ".join(evaluations) + " (one evaluation each)"] if evaluations else [])]
     order += (f"# submit order: {'; '.join(jobs)}; report --dependency=afterany:<the jobs above>\n"
@@ -310,9 +309,9 @@ def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = N
         raise UserError("inputs not found; point the spec and the scorer config at your copies:\n  " + "\n  ".join(missing))
     spec, _ = load_spec(Path(spec_path))
     skipped = missing_policies(spec, Path(spec_path))
-    entries = [*spec.methods, *(e for e in spec.evaluate if not skips(e, skipped))]
+    entries = [*spec.methods, *(e for e in spec.evaluate if e not in skipped)]
     if not entries:
-        raise UserError("no evaluation policy found; point the spec at your copies:\n  " + "\n  ".join(skipped))
+        raise UserError("no evaluation policy found; point the spec at your copies:\n  " + "\n  ".join(skipped.values()))
     slurm_dir, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
     jobs = {"scorer": sbatch(str(scripts["scorer"]))} if "scorer" in scripts else {}
     jobs.update({m: sbatch(str(scripts[m])) for m in entries})
