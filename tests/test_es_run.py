@@ -10,7 +10,7 @@ import pytest
 
 from harness.config import load_config
 from harness.records import load_record
-from harness.report.stats import bootstrap_paired
+from harness.report.stats import paired_over_prompts
 from harness.run import run_method
 from methods.es.config import ESConfig
 from methods.es.vllm_engine import vllm_available
@@ -78,7 +78,7 @@ def test_es_improves_the_objective_on_average(two_runs):
 
     start, end = per_prompt(rec.evals[0]), per_prompt(rec.evals[-1])
     ids = sorted(start)
-    iv = bootstrap_paired([end[i] for i in ids], [start[i] for i in ids], level=0.80)
+    iv = paired_over_prompts([end[i] for i in ids], [start[i] for i in ids], level=0.80)
     assert iv.mean > 0, f"objective did not improve: {iv}"
     assert iv.low > -0.05, f"improvement not distinguishable from noise: {iv}"
 
