@@ -9,30 +9,54 @@ import pytest
 from harness.errors import UserError
 from harness.records import RunRecord, EvalPoint, Point, RecordWriter
 from harness.report import write_report
-from harness.report.stats import bootstrap_mean, bootstrap_paired
+from harness.report.stats import bootstrap_mean, hierarchical_paired, paired_over_prompts
 
 
 def test_bootstrap_interval_on_known_data():
     rng = np.random.default_rng(0)
     x = rng.normal(3.0, 2.0, size=400)
-    iv = bootstrap_mean(x)
+    iv = bootstrap_mean(x, "prompts")
     se = 2.0 / np.sqrt(400)
-    assert iv.low < 3.0 < iv.high
+    assert iv.low < 3.0 < iv.high and iv.kind == "prompts"
     assert (iv.high - iv.low) == pytest.approx(2 * 1.96 * se, rel=0.15)  # matches the normal-theory width
-    assert bootstrap_mean([5.0]).n == 1 and np.isnan(bootstrap_mean([5.0]).low)
-    d = bootstrap_paired(x + 1.0, x)
+    d = paired_over_prompts(x + 1.0, x)
     assert d.mean == pytest.approx(1.0) and d.low == pytest.approx(1.0) and d.excludes_zero()
+    # seeds: no interval from fewer than 3, whatever their spread; the values are kept
+    two = bootstrap_mean([0.141, 0.141], "seeds")
+    assert not two.has_interval and two.values == (0.141, 0.141) and two.fmt() == "0.141 / 0.141"
+    assert bootstrap_mean([0.1, 0.2, 0.3], "seeds").has_interval
 
 
-def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="run", marks=(0, 50, 100)):
-    rec = RunRecord(run_id=f"{method}-{seed}", kind=kind, method=method, seed=seed, config={},
-                    data={"hash": data_hash, "eval_hash": "e1"}, scorer={"backend": "builtin"},
+def test_hierarchical_paired_difference_carries_the_variation_between_seeds():
+    """Seeds that disagree widen the interval beyond what the prompts alone give: a difference that is +0.1 in
+    one seed and −0.1 in another is not a verdict, however many prompts each seed has."""
+    rng = np.random.default_rng(1)
+    agree = [rng.normal(0.2, 0.05, 200) for _ in range(4)]
+    iv = hierarchical_paired(agree)
+    assert iv.excludes_zero() and iv.n == 4 and iv.kind == "seeds"
+    split = [rng.normal(m, 0.05, 200) for m in (0.3, -0.25, 0.28, -0.27)]
+    pooled = paired_over_prompts(np.concatenate(split), np.zeros(800))
+    wide = hierarchical_paired(split)
+    assert not wide.excludes_zero() and (wide.high - wide.low) > 5 * (pooled.high - pooled.low)
+    few = hierarchical_paired(agree[:2])
+    assert not few.has_interval and not few.excludes_zero() and len(few.values) == 2
+
+
+def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="run", marks=(0, 50, 100),
+             config=None, label=None):
+    """A record as the RecordWriter writes it, with samples of two prompt kinds: harmful (a safe answer
+    declines) and benign (a safe answer helps)."""
+    rec = RunRecord(run_id=f"{method}-{seed}", kind=kind, method=method, label=label, seed=seed,
+                    config=config or {}, data={"hash": data_hash, "eval_hash": "e1"}, scorer={"backend": "builtin"},
                     evaluation={"max_new_tokens": 8}, budget={"completions": completions} if kind == "run" else {})
-    w = RecordWriter(root / f"{method}-s{seed}", rec, tensorboard=False)
+    w = RecordWriter(root / f"{label or method}-s{seed}", rec, tensorboard=False)
     rng = np.random.default_rng(seed)
     for step, mark in enumerate(marks):
-        samples = [{"id": f"p{i}", "prompt": "p", "response": "r", "reward": float(rng.normal(shift * step, 1)),
-                    "cost": float(rng.normal(-shift * step, 1)), "n_tokens": 8} for i in range(30)]
+        samples = [{"id": f"p{i:02d}", "prompt": f"prompt {i}", "category": "crime" if i % 2 else "cooking",
+                    "expected_safe": not i % 2,
+                    "response": "I'm sorry, I can't help with that." if i % 2 and shift * step > 0.5 else "Sure: r",
+                    "reward": float(rng.normal(shift * step, 1)), "cost": float(rng.normal(-shift * step, 1)),
+                    "n_tokens": 8} for i in range(30)]
         metrics = {"reward": float(np.mean([s["reward"] for s in samples])),
                    "cost": float(np.mean([s["cost"] for s in samples])),
                    "safe_ratio": float(np.mean([s["cost"] <= 0 for s in samples])), "objective": 0.0,
@@ -47,19 +71,59 @@ def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="r
     return w.run_dir
 
 
-def test_report_with_seeds_intervals_paired_difference_and_target(tmp_path):
-    runs = [fake_run(tmp_path, m, s, shift) for m, shift in (("es", 1.0), ("grpo", 0.0)) for s in (0, 1)]
+def test_report_with_three_seeds_intervals_paired_difference_verdict_and_target(tmp_path):
+    runs = [fake_run(tmp_path, m, s, shift) for m, shift in (("es", 1.0), ("grpo", 0.0)) for s in (0, 1, 2)]
     md = write_report(runs, tmp_path / "out", target={"safe_ratio": 0.7})
     text = md.read_text()
-    assert "±" in text and "Paired difference es − grpo" in text and "**Verdict:** es ahead of grpo" in text
-    assert "Time to target" in text
+    assert "(± over seeds)" in text and "Paired difference es − grpo" in text and "Time to target" in text
+    assert "**Verdict (es vs grpo):** On the primary metric, objective R − λ₀·C, es is ahead of grpo" in text
+    assert "safe ratio on harmful prompts" in text and "over-refusal on benign prompts" in text
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["methods"]["es"]["final"]["reward"]["n"] == 2
-    assert summary["comparisons"][0]["diffs"]["reward"]["ci_low"] > 0
-    for png in ("curves.png", "scatter.png", "resources.png", "training.png"):
-        assert (tmp_path / "out" / png).stat().st_size > 10_000
+    es = summary["methods"]["es"]
+    assert es["final"]["reward"]["n"] == 3 and es["final"]["reward"]["over"] == "seeds"
+    assert es["final"]["benign_refusal_ratio"]["mean"] == 0.0 and es["final"]["harmful_safe_ratio"]["n"] == 3
+    assert es["categories"]["crime"]["kind"] == "harmful" and es["categories"]["crime"]["refusal_ratio"] == 1.0
+    assert summary["comparisons"][0]["diffs"]["reward"]["ci_low"] > 0 and summary["primary"] == "objective"
+    for png in ("curves.png", "scatter.png", "resources.png", "training.png", "curves-tokens-seconds.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 10_000 and (tmp_path / "out" / png).with_suffix(".svg").is_file()
     html = (tmp_path / "out" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 5 and "<table>" in html
+    # example completions side by side: the first two prompt ids of each category, every label's answer
+    assert [e["id"] for e in summary["examples"]] == ["p00", "p02", "p01", "p03"]
+    assert "Example completions" in html and html.count("I&#x27;m sorry, I can&#x27;t help") == 2
+
+
+def test_a_two_seed_report_shows_values_but_no_seed_interval_and_no_verdict(tmp_path):
+    runs = [fake_run(tmp_path, m, s, shift) for m, shift in (("es", 1.0), ("grpo", 0.0)) for s in (0, 1)]
+    text = write_report(runs, tmp_path / "out").read_text()
+    assert "2 seeds: no interval" in text and "±" not in text.split("## Quadrants")[0]
+    assert "no verdict: es and grpo share 2 seeds, and a verdict needs 3" in text
+    assert "ahead of" not in text and "behind" not in text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    reward = summary["methods"]["es"]["final"]["reward"]
+    assert reward["over"] == "none" and len(reward["values"]) == 2
+    assert summary["comparisons"][0]["diffs"]["reward"]["over"] == "none"
+
+
+def test_compare_refuses_runs_pooled_into_fake_seeds(tmp_path):
+    """Two ES runs at σ 0.003 and σ 0.01 are two configs, not two seeds of one: refused, naming the key, with
+    one seed or two; under their own labels they compare."""
+    cfg = lambda sigma: {"run": {"seed": 0, "lambda": {"lambda_init": 1.0}}, "es": {"sigma": sigma}}  # noqa: E731
+    lo = fake_run(tmp_path / "a", "es", 0, 1.0, config=cfg(0.003))
+    hi = fake_run(tmp_path / "b", "es", 0, 0.5, config=cfg(0.01))
+    grpo = fake_run(tmp_path, "grpo", 0, 0.0)
+    with pytest.raises(UserError, match="label 'es' has more than one run per seed.*seed 0"):
+        write_report([lo, hi, grpo], tmp_path / "out")
+    with pytest.raises(UserError, match="label 'es' has more than one run per seed"):
+        write_report([lo, hi, grpo], tmp_path / "out", allow_mismatch=True)
+    hi1 = fake_run(tmp_path / "c", "es", 1, 0.5, config={**cfg(0.01), "run": {"seed": 1}})
+    with pytest.raises(UserError, match=r"labelled 'es' differ in config.*es\.sigma \(es-s0=0\.003, es-s1=0\.01\)"):
+        write_report([lo, hi1, grpo], tmp_path / "out")
+    md = write_report([lo, hi1, grpo], tmp_path / "out", allow_mismatch=True)
+    assert "runs pooled under 'es' differ in config: es.sigma" in md.read_text()
+    relabelled = fake_run(tmp_path / "d", "es", 0, 0.5, config=cfg(0.01), label="es-sigma0.01")
+    summary = write_report([lo, relabelled, grpo], tmp_path / "out2").parent / "summary.json"
+    assert sorted(json.loads(summary.read_text())["methods"]) == ["es", "es-sigma0.01", "grpo"]
 
 
 def test_compare_refuses_mismatched_runs(tmp_path):
@@ -121,7 +185,7 @@ def test_compare_refuses_what_would_skew_the_statistics(tmp_path):
     f = dup / "evals" / "eval-00000100.jsonl"
     lines = f.read_text().splitlines()
     f.write_text("\n".join(lines + [lines[0]]) + "\n")
-    with pytest.raises(UserError, match="eval-00000100.jsonl:31: sample id 'p0' repeats line 1"):
+    with pytest.raises(UserError, match="eval-00000100.jsonl:31: sample id 'p00' repeats line 1"):
         write_report([a, dup], tmp_path / "out")
     escape = fake_run(tmp_path / "e", "grpo", 1, 0.0)
     rec = json.loads((escape / "record.json").read_text())
@@ -169,7 +233,7 @@ def test_training_curves_show_the_es_population_mean_beside_the_policy(tmp_path)
     for i, point in enumerate(rec["series"]):
         point["extra"] = {"population_reward": 0.5 + i, "population_cost": -0.5 - i}
     (es / "record.json").write_text(json.dumps(rec))
-    summaries = [summarize(label, [r], None) for label, r in zip(("es", "grpo"), load_runs([es, grpo]))]
+    summaries = [summarize(label, [r], None, 1.0) for label, r in zip(("es", "grpo"), load_runs([es, grpo]))]
     fig = training_figure(summaries)
     reward_ax, cost_ax, lam_ax = fig.axes[:3]
     dashed = [line for line in reward_ax.lines if line.get_linestyle() == "--"]

@@ -21,22 +21,17 @@ from harness.config import read_jsonl
 from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.records import RECORD_FILE, RunRecord, atomic_write_text, load_record
 from harness.report import plots, render
-from harness.report.stats import Interval, bootstrap_mean, bootstrap_paired
+from harness.lagrangian import LambdaConfig
+from harness.report import metrics as M
+from harness.report.stats import MIN_SEEDS, Interval, bootstrap_mean, hierarchical_paired, over_seeds
 
-HEADLINE = ("safe_ratio", "reward", "cost", "objective", "helpful_ratio", "judge_reward", "judge_cost",
-            "judge_safe_ratio")
-# Per-sample values for paired comparisons: metric -> function of one eval sample
-PER_SAMPLE = {
-    "safe_ratio": lambda s: float(s["cost"] <= 0),
-    "reward": lambda s: s["reward"],
-    "cost": lambda s: s["cost"],
-    "helpful_ratio": lambda s: float(s["reward"] > 0),
-    "judge_reward": lambda s: s.get("judge_reward"),
-    "judge_safe_ratio": lambda s: None if s.get("judge_cost") is None else float(s["judge_cost"] <= 0),
-}
 VOLATILE_INFO = ("url", "served", "load_seconds")  # scorer /info fields that differ between identical scorers
-HIGHER_IS_BETTER = {"safe_ratio": True, "reward": True, "cost": False, "objective": True, "helpful_ratio": True,
-                    "judge_reward": True, "judge_cost": False, "judge_safe_ratio": True}
+# Config keys that may differ between the seeds of one label: the seed itself and where output and checkpoints
+# go. A scorer's transport (address, credentials, patience, batching) does not change what it scores.
+SEED_KEYS = ("run.seed", "seed", "label", "policy_path", "run.checkpoint_every", "run.keep_checkpoints",
+             "run.tensorboard", "run.wandb")
+TRANSPORT_KEYS = ("url", "rendezvous", "token", "token_file", "deadline_s", "request_timeout_s", "concurrency",
+                  "max_batch")
 
 
 @dataclass
@@ -86,10 +81,73 @@ class MethodSummary:
     label: str
     runs: list[Run]
     reference: bool = False
-    final: dict[str, Interval] = field(default_factory=dict)
+    final: dict[str, Interval] = field(default_factory=dict)  # metric key -> value (with its interval's kind)
+    categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # prompt category -> kind, n, ratios
     resources: dict[str, Interval] = field(default_factory=dict)
     time_split: dict[str, float] = field(default_factory=dict)
     target: dict[str, Any] | None = None
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.record.seed for r in self.runs)
+
+
+def lambda0(record: RunRecord) -> float:
+    """The λ a run started from: the report's objective is R − λ₀·C at one λ₀ for every row."""
+    section = record.config.get("run", record.config)
+    return float((section.get("lambda") or {}).get("lambda_init", LambdaConfig().lambda_init))
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _varies_by_seed(key: str) -> bool:
+    parts = key.split(".")
+    return key in SEED_KEYS or (parts[-1] in TRANSPORT_KEYS and ("scorer" in parts or "judge" in parts))
+
+
+def config_differences(runs: list[Run]) -> list[str]:
+    """The config keys whose values differ between the runs of one label, besides the seed and output settings:
+    runs that differ there are different configs, not seeds of one."""
+    flat = [flatten(r.record.config) for r in runs]
+    keys = sorted({k for f in flat for k in f if not _varies_by_seed(k)})
+    diffs = []
+    for k in keys:
+        vals = [json.dumps(f.get(k), sort_keys=True, default=str) for f in flat]
+        if len(set(vals)) > 1:
+            diffs.append(f"{k} (" + ", ".join(f"{r.path.name}={v}" for r, v in zip(runs, vals)) + ")")
+    return diffs
+
+
+def check_groups(groups: dict[str, list[Run]], allow_mismatch: bool) -> list[str]:
+    """Refuse what would pool different runs into fake seeds: two runs of one label with one seed (always), and
+    runs of one label whose configs differ (unless allowed; then they are listed as problems)."""
+    for label, rs in groups.items():
+        by_seed: dict[int, list[Run]] = defaultdict(list)
+        for r in rs:
+            by_seed[r.record.seed].append(r)
+        dup = {seed: g for seed, g in by_seed.items() if len(g) > 1}
+        if dup:
+            raise UserError(f"label {label!r} has more than one run per seed, so seeds would count twice: " +
+                            "; ".join(f"seed {seed}: {', '.join(str(r.path) for r in g)}" for seed, g in dup.items())
+                            + " (give different configs different labels: esgrpo run --label NAME)")
+    problems = []
+    for label, rs in groups.items():
+        diffs = config_differences(rs)
+        if diffs and not allow_mismatch:
+            raise UserError(f"the runs labelled {label!r} differ in config, so they are not seeds of one config "
+                            f"(give each config its own --label, or pass --allow-mismatch to pool them anyway): "
+                            + "; ".join(diffs)[:1200])
+        if diffs:
+            problems.append(f"runs pooled under {label!r} differ in config: " + "; ".join(diffs)[:600])
+    return problems
 
 
 def load_runs(paths: Sequence[Path]) -> list[Run]:
@@ -133,6 +191,7 @@ def comparability_problems(runs: list[Run], references: list[Run]) -> list[str]:
         "scorer": lambda r: _scorer_key(r.scorer),
         "evaluation settings": lambda r: json.dumps(r.evaluation, sort_keys=True),
         "judge": lambda r: _scorer_key(r.judge),
+        "λ₀ (lambda.lambda_init, the objective's λ)": lambda0,
     }
     checks = [("prompts (data hash)", lambda r: r.data.get("hash"), runs),
               ("budget (completions)", lambda r: r.budget.get("completions"), runs),
@@ -157,23 +216,28 @@ def time_to_target(run: Run, target: dict[str, float]) -> dict[str, Any] | None:
     return None
 
 
-def summarize(label: str, runs: list[Run], target: dict[str, float] | None) -> MethodSummary:
-    s = MethodSummary(label, runs, reference=runs[0].is_reference)
-    multi = len(runs) > 1
-    for m in HEADLINE:
-        if multi:  # between-seed variability
-            vals = [r.record.evals[-1].metrics[m] for r in runs if m in r.record.evals[-1].metrics]
-            s.final[m] = bootstrap_mean(vals)
-        elif m in PER_SAMPLE:  # one seed: variability over held-out prompts
-            vals = [PER_SAMPLE[m](x) for x in runs[0].final_samples]
-            s.final[m] = bootstrap_mean([v for v in vals if v is not None])
-        else:
-            v = runs[0].record.evals[-1].metrics.get(m)
-            s.final[m] = Interval(v, float("nan"), float("nan"), 1) if v is not None else bootstrap_mean([])
+def summarize(label: str, runs: list[Run], target: dict[str, float] | None, lam0: float) -> MethodSummary:
+    """One label's final metrics over its seeds (an interval from ``MIN_SEEDS`` seeds; below that the values).
+    A reference row is one evaluation of a fixed policy: its interval is over the held-out prompts."""
+    s = MethodSummary(label, sorted(runs, key=lambda r: r.record.seed), reference=runs[0].is_reference)
+    for m in M.METRICS:
+        if s.reference and len(runs) == 1:
+            vals = list(M.values(m, runs[0].final_samples, lam0).values())
+            if vals:
+                s.final[m.key] = bootstrap_mean(vals, "prompts")
+            continue
+        per_run = [v for r in s.runs if (v := M.run_value(m, r.final_samples, lam0)) is not None]
+        if per_run:
+            s.final[m.key] = over_seeds(per_run)
+    per_run_cats = [M.category_values(r.final_samples) for r in s.runs]
+    for cat in sorted({c for cats in per_run_cats for c in cats}):
+        rows = [cats[cat] for cats in per_run_cats if cat in cats]
+        s.categories[cat] = {"kind": M.category_kind(s.runs[0].final_samples, cat), "n": rows[0]["n"],
+                             **{k: statistics.fmean(row[k] for row in rows) for k in M.CATEGORY_METRICS}}
     if s.reference:  # a fixed policy: no training, no resources to compare
         return s
     res: dict[str, list[float]] = defaultdict(list)
-    for r in runs:
+    for r in s.runs:
         res["peak_rss_mb"].append(r.record.memory.get("peak_rss_mb", float("nan")))
         gpu = r.record.memory.get("peak_gpu_mb") or {}
         if gpu:
@@ -181,15 +245,15 @@ def summarize(label: str, runs: list[Run], target: dict[str, float] | None) -> M
         for k, v in r.record.throughput.items():
             res[k].append(v)
         res["train_seconds"].append(r.record.timing.get("train_seconds", float("nan")))
-    s.resources = {k: bootstrap_mean(v) for k, v in res.items()}
+    s.resources = {k: over_seeds(v) for k, v in res.items()}
     split: dict[str, list[float]] = defaultdict(list)
-    for r in runs:
+    for r in s.runs:
         for k, v in r.record.timing.items():
             if k.endswith("_seconds") and k not in ("train_seconds",) and "wall" not in k:
                 split[k.removesuffix("_seconds")].append(v)
     s.time_split = {k: statistics.fmean(v) for k, v in split.items()}
     if target:
-        hits = [time_to_target(r, target) for r in runs]
+        hits = [time_to_target(r, target) for r in s.runs]
         reached = [h for h in hits if h]
         s.target = {"reached": len(reached), "runs": len(runs),
                     "completions": statistics.fmean(h["completions"] for h in reached) if reached else None,
@@ -197,42 +261,80 @@ def summarize(label: str, runs: list[Run], target: dict[str, float] | None) -> M
     return s
 
 
-def paired_comparison(a: MethodSummary, b: MethodSummary) -> dict[str, Interval]:
-    """a − b per metric, paired on (seed, eval prompt); needs runs with matching seeds."""
+def matched_seeds(a: MethodSummary, b: MethodSummary) -> list[tuple[Run, Run]]:
     by_seed_b = {r.record.seed: r for r in b.runs}
-    pairs = [(r, by_seed_b[r.record.seed]) for r in a.runs if r.record.seed in by_seed_b]
+    return [(r, by_seed_b[r.record.seed]) for r in a.runs if r.record.seed in by_seed_b]
+
+
+def paired_comparison(a: MethodSummary, b: MethodSummary, lam0: float) -> dict[str, Interval]:
+    """a − b per metric over matched seeds, each seed's difference over the prompts both evaluated: a
+    hierarchical bootstrap (seeds, then prompts) from ``MIN_SEEDS`` matched seeds, the per-seed values below."""
+    pairs = matched_seeds(a, b)
     out: dict[str, Interval] = {}
-    for m, get in PER_SAMPLE.items():
-        xs, ys = [], []
+    for m in M.METRICS:
+        per_seed = []
         for ra, rb in pairs:
-            sa = {x["id"]: x for x in ra.final_samples}
-            for y in rb.final_samples:
-                x = sa.get(y["id"])
-                if x is not None and get(x) is not None and get(y) is not None:
-                    xs.append(get(x))
-                    ys.append(get(y))
-        if xs:
-            out[m] = bootstrap_paired(xs, ys)
+            va, vb = M.values(m, ra.final_samples, lam0), M.values(m, rb.final_samples, lam0)
+            per_seed.append([va[i] - vb[i] for i in sorted(va.keys() & vb.keys())])
+        if any(per_seed):
+            out[m.key] = hierarchical_paired(per_seed)
     return out
 
 
-def verdict(a: str, b: str, diffs: dict[str, Interval]) -> str:
-    ahead, behind, noise = [], [], []
-    for m, iv in diffs.items():
+def _signed(iv: Interval) -> str:
+    return f"{iv.mean:+.3f} (95 % CI [{iv.low:+.3f}, {iv.high:+.3f}] over {iv.n} seeds)"
+
+
+def verdict(a: str, b: str, diffs: dict[str, Interval], primary: str, n_seeds: int) -> str:
+    """In words, led by the primary metric; none unless ``MIN_SEEDS`` seeds are matched."""
+    if n_seeds == 0:
+        return f"{a} and {b} share no seeds: nothing to pair."
+    if n_seeds < MIN_SEEDS:
+        return (f"no verdict: {a} and {b} share {n_seeds} seed{'s' if n_seeds > 1 else ''}, and a verdict needs "
+                f"{MIN_SEEDS} (the per-seed differences are shown without an interval).")
+    parts, leads = [], None  # leads: "ahead" or "behind" on the primary metric
+    if primary in diffs:
+        m, iv = M.BY_KEY[primary], diffs[primary]
         if not iv.excludes_zero():
-            noise.append(m)
-        elif (iv.mean > 0) == HIGHER_IS_BETTER.get(m, True):
-            ahead.append(m)
+            parts.append(f"on the primary metric, {m.words}, {a} and {b} do not differ beyond noise: {_signed(iv)}.")
         else:
-            behind.append(m)
-    parts = []
-    if ahead:
-        parts.append(f"{a} ahead of {b} on {', '.join(ahead)}")
-    if behind:
-        parts.append(f"{a} behind {b} on {', '.join(behind)}")
-    if noise:
-        parts.append(f"difference within noise on {', '.join(noise)}")
-    return "; ".join(parts) + "." if parts else f"{a} and {b} share no seeds: nothing to pair."
+            better = (iv.mean > 0) == m.higher_is_better
+            leads = "ahead" if better else "behind"
+            parts.append(f"on the primary metric, {m.words}, {a} is {'ahead of' if better else 'behind'} {b}: "
+                         f"{_signed(iv)}.")
+    ahead, behind = [], []
+    judged = {k: iv for k, iv in diffs.items() if k != primary and M.BY_KEY[k].judged}
+    for key, iv in judged.items():
+        if iv.excludes_zero():
+            (ahead if (iv.mean > 0) == M.BY_KEY[key].higher_is_better else behind).append(M.BY_KEY[key].words)
+    for side, keys in (("ahead", ahead), ("behind", behind)):
+        if keys:
+            parts.append(f"{a} is {'also ' if leads == side else ''}{side} on {', '.join(keys)}.")
+    rest = [M.BY_KEY[k].words for k, iv in judged.items() if not iv.excludes_zero()]
+    if rest:
+        parts.append(f"No difference beyond noise on {', '.join(rest)}.")
+    text = " ".join(parts)
+    return text[0].upper() + text[1:]
+
+
+def examples(summaries: list[MethodSummary], per_category: int = 2) -> list[dict[str, Any]]:
+    """A few completions side by side: the first ``per_category`` prompt ids (in id order) of each category
+    that every row evaluated, each row's answer from its lowest seed. A fixed rule, not a pick."""
+    first = {sm.label: {x["id"]: x for x in sm.runs[0].final_samples} for sm in summaries}
+    common = set.intersection(*(set(v) for v in first.values())) if first else set()
+    by_cat: dict[str, list[str]] = defaultdict(list)
+    for i in sorted(common):
+        sample = next(iter(first.values()))[i]
+        by_cat[str(sample.get("category") or "unlabelled")].append(i)
+    out = []
+    for cat, ids in sorted(by_cat.items()):
+        for i in ids[:per_category]:
+            any_row = next(iter(first.values()))[i]
+            out.append({"id": i, "category": cat, "expected_safe": any_row.get("expected_safe"),
+                        "prompt": any_row.get("prompt", ""),
+                        "answers": {label: {"response": rows[i].get("response", ""), "reward": rows[i]["reward"],
+                                            "cost": rows[i]["cost"]} for label, rows in first.items()}})
+    return out
 
 
 def pick_baseline(labels: list[str], baseline: str | None) -> str | None:
@@ -257,6 +359,17 @@ def oom_rows(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return rows
 
 
+def evaluation_table(run_dir: Path) -> str:
+    """One record's final metrics as the report's headline and by-prompt-type rows (``esgrpo eval`` prints it)."""
+    run = load_runs([run_dir])[0]
+    s = summarize(run.label, [run], None, lambda0(run.record))
+    entry = {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()}}
+    summary = {"methods": {}, "references": {s.label: entry}} if s.reference else {"methods": {s.label: entry},
+                                                                                      "references": {}}
+    tables = [t for t in (render.headline(summary), render.metric_table(summary, render.BY_PROMPT_TYPE)) if t]
+    return "\n\n".join(render.md_table(t) for t in tables)
+
+
 def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False, title: str | None = None,
                  target: dict[str, float] | None = None, spec: dict[str, Any] | None = None,
                  baseline: str | None = None, oom: Sequence[Path] = ()) -> Path:
@@ -277,24 +390,30 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
     clash = sorted(set(groups) & set(ref_groups))
     if clash:
         raise UserError(f"label(s) {', '.join(clash)} name both trained runs and evaluation records; relabel one")
+    problems += check_groups({**groups, **ref_groups}, allow_mismatch)
     spec = spec or runs[0].record.spec or {}
     target = target or spec.get("target")
-    spec_baseline = (spec.get("compare") or {}).get("baseline")
+    compare_spec = spec.get("compare") or {}
+    primary = M.metric(compare_spec.get("primary") or M.PRIMARY).key
+    spec_baseline = compare_spec.get("baseline")
     if baseline is None and spec_baseline is not None and spec_baseline not in groups:
         problems.append(f"the spec's baseline {spec_baseline} has no completed run here: no paired differences")
         spec_baseline = None
         baseline = pick_baseline(list(groups), None) if len(groups) == 2 else None
     else:
         baseline = pick_baseline(list(groups), baseline or spec_baseline)
-    summaries = [summarize(label, rs, target) for label, rs in groups.items()]
-    ref_summaries = [summarize(label, rs, None) for label, rs in ref_groups.items()]
+    lam0 = lambda0(runs[0].record)
+    summaries = [summarize(label, rs, target, lam0) for label, rs in groups.items()]
+    ref_summaries = [summarize(label, rs, None, lam0) for label, rs in ref_groups.items()]
     comparisons = []
     if baseline is not None:
         b = next(s for s in summaries if s.label == baseline)
         for a in summaries:
             if a is not b:
-                diffs = paired_comparison(a, b)
-                comparisons.append({"a": a.label, "b": b.label, "diffs": diffs, "verdict": verdict(a.label, b.label, diffs)})
+                diffs = paired_comparison(a, b, lam0)
+                n = len(matched_seeds(a, b))
+                comparisons.append({"a": a.label, "b": b.label, "diffs": diffs, "seeds": n,
+                                    "verdict": verdict(a.label, b.label, diffs, primary, n)})
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; the report is a folder (report.md, report.html, ...)")
@@ -303,15 +422,19 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
     summary = {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "title": title or out.name, "problems": problems, "target": target, "baseline": baseline,
+        "primary": primary, "lambda0": lam0,
         "runs": [{"method": r.label, "kind": r.record.kind, "seed": r.record.seed, "path": str(r.path),
                   "status": r.record.status, "git_sha": r.record.environment.get("git_sha")} for r in runs],
-        "methods": {s.label: {"final": {k: v.as_dict() for k, v in s.final.items()},
+        "methods": {s.label: {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()},
                               "resources": {k: v.as_dict() for k, v in s.resources.items()},
-                              "time_split_seconds": s.time_split, "time_to_target": s.target} for s in summaries},
-        "references": {s.label: {"final": {k: v.as_dict() for k, v in s.final.items()},
+                              "categories": s.categories, "time_split_seconds": s.time_split,
+                              "time_to_target": s.target} for s in summaries},
+        "references": {s.label: {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()},
+                                 "categories": s.categories,
                                  "policy": s.runs[0].record.config.get("policy_path")} for s in ref_summaries},
+        "examples": examples([*summaries, *ref_summaries]),
         "oom": oom_rows(oom),
-        "comparisons": [{"a": c["a"], "b": c["b"], "verdict": c["verdict"],
+        "comparisons": [{"a": c["a"], "b": c["b"], "verdict": c["verdict"], "seeds": c["seeds"],
                          "diffs": {k: v.as_dict() for k, v in c["diffs"].items()}} for c in comparisons],
         "spec": spec or None,
     }

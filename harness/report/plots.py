@@ -1,4 +1,5 @@
-"""Report figures (matplotlib, headless). Curves show the mean over seeds with a 95 % band when n ≥ 2."""
+"""Report figures (matplotlib, headless), each as PNG (inlined in the HTML) and SVG (for papers). Curves show
+the mean over seeds, with a 95 % band from 3 seeds. A label keeps its colour from report to report."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import zlib  # noqa: E402
 
 from harness.evaluation import quadrant  # noqa: E402
-from harness.report.stats import bootstrap_mean  # noqa: E402
+from harness.report.stats import over_seeds  # noqa: E402
 
 if TYPE_CHECKING:
     from harness.report.compare import MethodSummary
@@ -22,8 +24,28 @@ EVAL_METRICS = (("reward", "eval reward R"), ("cost", "eval cost C"), ("safe_rat
                 ("judge_reward", "judge reward (held-out)"))
 
 
-def _color(i: int) -> str:
-    return f"C{i}"
+PALETTE = tuple(f"C{i}" for i in range(10))
+# time-split parts are not methods: a separate palette, so that no part reads as a method's colour
+PART_COLORS = tuple(matplotlib.colormaps["Set3"].colors)
+
+
+def label_colors(labels: list[str]) -> dict[str, str]:
+    """A colour per label from a hash of the label, so one label has one colour in every report; a collision
+    within one report moves to the next free colour."""
+    taken: dict[str, str] = {}
+    for label in sorted(labels):
+        i = zlib.crc32(label.encode()) % len(PALETTE)
+        while PALETTE[i] in taken.values() and len(taken) < len(PALETTE):
+            i = (i + 1) % len(PALETTE)
+        taken[label] = PALETTE[i]
+    return taken
+
+
+def save(fig, out: Path, stem: str) -> str:
+    fig.savefig(out / f"{stem}.png", dpi=110)
+    fig.savefig(out / f"{stem}.svg")
+    plt.close(fig)
+    return f"{stem}.png"
 
 
 def quadrant_of(sample: dict) -> str:
@@ -36,22 +58,26 @@ def _band(ax, xs_per_run, ys_per_run, color, label):
     x = np.mean([xr[:n] for xr in xs_per_run], axis=0)
     ys = np.array([yr[:n] for yr in ys_per_run])
     ax.plot(x, ys.mean(axis=0), color=color, label=label, marker="o", ms=3)
-    if len(ys) > 1:
-        ivs = [bootstrap_mean(ys[:, j], resamples=2000) for j in range(n)]
+    ivs = [over_seeds(ys[:, j]) for j in range(n)]
+    if ivs and ivs[0].has_interval:
         ax.fill_between(x, [i.low for i in ivs], [i.high for i in ivs], color=color, alpha=0.2, lw=0)
 
 
-def curves(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
-    fig, axes = plt.subplots(3, len(EVAL_METRICS), figsize=(4.2 * len(EVAL_METRICS), 9.5), squeeze=False)
-    xkeys = (("mark", "completions scored"), ("tokens", "generated tokens"), ("seconds", "training seconds"))
-    for row, (xkey, xlabel) in enumerate(xkeys):
+CURVE_X = {"completions": "completions scored (where each evaluation ran)", "tokens": "generated tokens", "seconds": "training seconds"}
+
+
+def curves_figure(summaries: list["MethodSummary"], references: list["MethodSummary"], xkeys: tuple[str, ...]):
+    fig, axes = plt.subplots(len(xkeys), len(EVAL_METRICS), figsize=(4.2 * len(EVAL_METRICS), 3.4 * len(xkeys)),
+                             squeeze=False)
+    colors = label_colors([s.label for s in summaries])
+    for row, xkey in enumerate(xkeys):
         for col, (m, title) in enumerate(EVAL_METRICS):
             ax = axes[row][col]
-            for i, s in enumerate(summaries):
+            for s in summaries:
                 runs = [r for r in s.runs if r.record.evals and m in r.record.evals[0].metrics]
                 if runs:
                     _band(ax, [[getattr(e, xkey) for e in r.record.evals] for r in runs],
-                          [[e.metrics[m] for e in r.record.evals] for r in runs], _color(i),
+                          [[e.metrics[m] for e in r.record.evals] for r in runs], colors[s.label],
                           f"{s.label} (n={len(runs)})")
             for j, ref in enumerate(references):  # a fixed policy: one level across the whole budget
                 iv = ref.final.get(m)
@@ -59,39 +85,45 @@ def curves(summaries: list["MethodSummary"], references: list["MethodSummary"], 
                     ax.axhline(iv.mean, color=REFERENCE_COLORS[j % len(REFERENCE_COLORS)], ls="--", lw=1.2,
                                label=f"{ref.label} (reference)")
             ax.set_title(title, fontsize=10)
-            ax.set_xlabel(xlabel)
+            ax.set_xlabel(CURVE_X[xkey])
+            ax.set_ylabel(title)
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=110)
-    plt.close(fig)
-    return "curves.png"
+    return fig
+
+
+def curves(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
+    return save(curves_figure(summaries, references, ("completions",)), out, "curves")
+
+
+def curves_by_cost(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
+    return save(curves_figure(summaries, references, ("tokens", "seconds")), out, "curves-tokens-seconds")
 
 
 def training(summaries: list["MethodSummary"], out: Path) -> str:
-    fig = training_figure(summaries)
-    fig.savefig(out / "training.png", dpi=110)
-    plt.close(fig)
-    return "training.png"
+    return save(training_figure(summaries), out, "training")
 
 
 def training_figure(summaries: list["MethodSummary"]):
     keys = (("reward", "train reward R"), ("cost", "train cost C"), ("lam", "λ"), ("safe_ratio", "train safe ratio"))
     # solid: the policy being trained (ES: θ itself, GRPO: its rollouts); dashed: ES's population mean
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4))
+    colors = label_colors([s.label for s in summaries])
     for ax, (k, title) in zip(axes, keys):
-        for i, s in enumerate(summaries):
+        for s in summaries:
             for j, r in enumerate(s.runs):
                 xs = [p.completions for p in r.record.series]
                 ys = [getattr(p, k) for p in r.record.series]
-                ax.plot(xs, ys, color=_color(i), alpha=0.8, lw=1, label=s.label if j == 0 else None)
+                ax.plot(xs, ys, color=colors[s.label], alpha=0.8, lw=1, label=s.label if j == 0 else None)
                 # ES records its population's mean too (the curve the published ES logged): dashed beside θ's
                 pop = [p.extra.get(f"population_{k}") for p in r.record.series]
                 if pop and all(v is not None for v in pop):
-                    ax.plot(xs, pop, color=_color(i), alpha=0.6, lw=1, ls="--",
+                    ax.plot(xs, pop, color=colors[s.label], alpha=0.6, lw=1, ls="--",
                             label=f"{s.label} population mean" if j == 0 else None)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("completions scored")
+        ax.set_ylabel(title)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -99,18 +131,32 @@ def training_figure(summaries: list["MethodSummary"]):
 
 
 def scatter(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
-    panels = [(s.label, [x for r in s.runs for x in r.final_samples], _color(i)) for i, s in enumerate(summaries)]
+    colors = label_colors([s.label for s in summaries])
+    panels = [(s.label, [x for r in s.runs for x in r.final_samples], colors[s.label]) for s in summaries]
     panels += [(f"{s.label} (reference)", [x for r in s.runs for x in r.final_samples],
                 REFERENCE_COLORS[j % len(REFERENCE_COLORS)]) for j, s in enumerate(references)]
-    scatter_panels(panels, out / "scatter.png")
-    return "scatter.png"
+    return save(scatter_figure(panels), out, "scatter")
 
 
 def scatter_panels(panels: list[tuple[str, list[dict], str]], path: Path) -> None:
+    save(scatter_figure(panels), path.parent, path.stem)
+
+
+def _around_zero(lo: float, hi: float) -> tuple[float, float]:
+    """Limits that hold the data and both sides of 0, so that the corner labels sit in their quadrants."""
+    pad = 0.08 * max(hi - lo, abs(lo), abs(hi), 1e-3)
+    return min(lo, 0.0) - pad, max(hi, 0.0) + pad
+
+
+def scatter_figure(panels: list[tuple[str, list[dict], str]]):
     """Reward–cost scatter per (title, samples, color), quadrants marked and their shares in the title."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
     for ax, (title, samples, color) in zip(axes[0], panels):
-        ax.scatter([x["reward"] for x in samples], [x["cost"] for x in samples], s=14, alpha=0.6, color=color)
+        rs, cs = [x["reward"] for x in samples], [x["cost"] for x in samples]
+        ax.scatter(rs, cs, s=14, alpha=0.6, color=color)
+        if samples:
+            ax.set_xlim(*_around_zero(min(rs), max(rs)))
+            ax.set_ylim(*_around_zero(min(cs), max(cs)))
         ax.axhline(0, color="k", lw=0.8)
         ax.axvline(0, color="k", lw=0.8)
         for (tx, ty, label) in ((0.98, 0.02, "SH"), (0.02, 0.02, "SU"), (0.98, 0.97, "UH"), (0.02, 0.97, "UU")):
@@ -123,8 +169,7 @@ def scatter_panels(panels: list[tuple[str, list[dict], str]], path: Path) -> Non
         ax.set_ylabel("cost C (safe ≤ 0)")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def resources(summaries: list["MethodSummary"], out: Path) -> str:
@@ -133,33 +178,36 @@ def resources(summaries: list["MethodSummary"], out: Path) -> str:
     panels = [p for p in panels if any(p[0] in s.resources for s in summaries)]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.6 * (len(panels) + 1), 3.6))
     names = [s.label for s in summaries]
+    colors = label_colors(names)
     for ax, (k, title) in zip(axes, panels):
         ivs = [s.resources.get(k) for s in summaries]
         means = [iv.mean if iv else 0 for iv in ivs]
-        errs = [((iv.high - iv.low) / 2 if iv and iv.n > 1 else 0) for iv in ivs]
-        ax.bar(names, means, yerr=errs, color=[_color(i) for i in range(len(names))], capsize=4)
+        errs = [((iv.high - iv.low) / 2 if iv and iv.has_interval else 0) for iv in ivs]
+        ax.bar(names, means, yerr=errs, color=[colors[n] for n in names], capsize=4)
         ax.set_title(title, fontsize=10)
+        ax.set_ylabel(title)
         ax.grid(alpha=0.3, axis="y")
     ax = axes[-1]
     parts = sorted({k for s in summaries for k in s.time_split})
     bottom = np.zeros(len(summaries))
     for j, part in enumerate(parts):
         vals = np.array([s.time_split.get(part, 0.0) for s in summaries])
-        ax.bar(names, vals, bottom=bottom, label=part, color=f"C{j}")
+        ax.bar(names, vals, bottom=bottom, label=part, color=PART_COLORS[j % len(PART_COLORS)], edgecolor="0.3", lw=0.5)
         bottom += vals
     ax.set_title("time split (s, summed per step)", fontsize=10)
+    ax.set_ylabel("seconds")
     if parts:
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "resources.png", dpi=110)
-    plt.close(fig)
-    return "resources.png"
+    return save(fig, out, "resources")
 
 
 def make_all(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> dict[str, str]:
     if not summaries:  # evaluation records alone: no curves, training or resources to draw
         return {"Reward–cost scatter with quadrant shares": scatter(summaries, references, out)}
-    return {"Evaluation curves (mean over seeds, 95 % band; references dashed)": curves(summaries, references, out),
+    return {"Evaluation curves (mean over seeds, 95 % band from 3 seeds; references dashed)":
+            curves(summaries, references, out),
+            "The same curves against generated tokens and training seconds": curves_by_cost(summaries, references, out),
             "Training curves (every run)": training(summaries, out),
             "Final reward–cost scatter with quadrant shares": scatter(summaries, references, out),
             "Memory, throughput and time split": resources(summaries, out)}

@@ -1,8 +1,6 @@
-"""report.md and a self-contained report.html (plots inlined) from the same tables."""
+"""report.md and a self-contained report.html (plots inlined) from the same tables; the console's headline."""
 
 from __future__ import annotations
-
-import math
 
 import base64
 import html
@@ -10,12 +8,22 @@ from pathlib import Path
 from typing import Any
 
 from harness.records import atomic_write_text
-from harness.report.stats import Interval
+from harness.refusal import OPENING_CHARS
+from harness.report.metrics import BY_KEY
+from harness.report.stats import LEVEL, MIN_SEEDS, RESAMPLES, Interval
 
 Table = tuple[list[str], list[list[str]]]
-METRIC_LABELS = {"safe_ratio": "safe ratio", "reward": "reward R", "cost": "cost C", "objective": "objective R−λ₀C",
-                 "helpful_ratio": "helpful ratio", "judge_reward": "judge R", "judge_cost": "judge C",
-                 "judge_safe_ratio": "judge safe ratio"}
+# the final evaluation over all held-out prompts, then by the kind of prompt
+HEADLINE = ("objective", "safe_ratio", "reward", "cost", "helpful_ratio", "judge_reward", "judge_cost",
+            "judge_safe_ratio")
+BY_PROMPT_TYPE = ("harmful_safe_ratio", "benign_helpful_ratio", "benign_refusal_ratio")
+# the console's one table: the objective, then what safety and helpfulness mean on each kind of prompt
+CONSOLE = ("objective", *BY_PROMPT_TYPE, "reward", "cost")
+RESOURCE_WORDS = {"peak_rss_mb": "peak host RSS (MB)", "peak_gpu_mb": "peak GPU memory (MB)",
+                  "tokens_per_s": "generated tokens/s", "completions_per_s": "completions/s",
+                  "scorer_pairs_per_s": "scorer pairs/s", "train_seconds": "training seconds"}
+KIND_WORDS = {"seeds": "over seeds", "prompts": "over prompts"}
+EXAMPLE_CHARS = 400
 
 
 def _fmt(iv: Interval | None, digits: int = 3) -> str:
@@ -26,36 +34,96 @@ def _mb(v: float | None) -> str:
     return "–" if v is None else f"{v:.0f}"
 
 
+def _rows(summary: dict[str, Any]) -> list[tuple[str, bool, dict[str, Any]]]:
+    return [*[(label, False, m) for label, m in summary["methods"].items()],
+            *[(label, True, m) for label, m in summary["references"].items()]]
+
+
+def _seeds_cell(reference: bool, entry: dict[str, Any]) -> str:
+    n = len(entry["seeds"])
+    if reference and n == 1:
+        return "1 evaluation: ± over prompts"
+    return f"{n} seeds: ± over seeds" if n >= MIN_SEEDS else f"{n} seed{'s' if n > 1 else ''}: no interval"
+
+
+def metric_table(summary: dict[str, Any], keys: tuple[str, ...]) -> Table | None:
+    """One row per label (references after the methods); each header says what its ± is over."""
+    rows = _rows(summary)
+    finals = [{k: Interval.from_dict(v) for k, v in entry["final"].items()} for _, _, entry in rows]
+    keys = tuple(k for k in keys if any(k in f for f in finals))
+    if not keys:
+        return None
+    any_interval = any(iv.has_interval for f in finals for iv in f.values())
+    head = ["method", "seeds (what ± is over)" if any_interval else "seeds"]
+    for k in keys:  # the interval's kind in the header where the column has one kind; per row otherwise
+        kinds = {KIND_WORDS[f[k].kind] for f in finals if k in f and f[k].has_interval}
+        head.append(BY_KEY[k].words + (f" (± {kinds.pop()})" if len(kinds) == 1 else ""))
+    body = [[f"{label} (reference)" if ref else label, _seeds_cell(ref, entry), *[_fmt(f.get(k)) for k in keys]]
+            for (label, ref, entry), f in zip(rows, finals)]
+    return head, body
+
+
+def headline(summary: dict[str, Any]) -> Table | None:
+    return metric_table(summary, HEADLINE)
+
+
+def console_text(summary: dict[str, Any], out: Path) -> str:
+    """What a benchmark or ``compare`` prints at its end: the headline, the verdicts and where the report is."""
+    lines = []
+    t = metric_table(summary, CONSOLE)
+    if t is not None:
+        lines += [md_table(t), ""]
+    lines += [f"warning: {p}" for p in summary["problems"]]
+    lines += [f"verdict ({c['a']} vs {c['b']}): {c['verdict']}" for c in summary["comparisons"]]
+    lines += [f"report: {out / 'report.md'}", f"html:   {out / 'report.html'}"]
+    return "\n".join(lines)
+
+
+def category_table(summary: dict[str, Any]) -> Table:
+    """Per prompt category and label: the share of answers that are safe, helpful, refusals (mean over seeds)."""
+    body = []
+    for label, ref, entry in _rows(summary):
+        for cat, c in entry["categories"].items():
+            body.append([cat, c["kind"], str(c["n"]), f"{label} (reference)" if ref else label,
+                         f"{c['safe_ratio']:.2f}", f"{c['helpful_ratio']:.2f}", f"{c['refusal_ratio']:.2f}"])
+    body.sort(key=lambda r: (r[0], r[3]))
+    return ["category", "prompts are", "prompts", "method", "safe (C ≤ 0)", "helpful (R > 0)", "refusals"], body
+
+
 def tables(summary: dict[str, Any], summaries, references, comparisons, runs) -> list[tuple[str, Table]]:
     out = []
+    for heading, t in ((f"Final evaluation, all held-out prompts (λ₀ = {summary['lambda0']:g})", headline(summary)),
+                       ("Final evaluation by prompt type (harmful: a safe answer declines; benign: it helps)",
+                        metric_table(summary, BY_PROMPT_TYPE))):
+        if t is not None:
+            out.append((heading, t))
+    out.append(("By prompt category (shares of prompts, the mean over a method's seeds)", category_table(summary)))
     rows_of = [*summaries, *references]
     name = lambda s: f"{s.label} (reference)" if s.reference else s.label  # noqa: E731
-    metrics = [m for m in METRIC_LABELS if any(m in s.final and not math.isnan(s.final[m].mean) for s in rows_of)]
-    out.append(("Final evaluation (mean ± 95 % CI half-width)",
-                (["method", "seeds", *[METRIC_LABELS[m] for m in metrics]],
-                 [[name(s), "–" if s.reference else str(len(s.runs)), *[_fmt(s.final.get(m)) for m in metrics]]
-                  for s in rows_of])))
     q_rows = []
     for s in rows_of:
         q = [sum(r.record.evals[-1].metrics.get(k, 0) for r in s.runs) / len(s.runs) for k in ("SH", "SU", "UH", "UU")]
         q_rows.append([name(s), *[f"{v:.2f}" for v in q]])
     out.append(("Quadrants of the final evaluation (share of prompts)", (["method", "SH", "SU", "UH", "UU"], q_rows)))
-    res_keys = [k for k in ("peak_rss_mb", "peak_gpu_mb", "tokens_per_s", "completions_per_s", "scorer_pairs_per_s",
-                            "train_seconds") if any(k in s.resources for s in summaries)]
+    res_keys = [k for k in RESOURCE_WORDS if any(k in s.resources for s in summaries)]
     if summaries:  # evaluation records alone have no training resources
-        out.append(("Resources", (["method", *res_keys],
-                                  [[s.label, *[_fmt(s.resources.get(k), 1) for k in res_keys]] for s in summaries])))
+        out.append((f"Resources (± over seeds where a method has {MIN_SEEDS} or more)",
+                    (["method", *[RESOURCE_WORDS[k] for k in res_keys]],
+                    [[s.label, *[_fmt(s.resources.get(k), 1) for k in res_keys]] for s in summaries])))
     if summary.get("target"):
-        tgt = ", ".join(f"{k} {'≤' if k.endswith('cost') else '≥'} {v}" for k, v in summary["target"].items())
+        tgt = ", ".join(f"{BY_KEY[k].words if k in BY_KEY else k} {'≤' if k.endswith('cost') else '≥'} {v}"
+                        for k, v in summary["target"].items())
         rows = [[s.label, f"{s.target['reached']}/{s.target['runs']}",
                  "not reached" if s.target["completions"] is None else f"{s.target['completions']:.0f}",
                  "not reached" if s.target["seconds"] is None else f"{s.target['seconds']:.1f}"] for s in summaries]
         out.append((f"Time to target ({tgt})", (["method", "runs reaching it", "completions", "seconds"], rows)))
     for c in comparisons:
-        rows = [[METRIC_LABELS.get(m, m), f"{iv.mean:+.3f}", f"[{iv.low:+.3f}, {iv.high:+.3f}]", str(iv.n)]
+        rows = [[BY_KEY[m].words, f"{iv.mean:+.3f}",
+                 f"[{iv.low:+.3f}, {iv.high:+.3f}]" if iv.has_interval
+                 else "no interval: " + " / ".join(f"{v:+.3f}" for v in iv.values), str(iv.n)]
                 for m, iv in c["diffs"].items()]
-        out.append((f"Paired difference {c['a']} − {c['b']} (same seeds and prompts)",
-                    (["metric", "difference", "95 % CI", "pairs"], rows)))
+        out.append((f"Paired difference {c['a']} − {c['b']} (matched seeds, then the prompts both evaluated)",
+                    (["metric", "difference", "95 % CI (over seeds and prompts)", "seeds"], rows)))
     if summary.get("oom"):
         out.append(("Runs that ran out of memory (a result: what each reached before it stopped)",
                     (["method", "seed", "training precision", "in use when it failed (MB, torch's message)",
@@ -68,7 +136,7 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
     return out
 
 
-def _md_table(t: Table) -> str:
+def md_table(t: Table) -> str:
     head, rows = t
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -82,15 +150,41 @@ def _html_table(t: Table) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
+def _examples_html(examples: list[dict[str, Any]]) -> str:
+    if not examples:
+        return ""
+    parts = ["<h2>Example completions (final evaluation; the first two prompts of each category by id, each "
+             "method's lowest seed)</h2>"]
+    for ex in examples:
+        kind = {False: "harmful", True: "benign"}.get(ex["expected_safe"], "unlabelled")
+        cells = "".join(
+            f"<td><b>{html.escape(label)}</b> <span class='rc'>R {a['reward']:+.2f} · C {a['cost']:+.2f}</span><br>"
+            f"{html.escape(a['response'][:EXAMPLE_CHARS])}{'…' if len(a['response']) > EXAMPLE_CHARS else ''}</td>"
+            for label, a in ex["answers"].items())
+        parts.append(f"<p class='prompt'><b>{html.escape(ex['category'])}</b> ({kind}) · {html.escape(ex['id'])}: "
+                     f"{html.escape(ex['prompt'][-EXAMPLE_CHARS:])}</p><table class='ex'><tr>{cells}</tr></table>")
+    return "".join(parts)
+
+
 def baseline_note(summary: dict[str, Any], summaries, references) -> str:
     parts = []
     if summary.get("baseline"):
-        parts.append(f"Every method is paired against the baseline **{summary['baseline']}**.")
+        parts.append(f"Every method is paired against the baseline **{summary['baseline']}**; verdicts lead with "
+                     f"the primary metric, {BY_KEY[summary['primary']].words}.")
     elif len(summaries) > 2:
         parts.append("No baseline named (spec `compare: {baseline: LABEL}` or `--baseline`): no paired differences.")
     if references:
         parts.append("Reference rows are evaluations of fixed policies (`esgrpo eval`): shown, never paired.")
     return " ".join(parts)
+
+
+FOOTNOTE = (f"Intervals: {LEVEL:.0%} percentile bootstrap ({RESAMPLES:,} resamples). A method's interval is over "
+            f"its seeds and needs {MIN_SEEDS}; with fewer the table shows each seed's value and no interval. A "
+            "reference row (one evaluation) has an interval over its prompts. Paired differences resample matched "
+            "seeds, then prompts within each seed; a verdict needs "
+            f"{MIN_SEEDS} matched seeds. Refusals: the answer opens (within its first {OPENING_CHARS} characters) "
+            "with an apology or a statement of inability, the string rule XSTest reports; it misses refusals that "
+            "open otherwise.")
 
 
 def write_markdown_and_html(out: Path, summary: dict[str, Any], summaries, references, comparisons,
@@ -102,29 +196,32 @@ def write_markdown_and_html(out: Path, summary: dict[str, Any], summaries, refer
     for p in summary["problems"]:
         md.append(f"\n> **Warning: not a like-for-like comparison.** {p}")
     for c in comparisons:
-        md.append(f"\n**Verdict:** {c['verdict']}")
+        md.append(f"\n**Verdict ({c['a']} vs {c['b']}):** {c['verdict']}")
     for heading, t in ts:
-        md += ["", f"## {heading}", "", _md_table(t)]
+        md += ["", f"## {heading}", "", md_table(t)]
     for caption, png in figures.items():
         md += ["", f"## {caption}", "", f"![{caption}]({png})"]
-    md += ["", "Intervals: percentile bootstrap (10,000 resamples) over seeds when a method has ≥ 2 seeds, "
-           "otherwise over the held-out prompts; paired differences resample (seed, prompt) pairs.", ""]
+    md += ["", FOOTNOTE, "", "Example completions side by side: report.html.", ""]
     atomic_write_text(out / "report.md", "\n".join(md))
 
-    css = ("body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}"
+    css = ("body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}"
            "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:4px 8px;"
-           "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}img{max-width:100%}"
-           ".warn{background:#fff3cd;padding:.6em;border-left:4px solid #e0a800}.verdict{font-size:1.1em}")
+           "text-align:right;white-space:nowrap}th{background:#f3f3f3}td:first-child{text-align:left}"
+           "img{max-width:100%}.warn{background:#fff3cd;padding:.6em;border-left:4px solid #e0a800}"
+           ".verdict{font-size:1.1em}table.ex td{white-space:normal;text-align:left;vertical-align:top;"
+           "width:25%;font-size:.9em}.rc{color:#666}.prompt{margin-bottom:.2em}")
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>Generated {html.escape(summary['generated'])}. {html.escape(note.replace('**', ''))}</p>"]
     body += [f"<p class='warn'><b>Warning: not a like-for-like comparison.</b> {html.escape(p)}</p>"
              for p in summary["problems"]]
-    body += [f"<p class='verdict'><b>Verdict:</b> {html.escape(c['verdict'])}</p>" for c in comparisons]
+    body += [f"<p class='verdict'><b>Verdict ({html.escape(c['a'])} vs {html.escape(c['b'])}):</b> "
+             f"{html.escape(c['verdict'])}</p>" for c in comparisons]
     for heading, t in ts:
         body += [f"<h2>{html.escape(heading)}</h2>", _html_table(t)]
     for caption, png in figures.items():
         data = base64.b64encode((out / png).read_bytes()).decode()
         body += [f"<h2>{html.escape(caption)}</h2>", f"<img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"]
+    body += [_examples_html(summary.get("examples") or []), f"<p>{html.escape(FOOTNOTE)}</p>"]
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
            f"<style>{css}</style></head><body>{''.join(body)}</body></html>"
     atomic_write_text(out / "report.html", page)
