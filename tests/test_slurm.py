@@ -34,6 +34,8 @@ def tiny_spec(tmp_path: Path) -> Path:
                        if m in ("es", "grpo")}
     spec["methods"]["es"]["set"] = ["population=4", "prompts_per_iteration=8"]
     spec["methods"]["grpo"]["set"] = ["num_generations=4"]
+    spec["seeds"] = [0, 1]
+    spec.pop("evaluate", None)
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -44,7 +46,7 @@ def test_rendered_scripts_are_plain_sbatch(tmp_path):
     from harness.launch.slurm import ClusterSettings, render
 
     cluster = load_config(ClusterSettings, ROOT / "containers/slurm/cluster-example.yaml")
-    _, scripts, _ = render(tiny_spec(tmp_path), cluster, runs_dir=tmp_path / "runs")
+    scripts = render(tiny_spec(tmp_path), cluster, runs_dir=tmp_path / "runs").write()
     es = scripts["es"].read_text()
     assert "#SBATCH --array=0-1" in es and "#SBATCH --gres=gpu:4" in es and "#SBATCH --requeue" in es
     assert "apptainer exec --nv" in es and "--seed-index ${SLURM_ARRAY_TASK_ID}" in es
@@ -64,7 +66,7 @@ def test_values_are_quoted_and_names_cannot_inject(tmp_path):
 
     cluster = load_config(ClusterSettings, ROOT / "containers/slurm/local.yaml")
     runs = tmp_path / "my runs; touch PWNED"
-    _, scripts, _ = render(tiny_spec(tmp_path), cluster, runs_dir=runs)
+    scripts = render(tiny_spec(tmp_path), cluster, runs_dir=runs).write()
     es = scripts["es"].read_text()
     assert f"--runs-dir '{runs}'" in es and f'#SBATCH --output="{runs}/slurm/es-%A_%a.log"' in es
     assert subprocess.run(["bash", "-n", str(scripts["es"])]).returncode == 0
@@ -74,11 +76,16 @@ def test_values_are_quoted_and_names_cannot_inject(tmp_path):
     bad.write_text(yaml.safe_dump(spec))
     with pytest.raises(UserError, match="method entry 'es;id>PWNED;#' must be letters"):
         render(bad, cluster, runs_dir=tmp_path / "r")
-    missing = cluster.model_copy(update={"scorer_config": str(tmp_path / "nope.yaml")})
+    spec = yaml.safe_load(tiny_spec(tmp_path).read_text())
+    spec["scorer_service"] = str(tmp_path / "nope.yaml")
+    bad.write_text(yaml.safe_dump(spec))
     with pytest.raises(UserError, match="nope.yaml: config file not found"):
-        render(tiny_spec(tmp_path), missing, runs_dir=tmp_path / "r")
-    printed = dry_run(tiny_spec(tmp_path), ROOT / "containers/slurm/local.yaml", runs_dir=tmp_path / "r")
+        render(bad, cluster, runs_dir=tmp_path / "r")
+    printed = dry_run(tiny_spec(tmp_path), ROOT / "containers/slurm/local.yaml", runs_dir=tmp_path / "r",
+                      method_overrides=["es.sigma=0.01"])
     assert printed.count("#!/bin/bash") == 4 and "# submit order: scorer; es, grpo" in printed
+    assert "--set es.sigma=0.01" in printed and "configs/scorer/builtin.yaml" in printed
+    assert not (tmp_path / "r").exists()  # a dry run writes nothing
 
 
 @pytest.mark.parametrize("spec, seeds, grpo_entries", [("alpaca-7b-published.yaml", 1, ["grpo-beta0.01", "grpo-beta0.1"]),
@@ -97,7 +104,12 @@ def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, g
     assert "report --dependency=afterany:<the jobs above>" in out
     scorer = parts["scorer.sbatch"]
     served = "beaver-7b-published.yaml" if spec == "alpaca-7b-published.yaml" else "beaver-7b.yaml"
-    assert f"configs/scorer/{served}" in scorer  # the spec's own scorer, whatever the cluster file names
+    assert f"configs/scorer/{served}" in scorer  # the spec's own scorer: the cluster file says only where it runs
+    assert f"# scorer job serves: {ROOT / 'configs/scorer' / served}" in out
+    assert f"# es scores with the scorer job's service ({ROOT / 'configs/scorer' / served})" in out
+    assert "# MISSING (submit refuses): cluster file: account: my-account" in out
+    assert "cluster file: image: /shared/images/esgrpo.sif not found" in out
+    assert not any(tmp_path.iterdir())  # a dry run writes nothing into runs/
     assert "#SBATCH --gres=gpu:1" in scorer and "apptainer exec --nv" in scorer and "serve-scorer" in scorer
     assert "--rendezvous" in scorer and "ESGRPO_SCORER_TOKEN=$(cat" in scorer
     es = parts["es.sbatch"]
@@ -119,7 +131,8 @@ def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
     base = load_config(ClusterSettings, ROOT / "containers/slurm/cluster-example.yaml").model_dump()
     cluster = ClusterSettings.model_validate({**base, "methods": {"es": {"nodes": 3, "gpus": 4, "cpus": 32},
                                                                  "grpo": {"nodes": 2, "gpus": 4, "cpus": 16}}})
-    slurm_dir, scripts, _ = render(tiny_spec(tmp_path), cluster, runs_dir=tmp_path / "runs")
+    rendered = render(tiny_spec(tmp_path), cluster, runs_dir=tmp_path / "runs")
+    scripts, slurm_dir = rendered.write(), rendered.slurm_dir
     es, grpo = scripts["es"].read_text(), scripts["grpo"].read_text()
     for text in (es, grpo):
         assert "#SBATCH --nodes=" in text and "#SBATCH --ntasks-per-node=1" in text and "#SBATCH --gres=gpu:4" in text
@@ -195,11 +208,9 @@ def test_containers_see_every_path_the_spec_reaches(tmp_path, runtime):
     spec.write_text(yaml.safe_dump({"name": "b", "run": {"policy": str(models / "alpaca-7b"),
                                                           "data": {"kind": "jsonl", "path": str(data / "train.jsonl")}},
                                     "methods": {"es": {"config": str(ROOT / "configs/es/cpu-default.yaml")}},
-                                    "seeds": [0]}))
-    cluster = ClusterSettings(runtime=runtime, image="/img/esgrpo.sif", scorer_config=str(scorer),
-                              binds=["/scratch/shared"])
-    _, scripts, _ = render(spec, cluster, runs_dir=tmp_path / "runs")
-    es = scripts["es"].read_text()
+                                    "seeds": [0], "scorer_service": str(scorer)}))
+    cluster = ClusterSettings(runtime=runtime, image="/img/esgrpo.sif", binds=["/scratch/shared"])
+    es = render(spec, cluster, runs_dir=tmp_path / "runs").scripts["es"]
     wanted = [models / "alpaca-7b", data, tmp_path / "runs", tmp_path / "elsewhere" / "cost", Path("/scratch/shared")]
     if runtime == "apptainer":
         bound = re.search(r"--bind '?([^' ]+)'? ", es).group(1).split(",")
@@ -233,3 +244,23 @@ def test_dry_run_renders_the_paper_eval_spec_one_gpu_job_per_policy(tmp_path):
     binds = job.split("--bind ")[1].split()[0].strip("'").split(",")
     assert any(have.is_relative_to(b) for b in binds) and "/models/beaver-7b-unified-cost" in binds
     assert "/data/PKU-SafeRLHF/data/Alpaca-7B" in binds and "/models/beaver-7b-v3.0" in binds
+
+
+def test_the_spec_owns_its_scorer_a_beaver_spec_without_one_is_refused(tmp_path):
+    """A cluster job never falls back to the keyword stand-in for a spec that scores with Beaver models; the
+    cluster file's old scorer_config key is refused with what to do instead."""
+    from harness.config import load_config
+    from harness.errors import UserError
+    from harness.launch.slurm import ClusterSettings, dry_run
+
+    spec = yaml.safe_load((ROOT / "benchmarks" / "alpaca-7b-fair.yaml").read_text())
+    del spec["scorer_service"]
+    spec["methods"] = {m: {**e, "config": str(ROOT / "benchmarks" / e["config"])} for m, e in spec["methods"].items()}
+    path = tmp_path / "fair.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match=r"fair.yaml: scorer_service: not set, and its runs score with a http scorer"):
+        dry_run(path, ROOT / "containers/slurm/cluster-gpu.yaml", runs_dir=tmp_path / "runs")
+    old = tmp_path / "cluster.yaml"
+    old.write_text((ROOT / "containers/slurm/local.yaml").read_text() + "scorer_config: configs/scorer/beaver-7b.yaml\n")
+    with pytest.raises(UserError, match="scorer_config: the spec names the scorer its jobs serve"):
+        load_config(ClusterSettings, old)

@@ -5,6 +5,7 @@ the runs (``<runs>/slurm/*.sbatch``) so they can be read and resubmitted by hand
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 import shutil
@@ -12,9 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 from string import Template
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from harness.launch.benchmark import default_locations, from_spec, load_spec, missing_policies
 from harness.config import StrictModel, load_config, read_text
@@ -46,7 +48,6 @@ class ClusterSettings(StrictModel):
     evaluate: JobResources = Field(default_factory=JobResources)  # an evaluation entry not named in methods
     runtime: Literal["native", "apptainer", "docker"] = "native"
     image: str | None = None  # .sif file (apptainer) or image name (docker)
-    scorer_config: str = "configs/scorer/builtin.yaml"
     scorer_host: str = "0.0.0.0"  # reachable from the method jobs' nodes; protected by a generated token
     scorer_wait_s: float = Field(1800, gt=0)
     grace_s: int = Field(120, gt=0)  # SIGTERM this long before the time limit, for a last checkpoint
@@ -54,6 +55,28 @@ class ClusterSettings(StrictModel):
     # more host paths the containers must see (apptainer --bind, docker -v); every path the spec reaches (policy,
     # data, scorer models, runs, $ESGRPO_HOME) is bound without being listed here
     binds: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scorer_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "scorer_config" in data:
+            raise ValueError("scorer_config: the spec names the scorer its jobs serve (scorer_service: in the "
+                             "benchmark spec); the cluster file says only where it runs. Remove this key")
+        return data
+
+    def placeholders(self) -> list[str]:
+        """Values copied from an example that no real cluster has: submit refuses them."""
+        out = [f"{k}: {v}" for k, v in (("account", self.account), ("partition", self.partition))
+               if v and PLACEHOLDER.search(v)]
+        if self.runtime == "apptainer" and self.image and not Path(self.image).is_file():
+            out.append(f"image: {self.image} not found (build it with `make apptainer`)")
+        if self.runtime != "native" and not self.image:
+            out.append(f"image: not set (runtime {self.runtime} needs one)")
+        return out
+
+
+PLACEHOLDER = re.compile(r"^(my|your)[-_]|^<.*>$|example|changeme", re.I)
+BUILTIN_SCORER = Path(__file__).resolve().parents[2] / "configs" / "scorer" / "builtin.yaml"
 
 
 def directives(c: ClusterSettings, r: JobResources) -> str:
@@ -90,19 +113,24 @@ def outermost(paths: Sequence[Path]) -> list[Path]:
     return [p for p in resolved if not any(o != p and p.is_relative_to(o) for o in resolved)]
 
 
-def service_config(spec_path: Path, cluster: ClusterSettings) -> Path:
-    """The scorer config the spec's scorer job serves: the spec's own ``scorer_service``, else the cluster's."""
+def service_config(spec_path: Path) -> Path:
+    """The scorer config the spec's scorer job serves: the spec's ``scorer_service``. A spec on the built-in
+    scorer may leave it out; any other must name it, so that no 7B run is scored by the keyword stand-in."""
     spec, _ = load_spec(spec_path)
     if spec.scorer_service:
         return (spec_path.resolve().parent / spec.scorer_service).resolve()
-    return Path(cluster.scorer_config).resolve()
+    if spec.run.scorer.kind == "builtin":
+        return BUILTIN_SCORER
+    raise UserError(f"{spec_path}: scorer_service: not set, and its runs score with a {spec.run.scorer.kind} "
+                    "scorer: name the scorer config its cluster job serves (e.g. scorer_service: "
+                    "../configs/scorer/beaver-7b.yaml)")
 
 
-def scorer_configs(spec_path: Path, cluster: ClusterSettings) -> list[Path]:
+def scorer_configs(spec_path: Path) -> list[Path]:
     """The scorer configs this spec's jobs load: the served one (when the spec trains), and the spec's own
     embedded one (evaluations and runs that score in-process)."""
     spec, _ = load_spec(spec_path)
-    configs = [service_config(spec_path, cluster)] if spec.methods else []
+    configs = [service_config(spec_path)] if spec.methods else []
     if spec.run.scorer.kind == "embedded" and spec.run.scorer.config:
         configs.append(from_spec(spec_path.resolve(), spec.run.scorer.config).resolve())
     return configs
@@ -118,7 +146,7 @@ def spec_paths(spec_path: Path, cluster: ClusterSettings, runs: Path) -> list[Pa
     for src in (s.data, s.data.eval):
         if src is not None and src.path:
             paths.append(Path(src.path).parent)
-    for config in scorer_configs(spec_path, cluster):
+    for config in scorer_configs(spec_path):
         scorer = load_service_config(config)
         paths += [config.parent, *(Path(b.path) for b in (scorer.reward, scorer.cost) if b.path)]
     return [*paths, *map(Path, cluster.binds)]
@@ -195,37 +223,67 @@ def node_script(c: ClusterSettings, r: JobResources, workdir: Path, run: str, bi
         f"--num_processes {r.nodes * max(r.gpus, 1)} -m harness.launch.cli {run}", ""])
 
 
-def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = None,
-           out: Path | None = None) -> tuple[Path, dict[str, Path], dict[str, str]]:
+@dataclass
+class Rendered:
+    """Every file a submission writes, rendered but not yet written: a dry run prints them, submit writes them."""
+
+    slurm_dir: Path
+    out: Path
+    scripts: dict[str, str]  # job (scorer, a method, an evaluation, report) -> its sbatch script
+    served: str | None  # the scorer config the scorer job serves
+    scoring: dict[str, str]  # job -> the scorer it scores with, in words
+    files: dict[Path, str] = field(default_factory=dict)  # more files beside them (multi-node accelerate scripts)
+
+    def path(self, job: str) -> Path:
+        return self.slurm_dir / f"{job}.sbatch"
+
+    def write(self) -> dict[str, Path]:
+        """The scripts and their per-job secrets (scorer and Ray tokens, 0600) beside the runs."""
+        self.slurm_dir.mkdir(parents=True, exist_ok=True)
+        for token, make in (("scorer.token", lambda: secrets.token_urlsafe(32)), ("ray.token", lambda: secrets.token_hex(32))):
+            if not (self.slurm_dir / token).is_file():
+                atomic_write_text(self.slurm_dir / token, make())
+                (self.slurm_dir / token).chmod(0o600)
+        for path, text in self.files.items():
+            path.write_text(text)
+        paths = {}
+        for job, text in self.scripts.items():
+            self.path(job).write_text(text)
+            paths[job] = self.path(job)
+        return paths
+
+
+def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = None, out: Path | None = None,
+           run_overrides: Sequence[str] = (), method_overrides: Sequence[str] = ()) -> Rendered:
+    """The submission's scripts. ``run_overrides``/``method_overrides``: ``esgrpo benchmark``'s ``--set-run`` and
+    ``--set``, passed to every method job (merged key by key into the spec's entries)."""
     spec, _ = load_spec(spec_path)
-    scorer_config = service_config(Path(spec_path), cluster)
-    for config in scorer_configs(Path(spec_path), cluster):
+    scorer_config = service_config(Path(spec_path)) if spec.methods else None
+    for config in scorer_configs(Path(spec_path)):
         load_service_config(config)  # a missing or invalid scorer config fails here, not in a job 30 min later
     workdir = Path.cwd().resolve()
     default_runs, default_out = default_locations(spec)
     runs = (runs_dir or default_runs).resolve()
     slurm_dir = runs / "slurm"
-    slurm_dir.mkdir(parents=True, exist_ok=True)
     token_file = slurm_dir / "scorer.token"
-    if not token_file.is_file():
-        atomic_write_text(token_file, secrets.token_urlsafe(32))
-        token_file.chmod(0o600)
     out = (out or default_out).resolve()
     rendezvous = slurm_dir / "scorer.json"
     binds = outermost(spec_paths(Path(spec_path), cluster, runs))
     scorer_overrides = http_scorer_overrides(rendezvous=rendezvous, token_file=token_file,
                                              deadline_s=cluster.scorer_wait_s)
+    user_overrides = " ".join([*(f"--set-run {q(o)}" for o in run_overrides), *(f"--set {q(o)}" for o in method_overrides)])
     # every value that reaches a shell line is one quoted word; #SBATCH lines get double-quoted paths
     ray_token = slurm_dir / "ray.token"
-    if not ray_token.is_file():
-        atomic_write_text(ray_token, secrets.token_hex(32))
-        ray_token.chmod(0o600)
     common = {"name": spec.name, "time": cluster.time, "last_seed_index": len(spec.seeds) - 1,
               "grace_s": cluster.grace_s, "log_dir": sbatch_path(slurm_dir),
               "workdir": q(workdir), "spec": q(spec_path.resolve()), "runs_dir": q(runs), "out": q(out),
-              "rendezvous": q(rendezvous), "token_file": q(token_file), "scorer_config": q(scorer_config),
-              "scorer_host": q(cluster.scorer_host), "scorer_override": " ".join(f"--set-run {q(o)}" for o in scorer_overrides), "scorer_job": "$SCORER_JOB"}
-    scripts = {}
+              "rendezvous": q(rendezvous), "token_file": q(token_file), "scorer_config": q(scorer_config or ""),
+              "scorer_host": q(cluster.scorer_host),
+              "scorer_override": " ".join([*(f"--set-run {q(o)}" for o in scorer_overrides), user_overrides]).strip(),
+              "scorer_job": "$SCORER_JOB"}
+    rendered = Rendered(slurm_dir, out, {}, str(scorer_config) if scorer_config else None, {})
+    eval_scorer = (f"its own embedded scorer ({from_spec(spec_path.resolve(), spec.run.scorer.config).resolve()})"
+                   if spec.run.scorer.kind == "embedded" and spec.run.scorer.config else f"the spec's {spec.run.scorer.kind} scorer")
     # the scorer service serves the methods' runs; evaluation entries score in their own process (the spec's scorer)
     for kind in (*(["scorer"] if spec.methods else []), *spec.methods, *spec.evaluate, "report"):
         res = cluster.scorer if kind == "scorer" else cluster.methods.get(
@@ -239,6 +297,7 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
             values["launch"] = (f"{values['wrap_method']} {values['esgrpo']} benchmark --spec {common['spec']} "
                                 f"--runs-dir {common['runs_dir']} --only {kind} &\nchild=$$!")
             values["launch"] = Template(values["launch"]).substitute()
+            rendered.scoring[kind] = eval_scorer
         elif template == "method":
             entry = spec.methods[kind]
             run = (f"benchmark --spec {common['spec']} --runs-dir {common['runs_dir']} --only {kind} "
@@ -247,11 +306,10 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
             values["launch"] = Template(launch(cluster, res, entry.method or kind, workdir, run, binds)).substitute(
                 ray_token=q(ray_token), node_script=q(script))
             if res.nodes > 1 and get_method(entry.method or kind).launcher == "accelerate":
-                script.write_text(Template(node_script(cluster, res, workdir, run, binds)).substitute())
-        path = slurm_dir / f"{kind}.sbatch"
-        path.write_text(Template((TEMPLATES / f"{template}.sbatch").read_text()).substitute(values))
-        scripts[kind] = path
-    return slurm_dir, scripts, {"out": str(out), "slurm_dir": str(slurm_dir)}
+                rendered.files[script] = Template(node_script(cluster, res, workdir, run, binds)).substitute()
+            rendered.scoring[kind] = f"the scorer job's service ({scorer_config})"
+        rendered.scripts[kind] = Template((TEMPLATES / f"{template}.sbatch").read_text()).substitute(values)
+    return rendered
 
 
 def sbatch(*args: str) -> str:
@@ -264,16 +322,17 @@ def sbatch(*args: str) -> str:
 
 
 def missing_inputs(spec_path: Path, cluster: ClusterSettings) -> list[str]:
-    """Models and prompt files the jobs will need that are not where the spec and cluster file say."""
+    """Models and prompt files the jobs will need that are not where the spec and cluster file say, and
+    cluster values left as the example's placeholders."""
     spec, _ = load_spec(spec_path)
     s = spec.run
-    missing = []
+    missing = [f"cluster file: {p}" for p in cluster.placeholders()]
     if spec.methods and s.policy != "builtin" and not (Path(s.policy) / "config.json").is_file():
         missing.append(f"{spec_path}: run.policy: {s.policy} is not a model folder (no config.json)")
     for where, src in (("run.data", s.data), ("run.data.eval", s.data.eval)):
         if src is not None and src.kind not in ("builtin", "hub") and src.path and not Path(src.path).is_file():
             missing.append(f"{spec_path}: {where}.path: {src.path} not found")
-    for scorer_config in scorer_configs(spec_path, cluster):
+    for scorer_config in scorer_configs(spec_path):
         scorer = load_service_config(scorer_config)
         for which, backend in (("reward", scorer.reward), ("cost", scorer.cost)):
             if backend.path and not Path(backend.path).is_dir():
@@ -281,46 +340,52 @@ def missing_inputs(spec_path: Path, cluster: ClusterSettings) -> list[str]:
     return missing
 
 
-def dry_run(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None,
-            out: Path | None = None) -> str:
-    """Every script ``submit`` would send, rendered (and kept beside the runs), with the order it sends them in,
-    and what would stop a real submission (inputs that are not there)."""
+def dry_run(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None, out: Path | None = None,
+            run_overrides: Sequence[str] = (), method_overrides: Sequence[str] = ()) -> str:
+    """Every script ``submit`` would send, with the order it sends them in, which scorer each job scores with,
+    and what would stop a real submission. Writes nothing."""
     cluster = load_config(ClusterSettings, cluster_path)
-    _, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
+    r = render(Path(spec_path), cluster, runs_dir, out, run_overrides, method_overrides)
     spec, _ = load_spec(Path(spec_path))
     skipped = missing_policies(spec, Path(spec_path))
-    methods = [m for m in scripts if m in spec.methods]
-    evaluations = [m for m in scripts if m in spec.evaluate and m not in skipped]
+    methods = [m for m in r.scripts if m in spec.methods]
+    evaluations = [m for m in r.scripts if m in spec.evaluate and m not in skipped]
     order = "".join(f"# MISSING (submit refuses): {m}\n" for m in missing_inputs(Path(spec_path), cluster))
     order += "".join(f"# MISSING (submit leaves this evaluation out): {m}\n" for m in skipped.values())
+    if r.served:
+        order += f"# scorer job serves: {r.served}\n"
+    order += "".join(f"# {job} scores with {how}\n" for job, how in r.scoring.items())
     jobs = [*(["scorer"] if methods else []), *([", ".join(methods) + " (one array task per seed)"] if methods else []),
             *([", ".join(evaluations) + " (one evaluation each)"] if evaluations else [])]
     order += (f"# submit order: {'; '.join(jobs)}; report --dependency=afterany:<the jobs above>\n"
               if methods or evaluations else "# nothing to submit: every entry's policy is missing\n")
-    order += f"# report: {values['out']}/report.md\n"
-    return order + "".join(f"\n# ===== {p} =====\n{p.read_text()}" for p in scripts.values())
+    order += f"# report: {r.out}/report.md\n# a dry run writes nothing: the scripts go to {r.slurm_dir} on submit\n"
+    return order + "".join(f"\n# ===== {r.path(job)} =====\n{text}" for job, text in r.scripts.items())
 
 
-def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None,
-           out: Path | None = None) -> dict[str, str]:
+def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = None, out: Path | None = None,
+           run_overrides: Sequence[str] = (), method_overrides: Sequence[str] = ()) -> dict[str, str]:
     cluster = load_config(ClusterSettings, cluster_path)
     missing = missing_inputs(Path(spec_path), cluster)
     if missing:  # jobs would start, wait for GPUs, then fail on the first file
-        raise UserError("inputs not found; point the spec and the scorer config at your copies:\n  " + "\n  ".join(missing))
+        raise UserError("not ready to submit; point the spec, the scorer config and the cluster file at your "
+                        "copies:\n  " + "\n  ".join(missing))
     spec, _ = load_spec(Path(spec_path))
     skipped = missing_policies(spec, Path(spec_path))
     entries = [*spec.methods, *(e for e in spec.evaluate if e not in skipped)]
     if not entries:
         raise UserError("no evaluation policy found; point the spec at your copies:\n  " + "\n  ".join(skipped.values()))
-    slurm_dir, scripts, values = render(Path(spec_path), cluster, runs_dir, out)
+    r = render(Path(spec_path), cluster, runs_dir, out, run_overrides, method_overrides)
+    scripts = r.write()
     jobs = {"scorer": sbatch(str(scripts["scorer"]))} if "scorer" in scripts else {}
     jobs.update({m: sbatch(str(scripts[m])) for m in entries})
     method_jobs = [jobs[m] for m in entries]
     report = scripts["report"]
     report.write_text(report.read_text().replace("$SCORER_JOB", jobs.get("scorer", "")))
     jobs["report"] = sbatch(f"--dependency=afterany:{':'.join(method_jobs)}", str(report))
-    atomic_write_text(slurm_dir / JOBS_FILE, json.dumps({"jobs": jobs, "report": values["out"] + "/report.md"}, indent=1))
-    return {**jobs, "report_path": values["out"] + "/report.md", "slurm_dir": str(slurm_dir)}
+    report_path = f"{r.out}/report.md"
+    atomic_write_text(r.slurm_dir / JOBS_FILE, json.dumps({"jobs": jobs, "report": report_path}, indent=1))
+    return {**jobs, "report_path": report_path, "slurm_dir": str(r.slurm_dir)}
 
 
 def status(slurm_dir: Path) -> str:
