@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable
 
+from harness import runlog
 from harness.records import atomic_write_text
 
 STATE_FILE = "esgrpo_state.json"  # written last: its presence marks a complete checkpoint
@@ -73,6 +75,11 @@ class StopFlag:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum).name
         self.event.set()
+        # at once, before the step ends: a user who sees nothing presses Ctrl-C again and loses the step
+        tag = runlog.run_tag()
+        sys.stderr.write(f"\n{self.signal}{' ' + tag if tag else ''}: finishing this step, then checkpointing; "
+                         "Ctrl-C again aborts without a checkpoint\n")
+        sys.stderr.flush()
 
     def install(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():

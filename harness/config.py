@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,11 +54,35 @@ def renamed(data: Any, old: str, new: str, where: str) -> Any:
     return data
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def _model_at(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (for "did you mean"), or None where it is not one."""
+    for part in loc:
+        if model is None:
+            return None
+        fields = {**model.model_fields, **{f.alias: f for f in model.model_fields.values() if f.alias}}
+        if part not in fields:
+            return None
+        ann = fields[part].annotation
+        candidates = [a for a in (ann, *typing.get_args(ann)) if isinstance(a, type) and issubclass(a, BaseModel)]
+        model = candidates[0] if candidates else None
+    return model
+
+
+def did_you_mean(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> str:
+    holder = _model_at(model, loc[:-1])
+    if holder is None or not loc:
+        return ""
+    names = [*holder.model_fields, *(f.alias for f in holder.model_fields.values() if f.alias)]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+    return f" (did you mean {'.'.join(map(str, (*loc[:-1], close[0])))}?)" if close else ""
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None) -> str:
     lines = [f"{source}: invalid configuration"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {path}: {e['msg']}")
+        hint = did_you_mean(model, tuple(e["loc"])) if e["type"] == "extra_forbidden" else ""
+        lines.append(f"  {path}: {e['msg']}{hint}")
     return "\n".join(lines)
 
 
@@ -133,7 +159,7 @@ def validate(model: type[M], data: dict[str, Any], source: str) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise UserError(format_validation_error(e, source)) from None
+        raise UserError(format_validation_error(e, source, model)) from None
 
 
 def load_config(model: type[M], path: str | Path | None, overrides: list[str] | None = None) -> M:

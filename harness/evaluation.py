@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Sequence
 
 from pydantic import Field
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from harness.config import StrictModel
@@ -106,8 +107,10 @@ def evaluate_chunks(generator: Generator, prompts: Sequence[PromptRecord], score
 
 
 def eval_progress() -> Progress:
+    # Off a terminal a transient bar can only leave an empty line behind in the log.
+    console = Console()
     return Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TextColumn("prompts"),
-                    TimeElapsedColumn(), transient=True)
+                    TimeElapsedColumn(), transient=True, console=console, disable=not console.is_terminal)
 
 
 def evaluate(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,

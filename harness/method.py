@@ -158,8 +158,9 @@ class RunContext:
                                            tokens=self.budget.tokens, seconds=round(self.train_seconds, 4),
                                            lam=self.lam.value, metrics=res.metrics,
                                            samples_file=f"evals/eval-{mark:08d}.jsonl"), res.sample_dicts())
-        log.info("eval @%d: R %.3f C %.3f safe %.2f", marks[-1], res.metrics["reward"], res.metrics["cost"],
-                 res.metrics["safe_ratio"])
+        at = "" if marks[-1] == self.budget.completions else f" (budget mark {marks[-1]})"
+        log.info("eval at %d completions%s: R %.3f C %.3f safe %.2f", self.budget.completions, at,
+                 res.metrics["reward"], res.metrics["cost"], res.metrics["safe_ratio"])
         if self._t_mark is not None:
             self._t_mark = time.monotonic()  # evaluation time is not training time
 

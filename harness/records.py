@@ -87,9 +87,24 @@ class RunRecord(BaseModel):
     error: str | None = None
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask would, for a moment, for
+    every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(fd, 0o666 & ~current_umask())  # as open() would: co-authors on a shared filesystem can read it
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()

@@ -9,7 +9,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from harness import environment
+from harness import environment, runlog
 from harness.budget import Budget
 from harness.checkpoint import CheckpointManager, Preempted
 from harness.config import load_config
@@ -69,6 +69,8 @@ def existing_record(run_dir: Path, config: MethodConfig, method: str) -> RunReco
 def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[str, Any] | None = None,
                    progress: bool = True, resume_from: Path | None = None, label: str | None = None) -> RunContext:
     s = config.run
+    runlog.set_run(label or method, s.seed)
+    runlog.attach_file(run_dir)
     prompts = load_prompt_set(s.data)
     scorer = make_scorer(s.scorer)
     judge = make_scorer(s.judge) if s.judge else None
@@ -105,6 +107,8 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
                      lam=LambdaState.initial(s.lagrangian), resume_from=resume_from)
     if resume_from is not None:
         ctx.restore_state(CheckpointManager.load_state(resume_from))
+        log.info("resuming from %s: step %d, %d of %d completions scored", resume_from.name, ctx.step,
+                 ctx.budget.completions, s.budget.completions)
     return ctx
 
 

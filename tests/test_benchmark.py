@@ -28,6 +28,8 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     spec["methods"] = {m: {**e, "config": str(ROOT / e["config"].removeprefix("../"))} for m, e in spec["methods"].items()
                        if m != "es-lowrank"}
     spec["methods"]["es"]["set"] = ["population=4", "prompts_per_iteration=8"]
+    spec["seeds"] = [0, 1]  # two seeds: the report shows their values, no interval and no verdict
+    spec.pop("evaluate")
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     report = run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
@@ -43,7 +45,7 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
         again = load_config(method.config_model, r / "config.yaml").model_dump(mode="json", by_alias=True)
         assert again == {k: v for k, v in rec.config.items() if k != "policy_path"}
     text = report.read_text()
-    assert "es − grpo" in text and "Verdict" in text and "Time to target" in text
+    assert "es − grpo" in text and "no verdict: es and grpo share 2 seeds" in text and "Time to target" in text
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert set(summary["methods"]) == {"es", "grpo"} and not summary["problems"]
     assert [c["a"] + "/" + c["b"] for c in summary["comparisons"]] == ["es/grpo"]  # the spec's baseline: grpo
@@ -51,6 +53,9 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     # one line per run (the parent's), and no "report comes with --report-only" from the children
     assert caplog.text.count("running es seed 0") == 1 and "running es seed 0" not in child_output.err
     assert "--report-only" not in child_output.out
+    # the runs' evaluations go to their run.log; the console has the benchmark's one line per finished run
+    assert "eval at" not in child_output.err and "es-s0 done" in caplog.text
+    assert "es-s0 eval at 220 completions" in (tmp_path / "runs" / "es-s0" / "run.log").read_text()
     # a stray copy of a run folder is not a third seed
     shutil.copytree(tmp_path / "runs" / "es-s0", tmp_path / "runs" / "es-s0.backup")
     run_benchmark(path, out=tmp_path / "report2", runs_dir=tmp_path / "runs", report_only=True)

@@ -22,10 +22,13 @@ from harness.budget import BudgetConfig
 from harness.checkpoint import Preempted
 from harness.config import StrictModel, apply_overrides, read_yaml, renamed, validate
 from harness.errors import OutOfMemory, UserError
+from harness.fixtures.policy import BUILTIN_POLICY, builtin_policy_path
+from harness.launch.console import child_settings
 from harness.launch.processes import child_env
 from harness.records import atomic_write_text, load_record
 from harness.registry import available, get_method
 from harness.report import write_report
+from harness.report.metrics import BY_KEY as METRICS_BY_KEY, PRIMARY
 from harness.method import RunSettings
 from harness.run import run_method
 
@@ -60,6 +63,16 @@ class EvalEntry(StrictModel):
 
 class CompareSettings(StrictModel):
     baseline: str | None = None  # the label every other label is paired against
+    primary: str = PRIMARY  # the metric a verdict leads with (a key of the report's metrics)
+
+    @field_validator("primary")
+    @classmethod
+    def _primary(cls, v: str) -> str:
+        if v not in METRICS_BY_KEY:
+            raise ValueError(f"{v!r} is not a report metric (one of {', '.join(METRICS_BY_KEY)})")
+        if not METRICS_BY_KEY[v].judged:
+            raise ValueError(f"{v!r} mixes prompts on which more of it is not better; a verdict cannot lead with it")
+        return v
 
 
 class BenchmarkSpec(StrictModel):
@@ -72,8 +85,8 @@ class BenchmarkSpec(StrictModel):
     target: dict[str, float] | None = None  # e.g. {safe_ratio: 0.9, reward: 0.0}
     compare: CompareSettings = Field(default_factory=CompareSettings)
     references: list[str] = Field(default_factory=list)  # evaluation records (`esgrpo eval --out DIR`) to show
-    # the scorer service a cluster job starts for this spec (a scorer config, relative to this file); unset: the
-    # cluster file's scorer_config. The published and fair specs differ in how they truncate.
+    # the scorer service a cluster job starts for this spec (a scorer config, relative to this file); required on a
+    # cluster unless the runs score with the built-in scorer. The published and fair specs differ in how they truncate.
     scorer_service: str | None = None
     runs_dir: str = "runs"
     results_dir: str = "results"
@@ -143,13 +156,31 @@ def load_spec(path: Path) -> tuple[BenchmarkSpec, dict[str, Any]]:
     return spec, raw
 
 
+def overrides_for(spec: BenchmarkSpec, name: str, overrides: list[str]) -> list[str]:
+    """The ``--set`` overrides that reach entry ``name``: ``METHOD.KEY=V`` every entry of that method (es.sigma:
+    es and es-lowrank), ``ENTRY.KEY=V`` that entry alone (es-lowrank.sigma), a plain ``KEY=V`` every entry."""
+    method = spec.methods[name].method or name
+    out = []
+    for o in overrides:
+        head, dot, rest = o.split("=", 1)[0].partition(".")
+        if dot and head in available():
+            if head == method:
+                out.append(o[len(head) + 1:])
+        elif dot and head in spec.methods:
+            if head == name:
+                out.append(o[len(head) + 1:])
+        else:
+            out.append(o)
+    return out
+
+
 def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int, overrides: list[str] | None = None):
     """The entry's config with its own ``set`` overrides, then ``overrides`` (e.g. a cluster job's ray_address),
     under the spec's ``run`` settings."""
     entry = spec.methods[name]
     method = get_method(entry.method or name)
     cfg_path = config_path(spec_path, entry)
-    data = apply_overrides(read_yaml(cfg_path), [*entry.set, *(overrides or [])])
+    data = apply_overrides(read_yaml(cfg_path), [*entry.set, *overrides_for(spec, name, overrides or [])])
     run = spec.run.model_copy(update={"seed": seed, **({"budget": entry.budget} if entry.budget else {})})
     data["run"] = run.model_dump(mode="json", by_alias=True)
     return validate(method.config_model, data, f"{cfg_path} (with {spec_path} run settings)")
@@ -221,6 +252,9 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             raise UserError(f"{runs_root}: no completed runs or evaluations of {spec_path} to report")
         return report(done)
     done, failed = [], []
+    if any(c.run.policy == BUILTIN_POLICY for c in configs.values()) or any(
+            spec.evaluate[e].policy == BUILTIN_POLICY for e in evaluations):
+        builtin_policy_path()  # built here, where its console line shows, not silently inside the first run
     evaluated, skipped = run_evaluations(spec, Path(spec_path), runs_root, evaluations, run_overrides, failed)
     for (name, seed), cfg in configs.items():
         run_dir = runs_root / f"{name}-s{seed}"
@@ -247,6 +281,7 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             raise Preempted
         if rc == 0:
             done.append(run_dir)
+            log.info("%s", finished_line(run_dir))
         elif rc == OutOfMemory.EXIT_CODE:  # a result: the report lists it with the memory it reached
             log.warning("%s seed %d ran out of memory; see %s", name, seed, run_dir / "record.json")
         else:  # keep going: the other runs are still worth their compute
@@ -302,10 +337,25 @@ def run_evaluations(spec: BenchmarkSpec, spec_path: Path, runs_root: Path, names
             raise Preempted
         if rc == 0:
             done.append(out)
+            log.info("%s", finished_line(out))
         else:
             log.error("evaluation %s failed (exit %d); see %s", name, rc, out / "record.json")
             failed.append(f"evaluation {name}: exit code {rc}")
     return done, skipped
+
+
+def finished_line(run_dir: Path) -> str:
+    """One console line for a finished run or evaluation: its last evaluation and where its log is."""
+    record = load_record(run_dir)
+    name = record.label or record.method
+    if not record.evals:
+        return f"{name}: no evaluation recorded (log: {run_dir / 'run.log'})"
+    last = record.evals[-1]
+    scores = f"R {last.metrics['reward']:.3f} C {last.metrics['cost']:.3f} safe {last.metrics['safe_ratio']:.2f}"
+    if record.kind == "eval":
+        return f"{name} evaluated: {scores} (log: {run_dir / 'run.log'})"
+    return (f"{name}-s{record.seed} done, {last.seconds:.0f} s of training; eval at {last.completions} completions: "
+            f"{scores} (log: {run_dir / 'run.log'})")
 
 
 def spec_evaluations(spec: BenchmarkSpec, runs_root: Path) -> list[Path]:
@@ -350,13 +400,14 @@ def run_forwarding_stops(cmd: list[str]) -> tuple[int, str | None]:
     and this process waits for it: otherwise the child ran on as an orphan, holding its GPU. Returns the child's
     exit code and the name of the signal that stopped it, if any."""
     # its own process group: what it leaves behind (a vLLM engine core, Ray's workers) is ended with it below
-    proc = subprocess.Popen(cmd, env=child_env(), start_new_session=True)  # killed outright: see processes.py
+    proc = subprocess.Popen(cmd, env=child_env(**child_settings()), start_new_session=True)  # killed outright: see processes.py
     stopped: list[str] = []
 
     def forward(signum, frame) -> None:
+        again = bool(stopped) and signum == signal.SIGINT  # a second Ctrl-C: the child aborts without a checkpoint
         stopped.append(signal.Signals(signum).name)
         if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGINT if again else signal.SIGTERM)
 
     main = threading.current_thread() is threading.main_thread()
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)} if main else {}

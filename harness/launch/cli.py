@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from datetime import datetime
 from enum import Enum
@@ -16,18 +15,39 @@ from rich.markup import escape
 
 from harness.checkpoint import PREEMPTED_EXIT, Preempted
 from harness.errors import OutOfMemory, ScorerError, UserError
+from harness.launch import console
 from harness.launch.processes import end_with_parent
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ES vs GRPO on the Safe-RLHF objective.")
 err = Console(stderr=True)
 
 
+def _version(show: bool) -> None:
+    if show:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"esgrpo {version('esgrpo')}")
+        except PackageNotFoundError:
+            typer.echo("esgrpo (not installed: run from a checkout)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(verbose: bool = typer.Option(False, "--verbose", "-v", metavar="",
+                                              help="show third-party INFO lines and progress bars (vLLM, TRL, "
+                                                   "transformers) on the console; they always go to each run's run.log"),
+                 version: bool = typer.Option(False, "--version", metavar="", callback=_version, is_eager=True,
+                                              help="print the version and exit")) -> None:
+    """ES vs GRPO on the Safe-RLHF objective."""
+    console.configure(verbose)
+
+
 def user_errors(fn: Callable) -> Callable:
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         end_with_parent()
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scorer request otherwise
+        console.configure()
         try:
             return fn(*args, **kwargs)
         except (UserError, ScorerError) as e:
@@ -40,6 +60,18 @@ def user_errors(fn: Callable) -> Callable:
             err.print("stopped and checkpointed; run the same command again to resume")
             raise typer.Exit(PREEMPTED_EXIT) from None
     return wrapper
+
+
+SPEC_HELP = "the benchmark spec: shared run settings, the methods and their configs, seeds, evaluations"
+RUNS_HELP = "where the runs go (default runs/<date>-<spec name>); completed runs there are kept, unfinished ones resumed"
+
+
+def print_report_summary(out: Path) -> None:
+    import json
+
+    from harness.report.render import console_text
+
+    typer.echo(console_text(json.loads((out / "summary.json").read_text()), out))
 
 
 class Runtime(str, Enum):
@@ -94,7 +126,8 @@ def run(method: str = typer.Argument(..., help="method name: es, grpo"),
     except Preempted:
         err.print(f"stopped and checkpointed; resume with the same command (--run-dir {out})")
         raise typer.Exit(PREEMPTED_EXIT) from None
-    typer.echo(f"run record: {out / 'record.json'}")
+    if not console.is_brief():
+        typer.echo(f"run record: {out / 'record.json'}")
 
 
 @app.command()
@@ -104,27 +137,30 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories or reco
             out: Path = typer.Option(Path("results") / "compare", "--out", "-o", help="report folder"),
             baseline: Optional[str] = typer.Option(None, help="the label every other label is paired against "
                                                    "(default: the spec's compare.baseline; with two labels, the second)"),
-            allow_mismatch: bool = typer.Option(False, help="report runs that differ in prompts/scorer/eval/budget")):
+            allow_mismatch: bool = typer.Option(False, "--allow-mismatch", metavar="",
+                                                help="report runs that differ in prompts, scorer, evaluation or "
+                                                     "budget, or runs of one label whose configs differ; the "
+                                                     "report lists every difference")):
     """Write the comparison report (Markdown, HTML, plots, summary.json) from run records."""
     from harness.report import write_report
 
     path = write_report(runs, out, allow_mismatch=allow_mismatch, baseline=baseline)
-    typer.echo(f"report: {path}")
+    print_report_summary(path.parent)
 
 
 @app.command()
 @user_errors
-def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec"),
+def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec", help=SPEC_HELP),
               out: Optional[Path] = typer.Option(None, "--out", help="report folder (default results/<date>-<spec>)"),
-              runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+              runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_HELP),
               only: List[str] = typer.Option([], "--only", help="run only this method (repeatable)"),
               seed_index: Optional[int] = typer.Option(None, "--seed-index", help="run only the spec's i-th seed"),
-              report_only: bool = typer.Option(False, "--report-only", help="only compare the completed runs"),
+              report_only: bool = typer.Option(False, "--report-only", metavar="", help="only compare the completed runs"),
               set_run: List[str] = typer.Option([], "--set-run", help="override KEY=VALUE in the spec's `run` "
                                                 "settings (every method's)"),
               set_shared: List[str] = typer.Option([], "--set-shared", hidden=True, help="deprecated: --set-run"),
               set_: List[str] = typer.Option([], "--set", help="override KEY=VALUE in the selected methods' configs "
-                                             "(e.g. ray_address=HOST:PORT in a multi-node job)")):
+                                             "(METHOD.KEY or ENTRY.KEY for one method: es.sigma=0.01)")):
     """Run every method and seed a benchmark spec names, at equal budgets, then compare them."""
     from harness.launch.benchmark import run_benchmark
 
@@ -134,7 +170,7 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
     path = run_benchmark(spec, out=out, runs_dir=runs_dir, only=only or None, seed_index=seed_index,
                          report_only=report_only, run_overrides=[*set_run, *set_shared], method_overrides=set_)
     if path:
-        typer.echo(f"report: {path}")
+        print_report_summary(path.parent)
     elif seed_index is None:  # a single (method, seed) part is one of many: its caller reports
         typer.echo("runs done; the report comes with --report-only")
 
@@ -184,6 +220,11 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
             {"kind": "embedded", "config": judge}
     cfg = validate(EvalConfig, apply_overrides(data, set_), "esgrpo eval options")
     path = run_eval(cfg, out)
+    if console.is_brief():
+        return
+    from harness.report.compare import evaluation_table
+
+    typer.echo(evaluation_table(path))
     typer.echo(f"evaluation record: {path / 'record.json'} (scatter: {path / 'scatter.png'})")
 
 
@@ -217,14 +258,14 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("gpu")
 @user_errors
-def bench_gpu(spec: Path = typer.Option(Path("benchmarks") / "gpu-1x.yaml", "--spec"),
+def bench_gpu(spec: Path = typer.Option(Path("benchmarks") / "gpu-1x.yaml", "--spec", help=SPEC_HELP),
               out: Optional[Path] = typer.Option(None, "--out", help="default results/gpu-<device>-<date>"),
-              runs_dir: Optional[Path] = typer.Option(None, "--runs-dir"),
+              runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_HELP),
               policy: Optional[str] = typer.Option(None, help="a local HF model (default: a random model of --shape)"),
               shape: str = typer.Option("qwen2-0.5b", help="random policy shape: qwen2-0.5b, llama-7b (Alpaca-7B's), tiny"),
               scorer_shape: str = typer.Option("llama-200m", help="random Beaver scorer shape: llama-200m, llama-7b (Beaver-7B's), tiny"),
               only: List[str] = typer.Option([], "--only", help="run only this spec entry, or 'scorer' (repeatable)"),
-              report_only: bool = typer.Option(False, "--report-only", help="only the figures and the report")):
+              report_only: bool = typer.Option(False, "--report-only", metavar="", help="only the figures and the report")):
     """ES (vLLM and transformers engines) and GRPO on one GPU: memory, throughput, ES overhead, scorer."""
     from harness.launch.gpu_bench import run_gpu_bench
 
@@ -239,18 +280,24 @@ app.add_typer(slurm_app, name="slurm")
 
 @slurm_app.command("submit")
 @user_errors
-def slurm_submit(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec"),
+def slurm_submit(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec", help=SPEC_HELP),
                  cluster: Optional[Path] = typer.Option(None, "--cluster", help="cluster YAML (account, GPUs, runtime)"),
                  runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help="where runs and scripts go"),
                  out: Optional[Path] = typer.Option(None, "--out", help="report folder"),
-                 dry_run: bool = typer.Option(False, "--dry-run", help="print every rendered script; submit nothing")):
+                 set_run: List[str] = typer.Option([], "--set-run", help="override KEY=VALUE in the spec's `run` "
+                                                   "settings in every method job (as `esgrpo benchmark --set-run`)"),
+                 set_: List[str] = typer.Option([], "--set", help="override KEY=VALUE in the methods' configs "
+                                                "(METHOD.KEY=VALUE for one method)"),
+                 dry_run: bool = typer.Option(False, "--dry-run", metavar="",
+                                              help="print every script, the scorer each job uses and what would "
+                                                   "stop a submission; write and submit nothing")):
     """Submit the scorer, one array job per method (a task per seed) and the report job."""
     from harness.launch.slurm import dry_run as render_only, submit
 
     if dry_run:
-        typer.echo(render_only(spec, cluster, runs_dir, out))
+        typer.echo(render_only(spec, cluster, runs_dir, out, set_run, set_))
         return
-    jobs = submit(spec, cluster, runs_dir, out)
+    jobs = submit(spec, cluster, runs_dir, out, set_run, set_)
     for k in ("scorer", *[k for k in jobs if k not in ("scorer", "report", "report_path", "slurm_dir")], "report"):
         typer.echo(f"{k:>8}: job {jobs[k]}")
     typer.echo(f"scripts: {jobs['slurm_dir']}\nreport will appear at: {jobs['report_path']}")
@@ -268,17 +315,20 @@ def slurm_status(dir: Path = typer.Option(..., "--dir", help="the slurm folder `
 
 @app.command()
 @user_errors
-def reference(check: bool = typer.Option(False, "--check", help="only say whether the committed file is current"),
-              out: Path = typer.Option(Path("docs") / "reference" / "config.md", "--out")):
-    """Write the configuration reference, generated from the config models."""
-    from harness.launch.reference import config_reference, write_reference
+def reference(check: bool = typer.Option(False, "--check", metavar="", help="only say whether the committed files are current"),
+              folder: Path = typer.Option(Path("docs") / "reference", "--dir",
+                                          help="the folder of the generated references (config.md, records.md)")):
+    """Write the configuration and run-record references, generated from the models."""
+    from harness.launch.reference import stale_references, write_reference
 
     if check:
-        if not out.is_file() or out.read_text() != config_reference():
-            raise UserError(f"{out} is out of date: run `esgrpo reference` and commit it")
-        typer.echo(f"{out} is current")
+        stale = stale_references(folder)
+        if stale:
+            raise UserError(f"{', '.join(map(str, stale))} out of date: run `esgrpo reference` and commit")
+        typer.echo(f"{folder}: current")
         return
-    typer.echo(f"reference: {write_reference(out)}")
+    for path in write_reference(folder):
+        typer.echo(f"reference: {path}")
 
 
 @app.command()

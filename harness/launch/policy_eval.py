@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from harness import environment
+from harness import environment, runlog
 from harness.config import StrictModel, read_text
 from harness.data import PromptSet, PromptSource
 from harness.data.prompts import PromptFile, load_prompt_set, load_records
@@ -152,6 +152,8 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
             raise UserError(f"{out}: this evaluation already completed; choose another --out")
         if old.kind != "eval" or {k: v for k, v in old.config.items() if k != "policy_path"} != config:
             raise UserError(f"{out} holds another run or evaluation; resume it with the same settings or choose another --out")
+    runlog.set_run(cfg.label)
+    runlog.attach_file(out)
     prompts = prompt_set(cfg)
     todo_all = prompts.eval_prompts(cfg.eval.limit)
     scorer, judge = make_scorer(cfg.scorer), make_scorer(cfg.judge) if cfg.judge else None
@@ -186,6 +188,8 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
                 os.fsync(f.fileno())
                 done += [s.__dict__ for s in part]
                 bar.update(task, completed=len(done))
+                if bar.disable:  # off a terminal (a job's log), a line per chunk instead of the bar
+                    log.info("evaluated %d of %d prompts", len(done), len(todo_all))
         order = {p.id: i for i, p in enumerate(todo_all)}
         done.sort(key=lambda s: order[s["id"]])
         metrics = aggregate([EvalSample(**s) for s in done], cfg.lagrangian.lambda_init)

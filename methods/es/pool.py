@@ -63,6 +63,7 @@ class Pool(Protocol):
     """Engines by index; ``submit`` runs a call on one of them."""
 
     nodes: list[str]
+    scratch: str  # the engines' working folder in the run folder (removed after the run when left empty)
 
     def __len__(self) -> int: ...
 
@@ -80,6 +81,7 @@ class LocalPool:
     def __init__(self, cfg: EngineConfig, n: int, scratch: str, noise: NoiseSpec | None = None, max_loras: int = 1):
         if n != 1:
             raise ValueError("pool 'local' holds exactly one engine; use pool 'ray' for more")
+        self.scratch = scratch
         self.hosts = [EngineHost(cfg, scratch, noise, max_loras)]
         self.nodes = [self.hosts[0].where()]
 
@@ -110,7 +112,7 @@ class RayPool:
 
         gpu = cfg.device == "cuda"
         self._owns_ray = not ray.is_initialized()
-        self._scratch, self._ray_tmp = scratch, None
+        self.scratch, self._ray_tmp = scratch, None
         if self._owns_ray:
             if address is None:
                 for k in [k for k in os.environ if k.startswith("RAY_ADDRESS")]:
@@ -153,6 +155,6 @@ class RayPool:
             ray.shutdown()
         if self._ray_tmp:  # the engines' logs (not sent to the driver) go with the run; nothing stays in /tmp
             for logs in Path(self._ray_tmp).glob("session_*/logs"):
-                shutil.copytree(logs, Path(self._scratch) / "ray-logs", dirs_exist_ok=True)
+                shutil.copytree(logs, Path(self.scratch) / "ray-logs", dirs_exist_ok=True)
             shutil.rmtree(self._ray_tmp, ignore_errors=True)
             self._ray_tmp = None

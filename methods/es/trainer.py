@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from harness import runlog
 from harness.checkpoint import CheckpointManager, Preempted
 from harness.generation import Completion, SamplingSettings
 from harness.records import reset_gpu_peaks
@@ -152,7 +153,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
         elif cfg.probe_engine:
             ctx.note("no member speed probe: restore 'subtract' would leave its rounding in the weights")
         ctx.start_clock()
-        columns = [TextColumn("ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
+        columns = [TextColumn(runlog.run_tag() or "ES"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                    TimeElapsedColumn(), TextColumn("{task.description}")]
         with Progress(*columns) as bar:
             task = bar.add_task("", total=s.budget.completions)
@@ -209,6 +210,18 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
     finally:
         scorer_threads.shutdown(wait=False)
         pool.shutdown()
+        remove_if_empty(pool.scratch)
+
+
+def remove_if_empty(folder: str) -> None:
+    """The engines' scratch folder goes once they are done, unless something (Ray's logs) was kept there."""
+    try:
+        for d in sorted(Path(folder).rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        Path(folder).rmdir()
+    except OSError:  # not empty: kept for diagnosis
+        pass
 
 
 def update_engines(pool: Pool, cfg: ESConfig, terms: list[tuple[int, float]]) -> list[str]:

@@ -146,7 +146,7 @@ class VLLMEngine:
             self.max_loras, self._loaded = max_loras, set[int]()  # adapter ids vLLM holds in its slots
         self.llm = LLM(model=cfg.model_path, dtype=cfg.dtype, worker_extension_cls=WORKER_EXTENSION,
                        max_model_len=cfg.max_model_len, enforce_eager=cfg.eager(), seed=0,
-                       enable_prefix_caching=False, **kwargs)
+                       enable_prefix_caching=False, use_tqdm_on_load=False, **kwargs)  # the run's bar is the one
         self.worker = WorkerProxy(self.llm)
         self.n_elements = self.llm.collective_rpc("es_setup", args=(cfg.restore, self.noise_spec.model_dump()))[0]
         self._gen = VLLMGenerator(self.llm)

@@ -7,6 +7,7 @@ before scoring (the same text ES is scored on); with ``use_vllm`` the stop strin
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import statistics
@@ -19,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
+from harness import runlog
 from harness.checkpoint import STATE_FILE, Preempted
 from harness.errors import UserError
 from harness.generation import HFGenerator
@@ -30,6 +32,8 @@ from harness.vllm.process import prepare_vllm_process
 from harness.vllm.memory import llm_kv_cache_bytes
 from methods.grpo import trl_compat
 from methods.grpo.config import GRPOSettings
+
+log = logging.getLogger(__name__)
 
 
 class StepStats:
@@ -76,7 +80,7 @@ class HarnessCallback(TrainerCallback):
         self.accelerator = accelerator
         self.main = accelerator is None or accelerator.is_main_process
         self.model = None
-        self.bar = Progress(TextColumn("GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
+        self.bar = Progress(TextColumn(runlog.run_tag() or "GRPO"), BarColumn(), MofNCompleteColumn(), TextColumn("completions"),
                             TimeElapsedColumn(), TextColumn("{task.description}"))
         self.task = self.bar.add_task("", total=ctx.settings.budget.completions)
 
@@ -325,6 +329,9 @@ def plan_memory(cfg: GRPOSettings, ctx: RunContext) -> None:
 def train(cfg: GRPOSettings, ctx: RunContext) -> None:
     stats = StepStats()
     ctx.describe(variant="vllm" if cfg.use_vllm else "hf", precision=cfg.precision())
+    if cfg.use_vllm and (pair := trl_compat.vllm_pair_note()):
+        log.warning(pair)
+        ctx.note(pair)
     plan_memory(cfg, ctx)
     trainer, tokenizer = build_trainer(cfg, ctx, stats)
     ctx.budget.gpus = trainer.accelerator.num_processes if cfg.device == "cuda" else 0

