@@ -79,12 +79,13 @@ def test_a_spec_written_with_shared_still_loads_with_a_warning(tmp_path):
     assert loaded.run.eval.limit == 3
 
 
-def test_the_config_reference_is_generated_and_current():
-    """docs/reference/config.md is the models' own listing: a key added, renamed or given another default without
-    regenerating it (`esgrpo reference`) fails here."""
-    from harness.launch.reference import config_reference
+def test_the_config_and_record_references_are_generated_and_current():
+    """docs/reference/config.md and records.md are the models' own listings: a key added, renamed or given another
+    default without regenerating them (`esgrpo reference`) fails here."""
+    from harness.launch.reference import config_reference, records_reference, stale_references
 
-    assert (ROOT / "docs" / "reference" / "config.md").read_text() == config_reference()
+    assert stale_references(ROOT / "docs" / "reference") == []
+    assert "`evals`" in records_reference() and "`mark`" in records_reference()
     text = config_reference()
     for key in ("`run.lambda.ema_beta`", "`members_per_call`", "`engine.lora_ops`", "`num_generations`", "`max_batch`"):
         assert key in text, key

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-REFERENCE = Path("docs") / "reference" / "config.md"
+REFERENCE_DIR = Path("docs") / "reference"
 FIELD = re.compile(r"^\s{4}(\w+)\s*:")
 
 
@@ -62,6 +62,8 @@ def default_text(field: Any) -> str:
             value = field.default_factory()
         except TypeError:
             return "(computed)"
+        if isinstance(value, str):  # a string made by a function (a timestamp) is the moment's, not a default
+            return "(computed when written)"
     else:
         return "required"
     if isinstance(value, BaseModel):
@@ -109,10 +111,38 @@ def config_reference() -> str:
                          skip=("run",)))
     parts.append(section("Scorer service", "`configs/scorer/*.yaml`: `esgrpo serve-scorer --config`, or embedded with "
                          "`run.scorer: {kind: embedded, config: ...}`.", ScorerServiceConfig))
+    from harness.launch.slurm import ClusterSettings
+
+    parts.append(section("Cluster file", "`containers/slurm/*.yaml`: `esgrpo slurm submit --cluster`. It says where "
+                         "jobs run; the spec says what they run (its scorer too: `scorer_service`).", ClusterSettings))
     return "\n".join(parts)
 
 
-def write_reference(path: Path = REFERENCE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(config_reference())
-    return path
+def records_reference() -> str:
+    from harness.records import SCHEMA_VERSION, EvalPoint, Point, RunRecord
+
+    return "\n".join([
+        "# Run record reference", "",
+        "Generated from the pydantic models (`esgrpo reference`); the test suite checks that it is current. "
+        f"`record.json` in every run folder is a `RunRecord` (schema {SCHEMA_VERSION}); `evals/eval-*.jsonl` holds "
+        "one line per held-out prompt (`id`, `prompt`, `response`, `reward`, `cost`, `category`, `expected_safe`, "
+        "judge scores).", "",
+        section("RunRecord (`record.json`)", "Rewritten atomically after every step.", RunRecord),
+        section("Point (`series[]`, one per training step)", "Training-time figures of the policy being trained.", Point),
+        section("EvalPoint (`evals[]`, one per budget mark)", "Greedy evaluation on the held-out prompts; `mark` is "
+                "the budget mark it stands for, `completions` where it ran.", EvalPoint)])
+
+
+REFERENCES = {"config.md": config_reference, "records.md": records_reference}
+
+
+def stale_references(folder: Path = REFERENCE_DIR) -> list[Path]:
+    return [folder / name for name, make in REFERENCES.items()
+            if not (folder / name).is_file() or (folder / name).read_text() != make()]
+
+
+def write_reference(folder: Path = REFERENCE_DIR) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, make in REFERENCES.items():
+        (folder / name).write_text(make())
+    return [folder / name for name in REFERENCES]
