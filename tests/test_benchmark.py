@@ -55,7 +55,7 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     assert "--report-only" not in child_output.out
     # the runs' evaluations go to their run.log; the console has the benchmark's one line per finished run
     assert "eval at" not in child_output.err and "es-s0 done" in caplog.text
-    assert "es-s0 eval at 220 completions" in (tmp_path / "runs" / "es-s0" / "run.log").read_text()
+    assert "es-s0 harness.method: eval at 240 completions (budget mark 220)" in (tmp_path / "runs" / "es-s0" / "run.log").read_text()
     # a stray copy of a run folder is not a third seed
     shutil.copytree(tmp_path / "runs" / "es-s0", tmp_path / "runs" / "es-s0.backup")
     run_benchmark(path, out=tmp_path / "report2", runs_dir=tmp_path / "runs", report_only=True)

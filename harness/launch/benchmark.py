@@ -242,7 +242,9 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     evaluations = [e for e in spec.evaluate if not only or e in only] if seed_index in (None, 0) else []
 
     def report(dirs: list[Path]) -> Path:
-        return write_report([*dirs, *references, *spec_evaluations(spec, runs_root)], out, title=spec.name,
+        # a `references:` folder may be the one an `evaluate:` entry wrote: one record, counted once
+        unique = list({d.resolve(): d for d in [*dirs, *references, *spec_evaluations(spec, runs_root)]}.values())
+        return write_report(unique, out, title=spec.name,
                             target=spec.target, spec=raw, allow_mismatch=bool(budgets_differ(spec)),
                             oom=spec_runs(spec, runs_root, "oom"))
 
