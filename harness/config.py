@@ -119,9 +119,24 @@ def read_jsonl(path: Path, what: str = "JSONL file") -> list[tuple[int, dict[str
     return rows
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping (plain YAML keeps the last, silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges; a complex key is left to PyYAML
+            if key_node.value in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key_node.value!r} is written twice",
+                                                        key_node.start_mark)
+            seen.add(key_node.value)
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_yaml(text: str, source: str, with_line: bool = True) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{mark.line + 1}:" if mark and with_line else ""

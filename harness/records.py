@@ -54,7 +54,8 @@ class EvalPoint(BaseModel):
 
 
 class RunRecord(BaseModel):
-    schema_version: int = SCHEMA_VERSION
+    # a record from a newer esgrpo (or a hand-edited number) is refused, not read as this schema
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION)
     run_id: str
     # "run": a method trained to its budget; "eval": `esgrpo eval` of a fixed policy (a reference row in reports)
     kind: Literal["run", "eval"] = "run"

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.errors import UserError
+
 from harness.launch.benchmark import load_spec, method_config
 from harness.config import load_config
 from harness.registry import available, get_method
@@ -101,3 +103,24 @@ def test_rollout_keys_moved_out_of_eval_still_work_with_a_warning():
     with pytest.warns(FutureWarning, match="ignored here: run.rollout.max_new_tokens is given too"):
         assert RunSettings.model_validate({"eval": {"max_new_tokens": 16},
                                            "rollout": {"max_new_tokens": 8}}).rollout.max_new_tokens == 8
+
+
+def test_a_key_written_twice_is_refused_with_its_line(tmp_path):
+    from harness.config import read_yaml
+
+    path = tmp_path / "es.yaml"
+    path.write_text("population: 4\nsigma: 0.01\npopulation: 8\nbase: &b {x: 1}\nmerged: {<<: *b, y: 2}\n")
+    with pytest.raises(UserError, match=r"es.yaml:3: not valid YAML \(key 'population' is written twice\)"):
+        read_yaml(path)
+    path.write_text("base: &b {x: 1}\nmerged: {<<: *b, y: 2}\n")  # a merge key is no repeat
+    assert read_yaml(path)["merged"] == {"x": 1, "y": 2}
+
+
+@pytest.mark.parametrize("version", [0, 99])
+def test_a_record_of_an_unknown_schema_is_refused(tmp_path, version):
+    from harness.records import RunRecord, load_record
+
+    rec = RunRecord(run_id="r", method="es", seed=0, config={})
+    (tmp_path / "record.json").write_text(rec.model_dump_json().replace('"schema_version":2', f'"schema_version":{version}'))
+    with pytest.raises(UserError, match="schema_version"):
+        load_record(tmp_path)
