@@ -31,17 +31,25 @@ class RunTag(logging.Filter):
         return True
 
 
+class RunLogHandler(logging.FileHandler):
+    """The current run's ``run.log``."""
+
+
 def attach_file(run_dir: Path) -> logging.Handler:
-    """Every logger's INFO and above, appended to ``run_dir/run.log`` (a resumed run continues the file)."""
+    """Every logger's INFO and above, appended to ``run_dir/run.log`` (a resumed run continues the file). One run
+    at a time per process: a run started after another in the same process (a test, a one-part benchmark) stops
+    the earlier run's file, which would otherwise collect the new run's lines too."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    for h in logging.getLogger().handlers:  # one file per run folder, however often a process builds a context
-        if isinstance(h, logging.FileHandler) and Path(h.baseFilename) == (run_dir / LOG_FILE).resolve():
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, RunLogHandler)]:
+        if Path(h.baseFilename) == (run_dir / LOG_FILE).resolve():
             return h
-    handler = logging.FileHandler(run_dir / LOG_FILE, encoding="utf-8")
+        root.removeHandler(h)
+        h.close()
+    handler = RunLogHandler(run_dir / LOG_FILE, encoding="utf-8")
     handler.setLevel(logging.INFO)
     handler.addFilter(RunTag())
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(run)s%(name)s: %(message)s"))
-    root = logging.getLogger()
     root.addHandler(handler)
     if root.level > logging.INFO or root.level == logging.NOTSET:
         root.setLevel(logging.INFO)
