@@ -124,3 +124,21 @@ def test_a_record_of_an_unknown_schema_is_refused(tmp_path, version):
     (tmp_path / "record.json").write_text(rec.model_dump_json().replace('"schema_version":2', f'"schema_version":{version}'))
     with pytest.raises(UserError, match="schema_version"):
         load_record(tmp_path)
+
+
+def test_a_hub_id_for_the_policy_offline_is_one_clear_line(monkeypatch, tmp_path):
+    """`run.policy` takes a Hub id as TRL does; where the Hub cannot be reached (offline mode here, as on a cluster
+    node) the error says so and what to do, never a traceback or a hang."""
+    from harness.fixtures.policy import resolve_policy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match=r"nobody/no-model: not a local model folder, and the Hugging Face Hub cannot "
+                                        r"be reached from here .*hf download nobody/no-model --local-dir DIR"):
+        resolve_policy("nobody/no-model")
+    with pytest.raises(UserError, match="not a model directory"):  # a path that exists is never taken for an id
+        (tmp_path / "a" / "b").mkdir(parents=True)
+        resolve_policy(str(tmp_path / "a" / "b"))
