@@ -49,6 +49,27 @@ def test_fused_noise_kernel_in_the_triton_interpreter(rounds, layout):
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
 
 
+PINNED = textwrap.dedent("""
+    import hashlib, torch
+    from methods.es.noise_cuda import BLOCK, FusedNoise, Variant
+    for rounds, halves in ((10, False), (7, True)):
+        g = torch.Generator().manual_seed(0)
+        views = [("a.weight", torch.randn(3 * BLOCK + 5, generator=g) * 0.02),
+                 ("b.weight", (torch.randn(300, 7, generator=g) * 0.02).to(torch.bfloat16))]
+        FusedNoise(views, Variant(rounds=rounds, halves=halves)).add_([(5, 1e-3), (7, -0.25e-3), (9, 3e-4)])
+        print(hashlib.sha256(b"".join(x.float().numpy().tobytes() for _, x in views)).hexdigest()[:16])
+""")
+
+
+def test_fused_noise_is_pinned():
+    """ε is a function of (seed, name, element) that runs and checkpoints rely on: a faster kernel (launch settings,
+    instruction choice, load order) must add bit for bit what the kernel of 2026-12-02 added, rounding included."""
+    r = subprocess.run([sys.executable, "-c", PINNED], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "TRITON_INTERPRET": "1"}, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["c2f8a517e8811350", "31b126373d24a84c"]
+
+
 LOWRANK = textwrap.dedent("""
     import math, sys
     import torch
