@@ -52,6 +52,9 @@ class ESConfig(MethodConfig):
     probe_engine: bool = True  # time one perturbation pass against the bandwidth bound at the start
     # interleaved (raw, member) pairs of the speed probe before training; the median of their ratios is the figure
     probe_pairs: int = Field(5, ge=1)
+    # and more pairs, up to 5 × probe_pairs, while the probe has run for less than this: a 0.5B call takes ~0.6 s
+    # on an H200 and single pairs spread by ±20 %, so a fixed 5 pairs read anywhere from 0.94 to 1.06
+    probe_seconds: float = Field(0, ge=0)
     # full: ε over every weight; lowrank: EGGROLL's rank-r ε = A·Bᵀ/√r on the decoder's linear layers (vLLM
     # serves the population as LoRA adapters in one generate call)
     perturbation: Literal["full", "lowrank"] = "full"

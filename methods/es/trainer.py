@@ -300,9 +300,10 @@ def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> di
     """Before the training clock, on engine 0 with nothing else on the device: an engine's share of perturbed
     members (one member, or a population batch of adapters) against as many unperturbed sequences, on
     iteration 0's prompts. One warm-up of each (shapes, and for a member the engine's snapshot of the weights),
-    then ``probe_pairs`` pairs back to back, alternating which goes first so that a drift of the host or the
-    device falls on both sides alike: the figure is the median of the pairs' ratios, with their spread. A member
-    does more work than a raw generate, so a median above 1 says the probe is measuring noise."""
+    then ``probe_pairs`` pairs (more while under ``probe_seconds``) back to back, alternating which goes first so
+    that a drift of the host or the device falls on both sides alike: the figure is the median of the pairs'
+    ratios, with their quartiles and range. A member does more work than a raw generate, so a median above 1 says
+    the probe is measuring noise."""
     prompts, sampling = iteration_inputs(cfg, ctx, 0)
     sampling = sampling.model_copy(update={"max_new_tokens": min(PROBE_TOKENS, sampling.max_new_tokens)})
     if cfg.batches_population():  # a call as an iteration makes it: at most max_loras adapters, and the base
@@ -316,17 +317,21 @@ def probe_speed(pool: Pool, cfg: ESConfig, ctx: RunContext, per_call: int) -> di
 
     timed("raw"), timed("member")
     raw, member, prepare = list[float](), list[float](), list[float]()
-    for i in range(cfg.probe_pairs):
+    start, i = time.perf_counter(), 0
+    while i < cfg.probe_pairs or (time.perf_counter() - start < cfg.probe_seconds and i < 5 * cfg.probe_pairs):
         for kind in ("raw", "member") if i % 2 == 0 else ("member", "raw"):
             speed, share = timed(kind)
             (raw if kind == "raw" else member).append(speed)
             if kind == "member":
                 prepare.append(share)
+        i += 1
     ratios = [m / r for m, r in zip(member, raw)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return {"raw_generate_tokens_per_s": statistics.median(raw), "member_tokens_per_s": statistics.median(member),
             "member_vs_raw": statistics.median(ratios), "member_vs_raw_min": min(ratios),
-            "member_vs_raw_max": max(ratios), "member_vs_raw_pairs": len(ratios),
-            "member_prepare_share": statistics.median(prepare)}
+            "member_vs_raw_max": max(ratios), "member_vs_raw_q1": q1, "member_vs_raw_q3": q3,
+            "member_vs_raw_pairs": len(ratios), "member_prepare_share": statistics.median(prepare),
+            "member_probe_s": time.perf_counter() - start}
 
 
 def batch_speed(outs: list[MemberOutput]) -> tuple[float, float]:
