@@ -37,8 +37,9 @@ class Variant(NamedTuple):
 
 
 # 16-bit halves, 7 Philox rounds and approximate log/sin/cos: the Box-Muller transcendentals and the Philox rounds,
-# not memory, bounded the precise kernel (3× the copy bound); scripts/gpu_checks.py measures every variant
-DEFAULT = Variant(rounds=7, halves=True, fast=True, warps=2)
+# not memory, bounded the precise kernel (3× the copy bound); scripts/gpu_checks.py measures every variant and
+# launch setting (4 warps since the weights are loaded before the noise is drawn: results/gpu-h200-2026-12-03)
+DEFAULT = Variant(rounds=7, halves=True, fast=True)
 
 
 try:  # Triton comes with torch's CUDA builds (and with vLLM); without it the per-tensor path runs
