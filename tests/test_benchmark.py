@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from harness.config import load_config
+from harness.errors import UserError
 from harness.launch.benchmark import run_benchmark
 from harness.registry import get_method
 from harness.records import load_record
@@ -65,6 +66,25 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     before = [load_record(r).finished for r in runs]
     run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
     assert [load_record(r).finished for r in runs] == before
+    # the spec edited since: the runs made with the old settings are not kept as its results
+    spec["methods"]["es"]["set"] = ["population=5", "prompts_per_iteration=8"]
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(UserError, match=r"(?s)--rerun-changed.*es-s0: population: 4 in the run, 5 in the spec") as e:
+        run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs")
+    assert "grpo-s0" not in str(e.value)
+    # so is a run whose prompt set differs (its record says another hash)
+    record = json.loads((runs[1] / "record.json").read_text())
+    record["data"]["hash"] = "0" * 64
+    (runs[1] / "record.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="grpo-s0: the prompt set: hash 000000000000 in the run"):
+        run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs", only=["grpo"])
+    # --rerun-changed moves the old run aside (nothing is lost) and makes it again: here with a policy that is
+    # not there, so the new run stops at once
+    with pytest.raises(UserError, match="every run failed"):
+        run_benchmark(path, out=tmp_path / "report", runs_dir=tmp_path / "runs", only=["es"], rerun_changed=True,
+                      run_overrides=["policy=" + str(tmp_path / "no-policy")])
+    [aside] = (tmp_path / "runs" / "replaced").iterdir()
+    assert aside.name.startswith("es-s0-") and load_record(aside).finished == before[0]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ optional target; every method runs at the same budget on the same prompts, score
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -21,6 +22,8 @@ from pydantic import Field, field_validator, model_validator
 from harness.budget import BudgetConfig
 from harness.checkpoint import Preempted
 from harness.config import StrictModel, apply_overrides, read_yaml, renamed, validate
+from harness.config_diff import differing_keys
+from harness.data import load_prompt_set
 from harness.errors import OutOfMemory, UserError
 from harness.fixtures.policy import BUILTIN_POLICY, builtin_policy_path
 from harness.launch.console import child_settings
@@ -209,6 +212,31 @@ def spec_runs(spec: BenchmarkSpec, runs_root: Path, status: str = "completed") -
     return found
 
 
+def changed_runs(spec: BenchmarkSpec, configs: dict[tuple[str, int], Any], runs_root: Path,
+                 shown: int = 6) -> dict[Path, list[str]]:
+    """The runs already in ``runs_root`` (finished or not) that this spec would not make as they are: run folder
+    -> what differs (the method, config keys as dotted paths with both values, the prompt set's hash)."""
+    hashes: dict[str, str] = {}
+    changed = {}
+    for (name, seed), cfg in configs.items():
+        run_dir = runs_root / f"{name}-s{seed}"
+        if not (run_dir / "record.json").is_file():
+            continue
+        old, method = load_record(run_dir), spec.methods[name].method or name
+        diffs = [] if old.method == method else [f"method: {old.method} in the run, {method} in the spec"]
+        for key, (was, now) in differing_keys([old.config, cfg.model_dump(mode="json", by_alias=True)]).items():
+            diffs.append(f"{key}: {was[:60]} in the run, {now[:60]} in the spec")
+        source = json.dumps(cfg.run.data.model_dump(mode="json"), sort_keys=True)
+        if source not in hashes:
+            hashes[source] = load_prompt_set(cfg.run.data).content_hash
+        if old.data.get("hash") != hashes[source]:
+            diffs.append(f"the prompt set: hash {str(old.data.get('hash'))[:12]} in the run, "
+                         f"{hashes[source][:12]} from the spec's data")
+        if diffs:
+            changed[run_dir] = diffs[:shown] + ([f"and {len(diffs) - shown} more"] if len(diffs) > shown else [])
+    return changed
+
+
 def default_locations(spec: BenchmarkSpec) -> tuple[Path, Path]:
     stamp = date.today().isoformat()
     return Path(spec.runs_dir) / f"{stamp}-{spec.name}", Path(spec.results_dir) / f"{stamp}-{spec.name}"
@@ -217,12 +245,14 @@ def default_locations(spec: BenchmarkSpec) -> tuple[Path, Path]:
 def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | None = None,
                   only: list[str] | None = None, seed_index: int | None = None, report_only: bool = False,
                   run_overrides: list[str] | None = None, method_overrides: list[str] | None = None,
-                  services: set[int] | None = None) -> Path | None:
+                  services: set[int] | None = None, rerun_changed: bool = False) -> Path | None:
     """Run the spec's (method, seed) pairs, then the report. ``only``/``seed_index`` select a subset (one
     SLURM array task); ``report_only`` compares what is there; ``run_overrides`` (dotted keys of
     ``run``, e.g. the scorer a cluster job must use) apply to every run, ``method_overrides`` to the
     selected methods' own configs. ``services``: pids of the processes beside the runs on their GPUs (the
-    scorer), which may hold device memory when an entry starts."""
+    scorer), which may hold device memory when an entry starts. A run already in ``runs_dir`` whose method,
+    config or prompt set differs from what the spec makes now is refused, naming what differs, or with
+    ``rerun_changed`` moved aside under ``runs_dir/replaced/`` and made again."""
     spec, raw = load_spec(Path(spec_path))
     if run_overrides:
         run = apply_overrides(spec.run.model_dump(mode="json", by_alias=True), run_overrides)
@@ -257,6 +287,16 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     if any(c.run.policy == BUILTIN_POLICY for c in configs.values()) or any(
             spec.evaluate[e].policy == BUILTIN_POLICY for e in evaluations):
         builtin_policy_path()  # built here, where its console line shows, not silently inside the first run
+    changed = changed_runs(spec, configs, runs_root)
+    if changed and not rerun_changed:
+        raise UserError(f"{spec_path}: {len(changed)} run(s) in {runs_root} were made with other settings than the "
+                        "spec gives now; run with --rerun-changed to replace them, or choose another --runs-dir:\n  "
+                        + "\n  ".join(f"{d.name}: {'; '.join(diffs)}" for d, diffs in changed.items()))
+    for run_dir in changed:
+        aside = runs_root / "replaced" / f"{run_dir.name}-{time.strftime('%Y%m%dT%H%M%S')}"
+        aside.parent.mkdir(exist_ok=True)
+        run_dir.rename(aside)
+        log.warning("%s was made with other settings; moved to %s and made again", run_dir.name, aside)
     evaluated, skipped = run_evaluations(spec, Path(spec_path), runs_root, evaluations, run_overrides, failed)
     for (name, seed), cfg in configs.items():
         run_dir = runs_root / f"{name}-s{seed}"

@@ -156,6 +156,9 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
               only: List[str] = typer.Option([], "--only", help="run only this method (repeatable)"),
               seed_index: Optional[int] = typer.Option(None, "--seed-index", help="run only the spec's i-th seed"),
               report_only: bool = typer.Option(False, "--report-only", metavar="", help="only compare the completed runs"),
+              rerun_changed: bool = typer.Option(False, "--rerun-changed", metavar="", help="replace the runs in "
+                                                 "--runs-dir made with other settings than the spec's (moved to "
+                                                 "replaced/)"),
               set_run: List[str] = typer.Option([], "--set-run", help="override KEY=VALUE in the spec's `run` "
                                                 "settings (every method's)"),
               set_shared: List[str] = typer.Option([], "--set-shared", hidden=True, help="deprecated: --set-run"),
@@ -168,7 +171,8 @@ def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml",
         err.print("[yellow]warning:[/] --set-shared is deprecated and goes in the next release: use --set-run")
 
     path = run_benchmark(spec, out=out, runs_dir=runs_dir, only=only or None, seed_index=seed_index,
-                         report_only=report_only, run_overrides=[*set_run, *set_shared], method_overrides=set_)
+                         report_only=report_only, run_overrides=[*set_run, *set_shared], method_overrides=set_,
+                         rerun_changed=rerun_changed)
     if path:
         print_report_summary(path.parent)
     elif seed_index is None:  # a single (method, seed) part is one of many: its caller reports

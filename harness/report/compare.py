@@ -22,17 +22,11 @@ from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.records import RECORD_FILE, RunRecord, atomic_write_text, load_record
 from harness.report import plots, render
 from harness.lagrangian import LambdaConfig
+from harness.config_diff import differing_keys
 from harness.report import metrics as M
 from harness.report.stats import MIN_SEEDS, Interval, bootstrap_mean, hierarchical_paired, over_seeds
 
 VOLATILE_INFO = ("url", "served", "load_seconds")  # scorer /info fields that differ between identical scorers
-# Config keys that may differ between the seeds of one label: the seed itself and where output and checkpoints
-# go. A scorer's transport (address, credentials, patience, batching) does not change what it scores.
-SEED_KEYS = ("run.seed", "seed", "label", "policy_path", "run.checkpoint_every", "run.keep_checkpoints",
-             "run.tensorboard", "run.wandb")
-TRANSPORT_KEYS = ("url", "rendezvous", "token", "token_file", "deadline_s", "request_timeout_s", "concurrency",
-                  "max_batch")
-
 
 @dataclass
 class Run:
@@ -98,32 +92,11 @@ def lambda0(record: RunRecord) -> float:
     return float((section.get("lambda") or {}).get("lambda_init", LambdaConfig().lambda_init))
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _varies_by_seed(key: str) -> bool:
-    parts = key.split(".")
-    return key in SEED_KEYS or (parts[-1] in TRANSPORT_KEYS and ("scorer" in parts or "judge" in parts))
-
-
 def config_differences(runs: list[Run]) -> list[str]:
     """The config keys whose values differ between the runs of one label, besides the seed and output settings:
     runs that differ there are different configs, not seeds of one."""
-    flat = [flatten(r.record.config) for r in runs]
-    keys = sorted({k for f in flat for k in f if not _varies_by_seed(k)})
-    diffs = []
-    for k in keys:
-        vals = [json.dumps(f.get(k), sort_keys=True, default=str) for f in flat]
-        if len(set(vals)) > 1:
-            diffs.append(f"{k} (" + ", ".join(f"{r.path.name}={v}" for r, v in zip(runs, vals)) + ")")
-    return diffs
+    diffs = differing_keys([r.record.config for r in runs])
+    return [f"{k} (" + ", ".join(f"{r.path.name}={v}" for r, v in zip(runs, vals)) + ")" for k, vals in diffs.items()]
 
 
 def check_groups(groups: dict[str, list[Run]], allow_mismatch: bool) -> list[str]:
