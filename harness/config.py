@@ -86,37 +86,59 @@ def format_validation_error(err: ValidationError, source: str, model: type[BaseM
     return "\n".join(lines)
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """UTF-8 text of a user's file, or a UserError that names it (missing, a folder, unreadable, not UTF-8)."""
+def read_bytes(path: Path, what: str = "file") -> bytes:
+    """A user's file, or a UserError that names it (missing, a folder, unreadable)."""
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
     if not path.is_file():
         raise UserError(f"{path}: {what} is not a regular file")
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+        return path.read_bytes()
     except OSError as e:
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
 
 
+def read_text(path: Path, what: str = "file") -> str:
+    """UTF-8 text of a user's file, or a UserError that names it (missing, a folder, unreadable, not UTF-8)."""
+    data = read_bytes(path, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
+
+
 def read_jsonl(path: Path, what: str = "JSONL file") -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line, or a UserError naming the file and line."""
-    rows = []
+    return read_jsonl_resuming(path, what, drop_cut=False)[0]
+
+
+def read_jsonl_resuming(path: Path, what: str = "JSONL file",
+                        drop_cut: bool = True) -> tuple[list[tuple[int, dict[str, Any]]], bool]:
+    """As read_jsonl, for a file a killed writer appended to: an unterminated last line that is not valid (UTF-8
+    cut inside a character, JSON cut short) is what a kill mid-write leaves, and is dropped (True in the pair's
+    second place) instead of refused."""
+    data = read_bytes(path, what)
     # split on \n only: str.splitlines() would also split inside a JSON string at \u2028 and friends
-    for lineno, line in enumerate(read_text(path, what).split("\n"), 1):
-        if not line.strip():
+    lines = data.split(b"\n")
+    rows, cut = [], False
+    for lineno, raw in enumerate(lines, 1):
+        if not raw.strip():
             continue
         try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            obj = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if drop_cut and lineno == len(lines):  # no newline after it: the write was cut off
+                cut = True
+                continue
+            why = (f"not UTF-8 (byte 0x{e.object[e.start]:02x} at column {e.start + 1})"
+                   if isinstance(e, UnicodeDecodeError) else f"not valid JSON ({e.msg} at column {e.colno})")
+            raise UserError(f"{path}:{lineno}: {why}") from None
         except RecursionError:
             raise UserError(f"{path}:{lineno}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise UserError(f"{path}:{lineno}: each line must be a JSON object")
         rows.append((lineno, obj))
-    return rows
+    return rows, cut
 
 
 class UniqueKeyLoader(yaml.SafeLoader):

@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 INCIDENTAL_KEYS = ("run.seed", "seed", "label", "policy_path", "run.checkpoint_every", "run.keep_checkpoints",
                    "run.tensorboard", "run.wandb")
+VOLATILE_INFO = ("url", "served", "load_seconds")  # scorer /info fields that differ between identical scorers
 TRANSPORT_KEYS = ("url", "rendezvous", "token", "token_file", "deadline_s", "request_timeout_s", "concurrency",
                   "max_batch")
 
@@ -41,3 +42,8 @@ def differing_keys(configs: Sequence[dict[str, Any]]) -> dict[str, list[str]]:
         if len(set(vals)) > 1:
             out[k] = vals
     return out
+
+
+def scorer_identity(info: dict[str, Any] | None) -> str:
+    """A scorer's /info without what differs between two instances of the same scorer: equal means same scores."""
+    return json.dumps({k: v for k, v in (info or {}).items() if k not in VOLATILE_INFO}, sort_keys=True)

@@ -5,8 +5,10 @@ Every method calls ``evaluate`` with its own ``Generator``; settings, prompts an
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from pydantic import Field
@@ -15,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness.config import StrictModel
 from harness.data import PromptRecord
+from harness.errors import UserError
 from harness.generation import Generator, RolloutSettings
 from harness.scoring import Scorer
 
@@ -44,6 +47,24 @@ class EvalSample:
     cost: float
     judge_reward: float | None = None
     judge_cost: float | None = None
+
+
+def checked_samples(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A samples file's rows (line number, object) as samples: each with a unique string id and finite reward and
+    cost, or a UserError naming the file, line and field."""
+    samples, seen = [], {}
+    for lineno, s in rows:
+        if not isinstance(s.get("id"), str):
+            raise UserError(f"{path}:{lineno}: each line must be an object with a string 'id'")
+        for key in ("reward", "cost"):
+            v = s.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise UserError(f"{path}:{lineno}: '{key}' is {str(v)[:40]!r}, not a finite number")
+        if s["id"] in seen:
+            raise UserError(f"{path}:{lineno}: sample id {s['id'][:80]!r} repeats line {seen[s['id']]}")
+        seen[s["id"]] = lineno
+        samples.append(s)
+    return samples
 
 
 def quadrant(reward: float, cost: float) -> str:

@@ -113,7 +113,7 @@ def test_binary_files_and_odd_places_are_named(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_bytes('{"prompt": "café"}\n'.encode("latin-1"))
     code, out = run_cli("run", "es", "--set", f"run.data={{kind: jsonl, path: {prompts}}}", "--run-dir", tmp_path / "r")
-    assert code == 2 and f"{prompts}: not UTF-8 text" in out
+    assert code == 2 and f"{prompts}:1: not UTF-8 (byte 0xe9 at column 16)" in out
     a_file = tmp_path / "file"
     a_file.write_text("")
     code, out = run_cli("run", "es", "--run-dir", a_file)

@@ -54,3 +54,36 @@ def test_record_writer_files_tensorboard_and_wandb_offline(tmp_path, monkeypatch
     assert json.loads((tmp_path / "evals" / "eval-00000000.jsonl").read_text())["reward"] == 1.0
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+GOOD = json.dumps({"id": "a", "category": "c", "expected_safe": None, "prompt": "p", "response": "r", "n_tokens": 1,
+                   "reward": 1.0, "cost": -1.0, "judge_reward": None, "judge_cost": None}) + "\n"
+
+
+@pytest.mark.parametrize("tail, error", [
+    (b"42\n", "samples.jsonl:2: each line must be a JSON object"),
+    (b'{"response": "r"}\n', "samples.jsonl:2: each line must be an object with a string 'id'"),
+    (GOOD.replace("1.0", "NaN", 1).replace('"a"', '"b"').encode(), "samples.jsonl:2: 'reward' is 'nan', not a finite"),
+    (GOOD.replace("1.0", '"abc"', 1).replace('"a"', '"b"').encode(), "samples.jsonl:2: 'reward' is 'abc', not a finite"),
+    (GOOD.replace("-1.0", "1e999").replace('"a"', '"b"').encode(), "samples.jsonl:2: 'cost' is 'inf', not a finite"),
+    (b"\xff\xfe\x00\n" + GOOD.encode(), "samples.jsonl:2: not UTF-8 \\(byte 0xff at column 1\\)"),
+    (GOOD.encode(), "samples.jsonl:2: sample id 'a' repeats line 1"),
+    (GOOD.replace('"judge_cost": null', '"extra": 1').replace('"a"', '"b"').encode(), "samples.jsonl:2: not a sample"),
+])
+def test_a_damaged_samples_file_is_refused_with_its_line(tmp_path, tail, error):
+    from harness.errors import UserError
+    from harness.launch.policy_eval import read_done
+
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(GOOD.encode() + tail)
+    with pytest.raises(UserError, match=error):
+        read_done(path)
+
+
+def test_a_samples_line_cut_mid_write_is_dropped_on_resume(tmp_path):
+    from harness.launch.policy_eval import read_done
+
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(GOOD.encode() + GOOD.replace('"a"', '"b"').encode()[:-3])  # cut short, no newline
+    assert read_done(path) == ([json.loads(GOOD)], True) and path.read_text() == GOOD
+    assert read_done(path) == ([json.loads(GOOD)], False)

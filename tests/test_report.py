@@ -60,7 +60,7 @@ def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="r
         metrics = {"reward": float(np.mean([s["reward"] for s in samples])),
                    "cost": float(np.mean([s["cost"] for s in samples])),
                    "safe_ratio": float(np.mean([s["cost"] <= 0 for s in samples])), "objective": 0.0,
-                   "helpful_ratio": 0.5, "SH": 0.25, "SU": 0.25, "UH": 0.25, "UU": 0.25}
+                   "helpful_ratio": 0.5, "SH": 0.25, "SU": 0.25, "UH": 0.25, "UU": 0.25, "n": len(samples)}
         if step:
             w.log_point(Point(step=step, completions=mark, tokens=mark * 8, seconds=step, reward=1, cost=0, objective=1,
                               safe_ratio=1, lam=1.0, j_c=0, times={"generation": 1.0, "scoring": 0.1}))
@@ -193,6 +193,17 @@ def test_compare_refuses_what_would_skew_the_statistics(tmp_path):
     (escape / "record.json").write_text(json.dumps(rec))
     with pytest.raises(UserError, match="must be a path inside the run folder"):
         write_report([a, escape], tmp_path / "out")
+    link = fake_run(tmp_path / "l", "grpo", 1, 0.0)  # a samples file linked to one outside the run folder
+    outside = tmp_path / "outside.jsonl"
+    (link / "evals" / "eval-00000100.jsonl").rename(outside)
+    (link / "evals" / "eval-00000100.jsonl").symlink_to(outside)
+    with pytest.raises(UserError, match="links outside its run folder"):
+        write_report([a, link], tmp_path / "out")
+    short = fake_run(tmp_path / "s", "grpo", 1, 0.0)  # 2 of its 30 samples: the pairs would silently shrink
+    f = short / "evals" / "eval-00000100.jsonl"
+    f.write_text("\n".join(f.read_text().splitlines()[:2]) + "\n")
+    with pytest.raises(UserError, match="2 samples with mean reward .* evaluated 30 with .* not this evaluation's"):
+        write_report([a, short], tmp_path / "out")
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UserError, match="exists and is not a folder"):
         write_report([a, b], tmp_path / "afile")

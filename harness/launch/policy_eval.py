@@ -19,11 +19,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from harness import environment, runlog
-from harness.config import StrictModel, read_text
+from harness.config import StrictModel, read_jsonl_resuming, read_text
+from harness.config_diff import scorer_identity
 from harness.data import PromptSet, PromptSource
 from harness.data.prompts import PromptFile, load_prompt_set, load_records
 from harness.errors import UserError
-from harness.evaluation import EvalSample, EvalSettings, aggregate, eval_progress, evaluate_chunks, evaluation_record
+from harness.evaluation import (EvalSample, EvalSettings, aggregate, checked_samples, eval_progress, evaluate_chunks,
+                                evaluation_record)
 from harness.generation import RolloutSettings, move_rollout_keys
 from harness.lagrangian import LambdaConfig
 from harness.memory_plan import plan_engine, vllm_memory_kwargs
@@ -122,22 +124,33 @@ def make_generator(cfg: EvalConfig, policy: Path):
     return HFGenerator(model, AutoTokenizer.from_pretrained(policy), batch_size=cfg.batch_size)
 
 
-def read_done(path: Path) -> list[dict]:
-    """Samples already written. A line cut off by a kill mid-write is dropped (and rewritten on resume)."""
+def read_done(path: Path) -> tuple[list[dict], bool]:
+    """Samples already written, checked line by line, and whether a last line cut off by a kill mid-write was
+    dropped (the file is rewritten without it, and that prompt evaluated again)."""
     if not path.is_file():
-        return []
-    lines = path.read_text(encoding="utf-8").split("\n")
-    done = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            done.append(json.loads(line))
-        except json.JSONDecodeError:
-            if any(x.strip() for x in lines[i + 1:]):
-                raise UserError(f"{path}:{i + 1}: not valid JSON (and not the last line: not a cut-off write)") from None
-    atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in done))
-    return done
+        return [], False
+    rows, cut = read_jsonl_resuming(path, "evaluation samples file")
+    done = checked_samples(path, rows)
+    for lineno, s in rows:
+        if set(s) != FIELDS:
+            raise UserError(f"{path}:{lineno}: not a sample of this evaluation (fields "
+                            f"{', '.join(sorted(set(s) ^ FIELDS))[:200]} differ); choose another --out")
+    if cut:
+        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in done))
+    return done, cut
+
+
+def resumed_differences(old: RunRecord, new: RunRecord) -> list[str]:
+    """What an unfinished evaluation's record says it evaluated that this one would not: the prompt set, the
+    policy's folder, the scorer and the judge."""
+    diffs = [f"the prompt set (hash {str(old.data.get(k))[:12]} then, {str(new.data.get(k))[:12]} now)"
+             for k in ("hash", "eval_hash") if old.data.get(k) != new.data.get(k)][:1]
+    if old.config.get("policy_path") != new.config.get("policy_path"):
+        diffs.append(f"the policy ({old.config.get('policy_path')} then, {new.config.get('policy_path')} now)")
+    for what, was, now in (("scorer", old.scorer, new.scorer), ("judge", old.judge, new.judge)):
+        if scorer_identity(was) != scorer_identity(now):
+            diffs.append(f"the {what}'s /info")
+    return diffs
 
 
 def run_eval(cfg: EvalConfig, out: Path) -> Path:
@@ -146,6 +159,7 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out exists and is not a folder")
     config = cfg.model_dump(mode="json", by_alias=True)
+    old = None
     if (out / "record.json").is_file():
         old = load_record(out)
         if old.status == "completed":
@@ -166,15 +180,18 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
                        evaluation=evaluation_record(cfg.eval, cfg.rollout))
     record.config["policy_path"] = str(policy)
     samples_path = out / SAMPLES
-    done = read_done(samples_path)
+    done, cut = read_done(samples_path)
+    if done and old is not None and (diffs := resumed_differences(old, record)):
+        raise UserError(f"{out}: the evaluation there was started on other inputs, so its samples cannot be kept: "
+                        + "; ".join(diffs) + "; choose another --out")
     done_ids = {s["id"] for s in done}
     expected = {p.id for p in todo_all}
-    stray = [s for s in done if s["id"] not in expected or set(s) != FIELDS]
-    if stray or len(done_ids) != len(done):
-        raise UserError(f"{samples_path}: holds samples that are not this evaluation's (unknown or repeated ids, "
-                        "other fields); choose another --out")
+    if stray := sorted(done_ids - expected):
+        raise UserError(f"{samples_path}: holds samples of prompts this evaluation does not read "
+                        f"({', '.join(stray)[:200]}); choose another --out")
     if done:
-        record.notes.append(f"resumed with {len(done)} of {len(todo_all)} prompts already evaluated")
+        record.notes.append(f"resumed with {len(done)} of {len(todo_all)} prompts already evaluated"
+                            + (" (a last line cut off mid-write dropped)" if cut else ""))
     writer = RecordWriter(out, record, tensorboard=False)
     try:
         todo = [p for p in todo_all if p.id not in done_ids]

@@ -18,15 +18,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.config import read_jsonl
+from harness.evaluation import checked_samples
 from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.records import RECORD_FILE, RunRecord, atomic_write_text, load_record
 from harness.report import plots, render
 from harness.lagrangian import LambdaConfig
-from harness.config_diff import differing_keys
+from harness.config_diff import differing_keys, scorer_identity
 from harness.report import metrics as M
 from harness.report.stats import MIN_SEEDS, Interval, bootstrap_mean, hierarchical_paired, over_seeds
 
-VOLATILE_INFO = ("url", "served", "load_seconds")  # scorer /info fields that differ between identical scorers
 
 @dataclass
 class Run:
@@ -44,8 +44,17 @@ class Run:
     @cached_property
     def final_samples(self) -> list[dict[str, Any]]:
         """The last evaluation's samples, checked: a file inside the run folder, one JSON object per line with a
-        unique id and finite reward and cost."""
-        return read_samples(self.path, self.record.evals[-1].samples_file)
+        unique id and finite reward and cost, as many as the record's evaluation counted, with its mean reward."""
+        point = self.record.evals[-1]
+        samples = read_samples(self.path, point.samples_file)
+        n, reward = point.metrics.get("n"), point.metrics.get("reward")
+        mean = statistics.fmean(s["reward"] for s in samples)
+        if (n is not None and len(samples) != n) or (reward is not None and not math.isclose(mean, reward,
+                                                                                               rel_tol=1e-9, abs_tol=1e-9)):
+            raise UserError(f"{self.path / point.samples_file}: {len(samples)} samples with mean reward {mean:.6g}, but "
+                            f"{self.path / RECORD_FILE} evaluated {'?' if n is None else int(n)} with "
+                            f"{'?' if reward is None else format(reward, '.6g')}: the file is not this evaluation's")
+        return samples
 
 
 def read_samples(run_dir: Path, name: str) -> list[dict[str, Any]]:
@@ -53,18 +62,9 @@ def read_samples(run_dir: Path, name: str) -> list[dict[str, Any]]:
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"{run_dir / RECORD_FILE}: samples_file {name!r} must be a path inside the run folder")
     path = run_dir / rel
-    samples, seen = [], {}
-    for lineno, s in read_jsonl(path, "evaluation samples file"):
-        if not isinstance(s.get("id"), str):
-            raise UserError(f"{path}:{lineno}: each line must be an object with a string 'id'")
-        for key in ("reward", "cost"):
-            v = s.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise UserError(f"{path}:{lineno}: '{key}' is {v!r}, not a finite number")
-        if s["id"] in seen:
-            raise UserError(f"{path}:{lineno}: sample id {s['id']!r} repeats line {seen[s['id']]}")
-        seen[s["id"]] = lineno
-        samples.append(s)
+    if not path.resolve().is_relative_to(run_dir.resolve()):  # a link out of the folder is not this run's
+        raise UserError(f"{path}: the samples file links outside its run folder ({path.resolve()})")
+    samples = checked_samples(path, read_jsonl(path, "evaluation samples file"))
     if not samples:
         raise UserError(f"{path}: no evaluation samples")
     return samples
@@ -153,17 +153,13 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
     return runs
 
 
-def _scorer_key(info: dict[str, Any] | None) -> str:
-    return json.dumps({k: v for k, v in (info or {}).items() if k not in VOLATILE_INFO}, sort_keys=True)
-
-
 def comparability_problems(runs: list[Run], references: list[Run]) -> list[str]:
     """What differs between runs that must be equal for a fair comparison. Reference rows share everything
     about the evaluation (prompts, scorer, judge, settings); they have no training budget."""
     shared = {
-        "scorer": lambda r: _scorer_key(r.scorer),
+        "scorer": lambda r: scorer_identity(r.scorer),
         "evaluation settings": lambda r: json.dumps(r.evaluation, sort_keys=True),
-        "judge": lambda r: _scorer_key(r.judge),
+        "judge": lambda r: scorer_identity(r.judge),
         "λ₀ (lambda.lambda_init, the objective's λ)": lambda0,
     }
     checks = [("prompts (data hash)", lambda r: r.data.get("hash"), runs),
