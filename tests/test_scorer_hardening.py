@@ -20,7 +20,7 @@ class LyingScorer:
     """A real HTTP server that answers /score_batch with whatever the test sets (status, body)."""
 
     def __init__(self):
-        self.status, self.body, self.delay = 200, b"{}", 0.0
+        self.status, self.body, self.delay, self.headers, self.trickle = 200, b"{}", 0.0, {}, False
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,8 +32,16 @@ class LyingScorer:
                 self.send_response(outer.status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(outer.body)))
+                for k, v in outer.headers.items():
+                    self.send_header(k, v)
                 self.end_headers()
-                self.wfile.write(outer.body)
+                if not outer.trickle:
+                    self.wfile.write(outer.body)
+                    return
+                for i in range(len(outer.body)):  # a byte every 0.2 s: never a read timeout, never done in time
+                    self.wfile.write(outer.body[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
 
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -65,6 +73,8 @@ def liar():
     ({"rewards": [1.0] * 4}, "'costs' is missing"),
     ([1, 2], "expected a JSON object"),
     (b"<html>oops</html>", "reply is not JSON"),
+    (b'{"rewards": [' + b"9" * 401 + b', 1, 1, 1], "costs": [0, 0, 0, 0]}', "'rewards'[0] is 999999"),
+    ({"rewards": [1e308, 1e308, 1.0, 1.0], "costs": [0.0] * 4}, "'rewards'[0] is 1e+308, not a finite number within"),
 ])
 def test_a_scorer_that_lies_is_an_error_never_a_shorter_list(liar, body, reason):
     liar.answer(200, body)
@@ -201,3 +211,35 @@ def test_a_service_whose_models_failed_to_load_says_so_once_and_for_good(make_sc
     with pytest.raises(ScorerError, match="failed to load.*/nonexistent/model"):
         client.score(["a"], ["b"])
     assert time.time() - t < 3  # not retried until the deadline
+
+
+def test_a_hostile_reply_is_cut_at_the_deadline_and_the_size_cap(liar):
+    import gzip
+
+    liar.answer(200, {"rewards": [1.0], "costs": [0.0]})
+    liar.trickle = True  # one byte every 0.2 s: 8 s for the whole reply, past a 1.5 s deadline
+    client = make_scorer(ScorerSpec(kind="http", url=liar.url, deadline_s=1.5, request_timeout_s=120))
+    t = time.time()
+    with pytest.raises(ScorerError, match="still arriving at the deadline"):
+        client.score(["a"], ["b"])
+    assert time.time() - t < 2.5
+    liar.trickle = False
+    liar.answer(200, gzip.compress(b" " * (64 << 20)))  # 64 kB that inflate to 64 MiB
+    liar.headers = {"Content-Encoding": "gzip"}
+    with pytest.raises(BadScorerReply, match="larger than 16 MiB \\(decoded\\)"):
+        make_scorer(ScorerSpec(kind="http", url=liar.url, deadline_s=5)).score(["a"], ["b"])
+    liar.answer(200, gzip.compress(json.dumps({"rewards": [1.0], "costs": [-2.0]}).encode()))
+    assert make_scorer(ScorerSpec(kind="http", url=liar.url, deadline_s=5)).score(["a"], ["b"]) == ([1.0], [-2.0])
+
+
+def test_backoff_never_sleeps_past_the_deadline_and_a_redirect_is_named(liar):
+    liar.answer(503, {"detail": "loading"})
+    client = make_scorer(ScorerSpec(kind="http", url=liar.url, deadline_s=4.0))
+    t = time.time()
+    with pytest.raises(ScorerError, match="unreachable for 4s"):
+        client.score(["a"], ["b"])
+    assert time.time() - t < 4.5
+    liar.answer(302, b"")
+    liar.headers = {"Location": "http://elsewhere.example/score_batch"}
+    with pytest.raises(UserError, match="answered 302, a redirect to 'http://elsewhere.example/score_batch'"):
+        make_scorer(ScorerSpec(kind="http", url=liar.url, deadline_s=5)).score(["a"], ["b"])

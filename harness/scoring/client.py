@@ -1,8 +1,9 @@
 """HTTP client for ``esgrpo serve-scorer``; implements the ``Scorer`` protocol.
 
-Retries connection errors, timeouts, 429 and 5xx with exponential backoff and jitter until a total
-deadline (a request in flight is cut off at the deadline too), then raises ``ScorerUnavailable``. 4xx, a bad
-URL, and a 5xx the service marks permanent (its models failed to load, or one pair alone does not fit in
+Retries connection errors, timeouts, 429 and 5xx with exponential backoff and jitter until one total
+deadline that covers connecting, reading (a reply still trickling in is cut off) and the backoff's sleeps, then
+raises ``ScorerUnavailable``. 4xx, a redirect, a bad URL, a reply over MAX_REPLY_BYTES decoded, and a 5xx the
+service marks permanent (its models failed to load, or one pair alone does not fit in
 its memory: 507, ``ScorerOutOfMemory``) fail at once. Every reply is checked:
 one finite reward and cost per pair sent, or ``BadScorerReply``. It never invents, drops or pads a score.
 """
@@ -59,6 +60,27 @@ def _retryable(exc: BaseException) -> bool:
 
 class _RendezvousMissing(Exception):
     pass
+
+
+MAX_REPLY_BYTES = 16 << 20  # decoded: a reply of 1,024 pairs is ~50 kB; a gzip bomb is cut as it inflates
+backoff = wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)
+
+
+def read_capped(response: httpx.Response, url: str, deadline: float) -> httpx.Response:
+    """A streamed reply, read whole as its decoded body: cut off (as a timeout: retried while the deadline
+    allows) once the deadline passes, however slowly the bytes trickle in, and refused past MAX_REPLY_BYTES."""
+    chunks, size = [], 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > MAX_REPLY_BYTES:
+            raise BadScorerReply(f"scorer {url}: reply larger than {MAX_REPLY_BYTES >> 20} MiB (decoded); refused")
+        if time.monotonic() > deadline:
+            raise httpx.ReadTimeout(f"reply still arriving at the deadline ({size} bytes so far)")
+        chunks.append(chunk)
+    # the body is decoded already: the copy must not decode it again
+    headers = [(k, v) for k, v in response.headers.multi_items()
+               if k.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks), request=response.request)
 
 
 def read_rendezvous(path: str | Path) -> str:
@@ -148,7 +170,8 @@ class HttpScorer:
                 url = self.base_url() + path
                 # never past the deadline, not even with a request in flight
                 left = max(0.05, min(self.spec.request_timeout_s, deadline - time.monotonic()))
-                r = self._http.request(method, url, json=body, timeout=left)
+                with self._http.stream(method, url, json=body, timeout=left) as streamed:
+                    r = read_capped(streamed, url, deadline)
                 r.raise_for_status()
             except Exception as e:
                 if _retryable(e):
@@ -158,20 +181,24 @@ class HttpScorer:
                     last_error = str(e)
                 raise
             try:
-                return r.json()
-            except ValueError:
-                raise BadScorerReply(f"scorer {url}: {r.status_code} reply is not JSON: {r.text[:200]!r}") from None
+                return json.loads(r.content)
+            except (ValueError, RecursionError):
+                raise BadScorerReply(f"scorer {url}: {r.status_code} reply is not JSON: {r.content[:200]!r}") from None
 
         try:
             for att in Retrying(retry=retry_if_exception(_retryable), reraise=False,
                                 stop=stop_after_delay(self.spec.deadline_s),
-                                wait=wait_exponential_jitter(multiplier=0.2, max=10.0, jitter=0.2)):
+                                wait=lambda state: min(backoff(state), max(0.0, deadline - time.monotonic()))):
                 with att:
                     out = attempt()
         except RetryError:
             raise ScorerUnavailable(f"scorer unreachable for {self.spec.deadline_s:.0f}s: {last_error}") from None
         except httpx.HTTPStatusError as e:
-            detail = e.response.text[:300]
+            detail = reply_detail(e.response)
+            if e.response.is_redirect:
+                raise UserError(f"scorer {url} answered {e.response.status_code}, a redirect to "
+                                f"{e.response.headers.get('location', '(no location)')[:200]!r}: point the scorer's "
+                                "url at the service itself") from None
             if e.response.status_code == 507:
                 raise ScorerOutOfMemory(f"scorer {url} out of memory: {reply_detail(e.response)}") from None
             if e.response.status_code >= 500:

@@ -59,6 +59,9 @@ def check_finite(scores: Scores, source: str) -> Scores:
     return scores
 
 
+MAX_SCORE = 1e12  # no reward or cost model scores beyond this; sums of a run's scores stay finite
+
+
 def parse_scores(reply: Any, n: int) -> Scores:
     """``{"rewards": [...], "costs": [...]}`` with exactly ``n`` finite numbers each, or ValueError saying what
     is wrong. A reply is never trimmed or padded: a short list would silently drop samples downstream."""
@@ -72,8 +75,9 @@ def parse_scores(reply: Any, n: int) -> Scores:
         if len(values) != n:
             raise ValueError(f"'{key}' has {len(values)} values for {n} pairs")
         for i, v in enumerate(values):
-            # bool is an int in Python, and JSON true is not a score
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"'{key}'[{i}] is {v!r}, not a finite number")
+            # bool is an int in Python, and JSON true is not a score; an int is compared before it is converted
+            # (a 401-digit one overflows a double), and a double near the top of its range overflows a mean
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= MAX_SCORE:
+                raise ValueError(f"'{key}'[{i}] is {v!r:.40}, not a finite number within ±{MAX_SCORE:g}")
         out.append([float(v) for v in values])
     return Scores(*out)
