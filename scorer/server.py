@@ -34,6 +34,7 @@ from harness.template import split_conversation
 from scorer.backends import PairTooLarge, ServiceScorer, build_scorer, first_line
 from scorer.batcher import DynamicBatcher
 from scorer.service_config import ScorerServiceConfig, load_service_config
+from scorer.uvicorn_compat import header_timeout_protocol
 
 log = logging.getLogger("esgrpo.scorer")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -55,7 +56,8 @@ class ErrorReply(BaseModel):
 
 
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in (
-    (401, "missing or wrong bearer token"), (413, "request body too large"),
+    (401, "missing or wrong bearer token"), (408, "request body not received in time"),
+    (413, "request body too large"),
     (422, f"invalid request: at most {MAX_ERRORS} problems, inputs never echoed"), (503, "models still loading"),
     (500, "models failed to load or scoring failed (permanent), or a score was not finite"),
     (507, "one pair alone does not fit in the scorer's memory (permanent)"))}
@@ -74,30 +76,44 @@ def request_models(cfg: ScorerServiceConfig) -> tuple[type[BaseModel], type[Base
 
 
 def short_errors(errors: list[dict[str, Any]]) -> list[str]:
-    out = [f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}" for e in errors[:MAX_ERRORS]]
+    """At most MAX_ERRORS problems, each cut short: a field name is the client's input too (an unknown 15 MB key)."""
+    out = [(f"{'.'.join(str(p)[:40] for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}")[:200]
+           for e in errors[:MAX_ERRORS]]
     if len(errors) > MAX_ERRORS:
         out.append(f"... and {len(errors) - MAX_ERRORS} more")
     return out
 
 
-class BodyLimit:
-    """Refuses bodies over ``max_bytes`` with 413, counting bytes as they arrive (a chunked body has no
-    Content-Length to check up front). The body is read here, then replayed to the app: the app would hold
-    it whole anyway, and an error raised inside the app's own body read would come out as a 400."""
+class Gate:
+    """The outermost layer, before anything reads the body: the bearer token (all but ``/health``), then the
+    body, refused with 413 over ``max_bytes`` as the bytes arrive (a chunked body has no Content-Length to check
+    up front) and with 408 when it is not all there ``body_timeout_s`` after the headers. The body is read
+    here, then replayed to the app: the app would hold it whole anyway, and an error raised inside the app's own
+    body read would come out as a 400."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, body_timeout_s: float, authorized):
+        self.app, self.max_bytes, self.body_timeout_s, self.authorized = app, max_bytes, body_timeout_s, authorized
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if scope["path"] != "/health" and not self.authorized(headers):
+            return await JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)(scope, receive, send)
+        if scope["method"] in ("GET", "HEAD"):
             return await self.app(scope, receive, send)
         too_large = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+        length = headers.get(b"content-length")
+        if length is not None and (not length.strip(b" \t").isdigit() or int(length) > self.max_bytes):
             return await too_large(scope, receive, send)
         messages, seen = [], 0
+        deadline = asyncio.get_running_loop().time() + self.body_timeout_s
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except (asyncio.TimeoutError, ValueError):
+                return await JSONResponse({"detail": f"request body not received within {self.body_timeout_s:g}s"},
+                                          status_code=408, headers={"Connection": "close"})(scope, receive, send)
             messages.append(message)
             if message["type"] != "http.request":
                 break
@@ -173,18 +189,18 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
     async def invalid_request(request: Request, exc: RequestValidationError):
         return JSONResponse({"detail": short_errors(list(exc.errors()))}, status_code=422)
 
+    def authorized(headers: dict[bytes, bytes]) -> bool:
+        # the raw header bytes are compared (non-ASCII headers are just wrong tokens)
+        return not token or secrets.compare_digest(headers.get(b"authorization", b""), expected)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        if token and request.url.path != "/health":
-            # Starlette decodes headers as latin-1: compare the raw bytes (non-ASCII headers are just wrong tokens)
-            given = request.headers.get("authorization", "").encode("latin-1")
-            if not secrets.compare_digest(given, expected):
-                return JSONResponse({"detail": "missing or wrong bearer token"}, status_code=401)
         if state["error"] and request.url.path != "/health":  # after the token: failures are not told to strangers
             return load_failed()
         return await call_next(request)
 
-    app.add_middleware(BodyLimit, max_bytes=cfg.max_body_bytes)  # outermost: counts before anything reads
+    # outermost: the token and the body's size and time are checked before anything reads it
+    app.add_middleware(Gate, max_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s, authorized=authorized)
 
     def load_failed() -> JSONResponse:
         # "permanent": no retry can mend it; clients stop at once instead of waiting for their deadline
@@ -196,9 +212,10 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
         return state["scorer"]
 
     @app.get("/health")
-    async def health():
-        if state["error"]:
-            return JSONResponse({"ready": False, "error": state["error"], "permanent": True}, status_code=500)
+    async def health(request: Request):
+        if state["error"]:  # what failed (paths, a backend's message) only with the token
+            told = {"error": state["error"]} if authorized(dict(request.scope["headers"])) else {}
+            return JSONResponse({"ready": False, **told, "permanent": True}, status_code=500)
         return JSONResponse({"ready": state["ready"]}, status_code=200 if state["ready"] else 503)
 
     @app.get("/info")
@@ -319,8 +336,9 @@ def serve(config: str | Path | None = None, host: str | None = None, port: int |
     app = create_app(cfg, on_ready=announce, on_shutdown=withdraw)
     print(f"esgrpo scorer listening on {url}", flush=True)
     # a bounded graceful shutdown: SIGTERM stops the server even with a request stuck in flight
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=30,
-                                           timeout_graceful_shutdown=10))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_keep_alive=cfg.idle_timeout_s,
+                                           timeout_graceful_shutdown=10,
+                                           http=header_timeout_protocol(cfg.header_timeout_s)))
     try:
         server.run(sockets=[sock])
     finally:

@@ -60,6 +60,11 @@ class ScorerServiceConfig(StrictModel):
     max_body_bytes: int = Field(16 * 2**20, gt=0)
     max_batch: int = Field(32, gt=0)  # dynamic batcher: run when this many pairs are waiting ...
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)  # ... or when the oldest has waited this long
+    # a connection that holds a socket without making progress is closed: request headers not complete this
+    # long after their first byte, a body not received this long after its headers, no request for this long
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(60.0, gt=0, le=3600)
+    idle_timeout_s: float = Field(30.0, gt=0, le=3600)
     rendezvous: str | None = None
 
 

@@ -203,7 +203,10 @@ def test_a_service_whose_models_failed_to_load_says_so_once_and_for_good(make_sc
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    assert httpx.get(srv.url + "/health").json()["permanent"] is True
+    health = httpx.get(srv.url + "/health")
+    assert health.json()["permanent"] is True and "nonexistent" not in health.text  # no path without the token
+    told = httpx.get(srv.url + "/health", headers={"Authorization": "Bearer s3cret-token"}).json()
+    assert "/nonexistent/model" in told["error"]
     stranger = httpx.post(srv.url + "/score_batch", json={"prompts": ["a"], "responses": ["b"]})
     assert stranger.status_code == 401 and "nonexistent" not in stranger.text  # no details without the token
     client = make_scorer(ScorerSpec(kind="http", url=srv.url, token="s3cret-token", deadline_s=60))
@@ -243,3 +246,47 @@ def test_backoff_never_sleeps_past_the_deadline_and_a_redirect_is_named(liar):
     liar.headers = {"Location": "http://elsewhere.example/score_batch"}
     with pytest.raises(UserError, match="answered 302, a redirect to 'http://elsewhere.example/score_batch'"):
         make_scorer(ScorerSpec(kind="http", url=liar.url, deadline_s=5)).score(["a"], ["b"])
+
+
+def raw_exchange(url: str, data: bytes, wait_s: float, first_reply: bool = False) -> tuple[bytes, float]:
+    """Send ``data`` on a fresh connection and read until the server closes it (or ``wait_s`` passes, or with
+    ``first_reply`` until the first bytes come back): what came back and when."""
+    host, port = url.removeprefix("http://").split(":")
+    t = time.time()
+    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
+        sock.sendall(data)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+                if first_reply:
+                    break
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return got, time.time() - t
+
+
+def test_connections_that_stall_are_closed_and_strangers_are_refused_before_their_body(make_scorer_service):
+    srv = make_scorer_service(config={"header_timeout_s": 1.0, "body_timeout_s": 1.5, "idle_timeout_s": 2.0,
+                                      "token": "s3cret-token"}).start()
+    got, took = raw_exchange(srv.url, b"", 10)  # connects and says nothing
+    assert got == b"" and took < 3
+    got, took = raw_exchange(srv.url, b"POST /score_batch HTTP/1.1\r\nHost: x\r\n", 10)  # headers never end
+    assert got == b"" and took < 3
+    body = json.dumps({"prompts": ["a"], "responses": ["b"]}).encode()
+    head = (f"POST /score_batch HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret-token\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    got, took = raw_exchange(srv.url, head + body[:-1], 10)  # the body stops one byte short
+    assert got.startswith(b"HTTP/1.1 408") and b"not received within 1.5s" in got and took < 4
+    # no token: refused at the headers, before a 15 MB body it never sends
+    got, took = raw_exchange(srv.url, b"POST /score_batch HTTP/1.1\r\nHost: x\r\nContent-Length: 15000000\r\n\r\n", 10,
+                             first_reply=True)
+    assert got.startswith(b"HTTP/1.1 401") and took < 1.4  # at once, not at the body's 1.5 s
+    # a Content-Length written with spaces around it is still the length (RFC 9110: optional whitespace)
+    spaced = head.replace(f"Content-Length: {len(body)}".encode(), f"Content-Length:  {len(body)} ".encode())
+    got, _ = raw_exchange(srv.url, spaced.replace(b"HTTP/1.1", b"HTTP/1.0") + body, 10)
+    assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    # a 422 never echoes the client's input back, not even a field name
+    r = httpx.post(srv.url + "/score_batch", headers={"Authorization": "Bearer s3cret-token"},
+                   json={"prompts": ["a"], "responses": ["b"], "k" * 1_000_000: 1})
+    assert r.status_code == 422 and len(r.content) < 1000
