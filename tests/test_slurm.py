@@ -88,6 +88,26 @@ def test_values_are_quoted_and_names_cannot_inject(tmp_path):
     assert not (tmp_path / "r").exists()  # a dry run writes nothing
 
 
+@pytest.mark.parametrize("key, value", [
+    ("account", "lab\ntouch PWNED"), ("partition", "gpu\rtouch PWNED"), ("time", "04:00:00\ntouch PWNED"),
+    ("methods", {"es": {"mem": "64G\ntouch PWNED"}}), ("methods", {"es": {"time": "1:00:00 ; touch PWNED"}}),
+    ("extra_directives", ["--qos=high\ntouch PWNED"]), ("extra_directives", ["touch PWNED"]),
+    ("image", "/images/esgrpo.sif\ntouch PWNED"), ("scorer_host", "0.0.0.0\ntouch PWNED"),
+    ("binds", ["/data\ntouch PWNED"]),
+])
+def test_a_cluster_file_value_cannot_become_a_shell_line(tmp_path, key, value):
+    from harness.errors import UserError
+    from harness.launch.slurm import dry_run
+
+    cluster = yaml.safe_load((ROOT / "containers/slurm/local.yaml").read_text())
+    cluster[key] = value
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(cluster))
+    with pytest.raises(UserError, match=f"(?s){path}.*{key}") as e:
+        dry_run(tiny_spec(tmp_path), path, runs_dir=tmp_path / "r")
+    assert "must" in str(e.value) and not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("spec, seeds, grpo_entries", [("alpaca-7b-published.yaml", 1, ["grpo-beta0.01", "grpo-beta0.1"]),
                                                         ("alpaca-7b-fair.yaml", 3, ["grpo"])])
 def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, grpo_entries):

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from string import Template
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from harness.launch.benchmark import default_locations, from_spec, load_spec, missing_policies
 from harness.config import StrictModel, load_config, read_text
@@ -31,30 +31,57 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "containers" / "slurm"
 JOBS_FILE = "jobs.json"
 
 
+def _plain(value: str) -> str:
+    """A cluster-file text that reaches a script: no newline or other control character (one would start a new
+    shell line inside the rendered sbatch script)."""
+    if bad := [c for c in value if ord(c) < 32 or ord(c) == 127]:
+        raise ValueError(f"must not hold control characters (found {bad[0]!r})")
+    return value
+
+
+def _word(value: str) -> str:
+    """An #SBATCH value (account, partition, time, memory): one word of letters, digits and . _ - : + , @ %."""
+    if not re.fullmatch(r"[A-Za-z0-9._:+,@%-]+", value):
+        raise ValueError("must be one word of letters, digits and . _ - : + , @ % (no spaces, quotes or newlines)")
+    return value
+
+
+def _directive(value: str) -> str:
+    """One extra #SBATCH directive: an option (``--qos=high``), no control characters."""
+    if not _plain(value).startswith("-"):
+        raise ValueError("must be one sbatch option, starting with '-' (e.g. --qos=high)")
+    return value
+
+
+Plain = Annotated[str, AfterValidator(_plain)]
+Word = Annotated[str, AfterValidator(_word)]
+Directive = Annotated[str, AfterValidator(_directive)]
+
+
 class JobResources(StrictModel):
     nodes: int = Field(1, gt=0)  # > 1: ES starts a Ray cluster over them, GRPO launches accelerate on each
     gpus: int = Field(0, ge=0)  # per node
     cpus: int = Field(2, gt=0)  # per node
-    mem: str | None = None  # e.g. "64G"; None: the partition's default per CPU
-    time: str | None = None  # overrides the cluster's time limit
+    mem: Word | None = None  # e.g. "64G"; None: the partition's default per CPU
+    time: Word | None = None  # overrides the cluster's time limit
 
 
 class ClusterSettings(StrictModel):
-    account: str | None = None
-    partition: str | None = None
-    time: str = "04:00:00"
+    account: Word | None = None
+    partition: Word | None = None
+    time: Word = "04:00:00"
     scorer: JobResources = Field(default_factory=lambda: JobResources(cpus=1))
     methods: dict[str, JobResources] = Field(default_factory=dict)  # per method or evaluation entry
     evaluate: JobResources = Field(default_factory=JobResources)  # an evaluation entry not named in methods
     runtime: Literal["native", "apptainer", "docker"] = "native"
-    image: str | None = None  # .sif file (apptainer) or image name (docker)
-    scorer_host: str = "0.0.0.0"  # reachable from the method jobs' nodes; protected by a generated token
+    image: Plain | None = None  # .sif file (apptainer) or image name (docker)
+    scorer_host: Word = "0.0.0.0"  # reachable from the method jobs' nodes; protected by a generated token
     scorer_wait_s: float = Field(1800, gt=0)
     grace_s: int = Field(120, gt=0)  # SIGTERM this long before the time limit, for a last checkpoint
-    extra_directives: list[str] = Field(default_factory=list)  # e.g. ["--qos=high"]
+    extra_directives: list[Directive] = Field(default_factory=list)  # e.g. ["--qos=high"]
     # more host paths the containers must see (apptainer --bind, docker -v); every path the spec reaches (policy,
     # data, scorer models, runs, $ESGRPO_HOME) is bound without being listed here
-    binds: list[str] = Field(default_factory=list)
+    binds: list[Plain] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
