@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
 from pydantic import Field, model_validator
 
 from harness.budget import Budget, BudgetConfig
-from harness.checkpoint import StopFlag
+from harness.checkpoint import StopFlag, identity, sealed
 from harness.config import StrictModel
 from harness.data import PromptSet, PromptSource
 from harness.evaluation import EvalSettings, evaluate
@@ -77,9 +77,10 @@ class RunContext:
     # -- checkpoint state ----------------------------------------------------
     def snapshot_state(self) -> dict[str, Any]:
         """What the harness needs to continue exactly: step, λ, budget, evaluations, time."""
-        return {"step": self.step, "lambda": vars(self.lam), "completions": self.budget.completions,
-                "tokens": self.budget.tokens, "train_seconds": self.train_seconds,
-                "evals_done": sorted(self.evals_done)}
+        rec = self.writer.record
+        return sealed({"step": self.step, "lambda": vars(self.lam), "completions": self.budget.completions,
+                       "tokens": self.budget.tokens, "train_seconds": self.train_seconds,
+                       "evals_done": sorted(self.evals_done), "run": identity(rec.run_id, rec.method, rec.config)})
 
     def restore_state(self, state: dict[str, Any]) -> None:
         self.step = state["step"]

@@ -11,7 +11,7 @@ from typing import Any
 
 from harness import environment, runlog
 from harness.budget import Budget
-from harness.checkpoint import CheckpointManager, Preempted
+from harness.checkpoint import Preempted, check_owner, damage, identity, passed_over, read_state
 from harness.config import load_config
 from harness.data import load_prompt_set
 from harness.errors import OutOfMemory, UserError, is_out_of_memory
@@ -106,7 +106,11 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
                      policy_path=policy_path, writer=writer, budget=Budget(s.budget),
                      lam=LambdaState.initial(s.lagrangian), resume_from=resume_from)
     if resume_from is not None:
-        ctx.restore_state(CheckpointManager.load_state(resume_from))
+        state = read_state(resume_from)
+        check_owner(resume_from, state, identity(record.run_id, record.method, record.config))
+        for newer in passed_over(resume_from):
+            record.notes.append(f"checkpoint {newer.name} was damaged ({damage(newer)}); resumed from {resume_from.name}")
+        ctx.restore_state(state)
         log.info("resuming from %s: step %d, %d of %d completions scored", resume_from.name, ctx.step,
                  ctx.budget.completions, s.budget.completions)
     return ctx

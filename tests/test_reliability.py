@@ -85,12 +85,55 @@ def test_es_kill9_sigterm_and_resume_match_the_uninterrupted_run(reference, tmp_
     steps = sorted(int(c.name.split("-")[1]) for c in (d / "checkpoints").glob("step-*"))
     assert steps[-1] == rec.series[-1].step and len(steps) <= 2  # newest kept, older pruned
     assert not list((d / "checkpoints").glob(".tmp-*"))
+    # the newest checkpoint's weights cut short (a full disk, a copy stopped half way) and a stray folder beside
+    # it: the resume falls back to the one before, and the result is still the uninterrupted run's
+    [weights] = (d / "checkpoints" / f"step-{steps[-1]:08d}" / "model").glob("*.safetensors")
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    (d / "checkpoints" / "step-abc").mkdir()
     assert run_quietly(args) == 0
     rec = load_record(d)
     assert rec.status == "completed" and len(rec.notes) >= 3  # two resumes noted
+    assert any(f"checkpoint step-{steps[-1]:08d} was damaged" in n and f"resumed from step-{steps[-2]:08d}" in n
+               for n in rec.notes), rec.notes
     assert trajectory(d) == trajectory(reference)
     assert evaluations(d) == evaluations(reference)
     assert rec.memory["weights_checksum"] == load_record(reference).memory["weights_checksum"]
+
+
+def test_a_checkpoint_state_is_resumed_only_whole_unedited_and_by_its_own_run(reference, tmp_path):
+    import json
+    import shutil
+
+    from harness.checkpoint import STATE_FILE, check_owner, identity, latest_intact, read_state
+
+    [ckpt, *_] = reversed(sorted((reference / "checkpoints").glob("step-*")))
+    rec = load_record(reference)
+    mine = identity(rec.run_id, rec.method, rec.config)
+    check_owner(ckpt, read_state(ckpt), mine)  # its own run: fine
+    other = identity("grpo-s0", "grpo", rec.config)
+    with pytest.raises(UserError, match=f"written by run {rec.run_id} \\(es, .*not by this run grpo-s0 \\(grpo"):
+        check_owner(ckpt, read_state(ckpt), other)
+    copy = tmp_path / "step-00000009"
+    shutil.copytree(ckpt, copy)
+    state = json.loads((copy / STATE_FILE).read_text())
+    edited = json.loads(json.dumps(state))
+    edited["lambda"]["log_lambda"] = 123.0
+    short = {k: v for k, v in state.items() if k != "completions"}
+    for bad, error in ((edited, "edited after it was written"), (short, "lacks completions"),
+                       ([state], "a JSON object, not list")):
+        (copy / STATE_FILE).write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=error):
+            read_state(copy)
+    for raw in (b"", b"\xff\xfe", b"{not json"):
+        (copy / STATE_FILE).write_bytes(raw)
+        with pytest.raises(UserError, match="not a readable checkpoint state"):
+            read_state(copy)
+    (copy / STATE_FILE).write_text(json.dumps(state))
+    [weights] = (copy / "model").glob("*.safetensors")
+    for damaged in (b"", b"garbage" * 10, weights.read_bytes()[:1000]):
+        weights.write_bytes(damaged)
+        with pytest.raises(UserError, match="every checkpoint of this run is damaged"):
+            latest_intact([copy])
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from harness import runlog
-from harness.checkpoint import STATE_FILE, Preempted
+from harness.checkpoint import STATE_FILE, Preempted, latest_intact, numbered
 from harness.errors import UserError
 from harness.generation import HFGenerator
 from harness.memory_plan import plan_record, plan_training
@@ -148,8 +148,7 @@ class HarnessCallback(TrainerCallback):
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    done = [p for p in (run_dir / "trl").glob("checkpoint-*") if (p / STATE_FILE).is_file()]
-    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+    return latest_intact(numbered(run_dir / "trl", "checkpoint"))
 
 
 def build_trainer(cfg: GRPOSettings, ctx: RunContext, stats: StepStats):
