@@ -5,13 +5,14 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import types
 import typing
 import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from harness.errors import UserError
 
@@ -23,6 +24,32 @@ class StrictModel(BaseModel):
     inf/nan are refused everywhere (a σ, a deadline or a λ bound of inf fails much later, or hangs)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_booleans(cls, data: Any) -> Any:
+        """A boolean is not a number (``seed: true`` is not seed 1), and a number or a word is not a boolean
+        (``tensorboard: 1``, ``"yes"``): pydantic's lax mode would take both."""
+        if not isinstance(data, dict):
+            return data
+        for name, f in cls.model_fields.items():
+            key = f.alias if f.alias in data else name
+            if key not in data or data[key] is None:
+                continue
+            kinds = _scalar_kinds(f.annotation)
+            value = data[key]
+            if isinstance(value, bool) and kinds and bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"{key}: {str(value).lower()} is a boolean, not a number")
+            if kinds == {bool} and not isinstance(value, bool):
+                raise ValueError(f"{key}: {str(value)[:40]!r} is not a boolean (write true or false)")
+        return data
+
+
+def _scalar_kinds(annotation: Any) -> set[type]:
+    """The scalar types an annotation admits (``int | None`` -> {int}); empty for anything else it admits too."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    kinds = {typing.get_args(a)[0] if typing.get_origin(a) is typing.Annotated else a for a in args} - {type(None)}
+    return kinds if kinds and kinds <= {bool, int, float, str} else set()
 
 
 def renamed(data: Any, old: str, new: str, where: str) -> Any:

@@ -20,6 +20,8 @@ def run_cli(*args):
 @pytest.mark.parametrize("yaml_text, message", [
     ("population: 8\nsigma2: 0.1\n", "sigma2: Extra inputs are not permitted"),
     ("population: many\n", "population: Input should be a valid integer"),
+    ("run:\n  seed: true\n", "seed: true is a boolean, not a number"),
+    ("run:\n  tensorboard: 1\n", "tensorboard: '1' is not a boolean"),
     ("sigma: -1\n", "sigma: Input should be greater than 0"),
     ("run:\n  budget: {completions: 0}\n", "run.budget.completions: Input should be greater than 0"),
     ("run:\n  data: {kind: csv}\n", "run.data.kind: Input should be"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,14 @@ def source_comments(model: type[BaseModel]) -> dict[str, str]:
 
 
 def type_name(annotation: Any) -> str:
+    """A field's type as a reader writes it; validators attached with Annotated are the field's notes' business."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return type_name(typing.get_args(annotation)[0])
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if typing.get_origin(annotation) in (list, dict, tuple, set):
+        return f"{typing.get_origin(annotation).__name__}[{', '.join(type_name(a) for a in args)}]"
     text = str(annotation) if not isinstance(annotation, type) else annotation.__name__
     text = re.sub(r"typing\.|<class '([\w.]+)'>", lambda m: (m.group(1) or "").rsplit(".", 1)[-1], text)
     return re.sub(r"\b[\w.]+\.(\w+)", r"\1", text).replace("NoneType", "None")
