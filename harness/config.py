@@ -186,6 +186,8 @@ class UniqueKeyLoader(yaml.SafeLoader):
 def parse_yaml(text: str, source: str, with_line: bool = True) -> Any:
     try:
         return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise UserError(f"{source}: nested too deeply to be a config") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{mark.line + 1}:" if mark and with_line else ""
@@ -204,18 +206,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``key.sub=value`` strings; values are parsed as YAML scalars (``0.1``, ``true``, ``[1,2]``)."""
     for item in overrides or []:
+        shown = repr(item) if len(item) <= 120 else repr(item[:100] + "…")  # an error never echoes a huge value
         if "=" not in item:
-            raise UserError(f"override {item!r}: expected KEY=VALUE (e.g. sigma=0.002)")
+            raise UserError(f"override {shown}: expected KEY=VALUE (e.g. sigma=0.002)")
         key, raw = item.split("=", 1)
         node = data
         parts = key.strip().split(".")
         if not all(parts):
-            raise UserError(f"override {item!r}: empty key")
+            raise UserError(f"override {shown}: empty key")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UserError(f"override {item!r}: {part} is not a mapping")
-        node[parts[-1]] = parse_yaml(raw, f"override {item!r}", with_line=False)
+                raise UserError(f"override {shown}: {part} is not a mapping")
+        node[parts[-1]] = parse_yaml(raw, f"override {shown}", with_line=False)
     return data
 
 

@@ -168,3 +168,12 @@ def test_the_default_run_folder_is_named_by_time_method_and_seed():
 def test_a_label_that_could_leave_the_runs_folder_is_refused(tmp_path):
     code, out = run_cli("run", "es", "--label", "../x", "--run-dir", tmp_path / "r")
     assert code == 2 and "--label '../x' must be letters" in out and "Traceback" not in out
+
+
+def test_configs_nested_too_deeply_are_one_short_line(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("population: " + "[" * 3000 + "]" * 3000 + "\n")
+    code, out = run_cli("run", "es", "--config", deep, "--run-dir", tmp_path / "r")
+    assert code == 2 and f"{deep}: nested too deeply" in out and "Traceback" not in out
+    code, out = run_cli("run", "es", "--set", "population=" + "[" * 3000 + "]" * 3000, "--run-dir", tmp_path / "r")
+    assert code == 2 and "nested too deeply" in out and len(out) < 400

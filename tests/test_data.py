@@ -69,6 +69,8 @@ def test_real_pku_file():
     ('{"prompt": "only one"}\n', "jsonl", "at least 2 are needed"),
     ('{"prompt": "a", "is_response_0_safe": true}\n', "pku", ":1: missing field 'is_response_1_safe'"),
     ("not parquet", "parquet", "not a readable parquet file"),
+    ('{"prompt": "ok"}\n{"prompt": "a\\ud800b"}\n', "jsonl", ":2: field 'prompt' holds a lone UTF-16 surrogate"),
+    ('{"prompt": "ok"}\n{"prompt": "' + "x" * 20_001 + '"}\n', "jsonl", ":2: field 'prompt' has 20,001 characters"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path, content, kind, message):
     path = tmp_path / ("data.parquet" if kind == "parquet" else "data.jsonl")

@@ -109,6 +109,17 @@ def _pku_row(row: dict[str, Any]) -> tuple[str, bool | None]:
     return category, expected_safe
 
 
+MAX_PROMPT_CHARS = 20_000  # the scorer service's default max_chars
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool, id_prefix: str) -> list[PromptRecord]:
     records = []
     for lineno, row in rows:
@@ -117,6 +128,13 @@ def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool, 
             raise UserError(f"{source}:{lineno}: missing field 'prompt'")
         if not isinstance(prompt, str) or not prompt.strip():
             raise UserError(f"{source}:{lineno}: field 'prompt' must be a non-empty string")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise UserError(f"{source}:{lineno}: field 'prompt' has {len(prompt):,} characters (at most "
+                            f"{MAX_PROMPT_CHARS:,}: the scorer refuses longer texts, and a policy reads ~4 per token)")
+        for key in ("prompt", "category", "id"):
+            if isinstance(row.get(key), str) and not _encodable(row[key]):
+                raise UserError(f"{source}:{lineno}: field '{key}' holds a lone UTF-16 surrogate (\\ud800-\\udfff), "
+                                "which is not text")
         if pku:
             for key in ("is_response_0_safe", "is_response_1_safe"):
                 if key not in row:
