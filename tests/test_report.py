@@ -204,6 +204,17 @@ def test_compare_refuses_what_would_skew_the_statistics(tmp_path):
     f.write_text("\n".join(f.read_text().splitlines()[:2]) + "\n")
     with pytest.raises(UserError, match="2 samples with mean reward .* evaluated 30 with .* not this evaluation's"):
         write_report([a, short], tmp_path / "out")
+    for name, edit, error in (
+            ("nometric", lambda r: r["evals"][-1]["metrics"].pop("reward"), "evaluation at mark 100 lacks reward"),
+            ("lots", lambda r: r["memory"].update(peak_rss_mb="lots"), "peak_rss_mb is 'lots', not a number"),
+            ("order", lambda r: r.update(evals=r["evals"][::-1]), "evaluations out of order or repeated"),
+            ("nan", lambda r: r["series"][0].update(reward=float("nan")), "step 1 of the series has a non-finite")):
+        edited = fake_run(tmp_path / name, "grpo", 1, 0.0)  # records edited by hand
+        rec = json.loads((edited / "record.json").read_text())
+        edit(rec)
+        (edited / "record.json").write_text(json.dumps(rec))
+        with pytest.raises(UserError, match=error):
+            write_report([a, edited], tmp_path / "out")
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UserError, match="exists and is not a folder"):
         write_report([a, b], tmp_path / "afile")

@@ -123,6 +123,30 @@ def check_groups(groups: dict[str, list[Run]], allow_mismatch: bool) -> list[str
     return problems
 
 
+EVAL_KEYS = ("reward", "cost", "safe_ratio", "objective")  # every evaluation point has them: the curves read them
+
+
+def record_problem(rec: RunRecord) -> str | None:
+    """What in a record (edited by hand, or written by another tool) the report cannot read as a result."""
+    marks = [e.mark for e in rec.evals]
+    if marks != sorted(set(marks)):
+        return f"evaluations out of order or repeated (marks {marks[:10]}): the last must be the final one"
+    for e in rec.evals:
+        if missing := [k for k in EVAL_KEYS if k not in e.metrics]:
+            return f"the evaluation at mark {e.mark} lacks {', '.join(missing)}"
+    for p in rec.series:
+        values = [p.reward, p.cost, p.objective, p.safe_ratio, p.lam, p.j_c, p.seconds]
+        if not all(math.isfinite(v) for v in values):
+            return f"step {p.step} of the series has a non-finite value"
+    rss, gpu = rec.memory.get("peak_rss_mb"), rec.memory.get("peak_gpu_mb")
+    if rss is not None and (isinstance(rss, bool) or not isinstance(rss, (int, float))):
+        return f"memory.peak_rss_mb is {rss!r:.40}, not a number"
+    if gpu is not None and not (isinstance(gpu, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in gpu.values())):
+        return "memory.peak_gpu_mb is not a map of device to megabytes"
+    return None
+
+
 def load_runs(paths: Sequence[Path]) -> list[Run]:
     """Completed runs and evaluation records, each given once, with finite final metrics and readable samples."""
     runs: list[Run] = []
@@ -145,6 +169,8 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
         bad = [k for k, v in rec.evals[-1].metrics.items() if not math.isfinite(v)]
         if bad:
             raise UserError(f"{d}: final evaluation has non-finite {', '.join(bad)}")
+        if problem := record_problem(rec):
+            raise UserError(f"{d / RECORD_FILE}: {problem}")
         run = Run(d, rec)
         run.final_samples  # noqa: B018 - read and check now, not half way through the report
         runs.append(run)
