@@ -5,6 +5,7 @@ The record is rewritten atomically after every change, so a crash never leaves a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -15,6 +16,8 @@ from typing import Any, Literal
 
 import psutil
 from pydantic import AliasChoices, BaseModel, Field
+
+from harness.errors import UserError
 
 SCHEMA_VERSION = 2  # 2: points count `completions` (1 called them `samples`); both load
 RECORD_FILE = "record.json"
@@ -103,14 +106,27 @@ def current_umask() -> int:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.fchmod(fd, 0o666 & ~current_umask())  # as open() would: co-authors on a shared filesystem can read it
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``path`` holds ``text`` whole, or (on any failure) what it held before; no temporary file is left. A full
+    disk is one line naming the path and the bytes it needed."""
+    data = text.encode("utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror})") from None
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # as open() would: co-authors on a shared filesystem can read it
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: the disk is full ({len(data):,} bytes needed; the previous version is "
+                            "kept)") from None
+        raise
 
 
 def load_record(path: str | Path) -> RunRecord:

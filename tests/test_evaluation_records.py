@@ -87,3 +87,24 @@ def test_a_samples_line_cut_mid_write_is_dropped_on_resume(tmp_path):
     path.write_bytes(GOOD.encode() + GOOD.replace('"a"', '"b"').encode()[:-3])  # cut short, no newline
     assert read_done(path) == ([json.loads(GOOD)], True) and path.read_text() == GOOD
     assert read_done(path) == ([json.loads(GOOD)], False)
+
+
+def test_a_record_write_on_a_full_disk_keeps_the_last_version_and_leaves_no_temp_file(tmp_path):
+    """On a real full filesystem: a 64 kB tmpfs (mounting one needs root, as CI has)."""
+    import subprocess
+
+    from harness.errors import UserError
+    from harness.records import atomic_write_text
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        path = disk / "record.json"
+        atomic_write_text(path, "{}" * 1000)
+        with pytest.raises(UserError, match=r"record.json: the disk is full \(200,000 bytes needed"):
+            atomic_write_text(path, "{}" * 100_000)
+        assert path.read_text() == "{}" * 1000 and [p.name for p in disk.iterdir()] == ["record.json"]
+    finally:
+        subprocess.run(["umount", str(disk)])
