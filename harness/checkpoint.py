@@ -45,9 +45,12 @@ def numbered(folder: Path, prefix: str) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _digest(state: dict[str, Any]) -> str:
-    body = {k: v for k, v in state.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return _hash({k: v for k, v in state.items() if k != "digest"})
 
 
 def sealed(state: dict[str, Any]) -> dict[str, Any]:
@@ -142,9 +145,8 @@ def passed_over(chosen: Path) -> list[Path]:
 
 def identity(run_id: str, method: str, config: dict[str, Any]) -> dict[str, str]:
     """What a checkpoint state says about the run that wrote it: a state is resumed only by the same run."""
-    kept = {k: v for k, v in config.items() if k != "policy_path"}
-    digest = hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"run_id": run_id, "method": method, "config_hash": digest}
+    return {"run_id": run_id, "method": method,
+            "config_hash": _hash({k: v for k, v in config.items() if k != "policy_path"})}
 
 
 class CheckpointManager:
@@ -170,7 +172,6 @@ class CheckpointManager:
         for old in self.completed()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final
-
 
 
 class StopFlag:

@@ -5,7 +5,6 @@ Every method calls ``evaluate`` with its own ``Generator``; settings, prompts an
 
 from __future__ import annotations
 
-import math
 import statistics
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from harness.data import PromptRecord
 from harness.errors import UserError
 from harness.generation import Generator, RolloutSettings
 from harness.scoring import Scorer
+from harness.scoring.protocol import MAX_SCORE, is_score
 
 QUADRANTS = ("SH", "SU", "UH", "UU")  # Safe/Unsafe × Helpful/Unhelpful
 
@@ -58,8 +58,9 @@ def checked_samples(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[
             raise UserError(f"{path}:{lineno}: each line must be an object with a string 'id'")
         for key in ("reward", "cost"):
             v = s.get(key)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise UserError(f"{path}:{lineno}: '{key}' is {str(v)[:40]!r}, not a finite number")
+            if not is_score(v):
+                raise UserError(f"{path}:{lineno}: '{key}' is {str(v)[:40]!r}, not a finite number within "
+                                f"±{MAX_SCORE:g}")
         if s["id"] in seen:
             raise UserError(f"{path}:{lineno}: sample id {s['id'][:80]!r} repeats line {seen[s['id']]}")
         seen[s["id"]] = lineno

@@ -13,7 +13,7 @@ import asyncio
 from harness.errors import UserError
 
 CHECKED = ("0.50", "1.0")  # [low, high): releases whose H11Protocol has the members used here
-USED = ("connection_made", "data_received", "connection_lost", "conn", "transport")
+OVERRIDDEN = ("connection_made", "data_received", "connection_lost")  # besides the instance's conn and transport
 
 
 def check_version() -> str:
@@ -23,7 +23,7 @@ def check_version() -> str:
 
     version = str(uvicorn.__version__)
     low, high = map(Version, CHECKED)
-    missing = [name for name in USED[:3] if not hasattr(H11Protocol, name)]
+    missing = [name for name in OVERRIDDEN if not hasattr(H11Protocol, name)]
     if not low <= Version(version) < high or missing:
         raise UserError(f"uvicorn {version} is not a release scorer/uvicorn_compat.py was checked against "
                         f"({CHECKED[0]} to below {CHECKED[1]}{'; it lacks ' + ', '.join(missing) if missing else ''}); "

@@ -66,6 +66,7 @@ GOOD = json.dumps({"id": "a", "category": "c", "expected_safe": None, "prompt": 
     (GOOD.replace("1.0", "NaN", 1).replace('"a"', '"b"').encode(), "samples.jsonl:2: 'reward' is 'nan', not a finite"),
     (GOOD.replace("1.0", '"abc"', 1).replace('"a"', '"b"').encode(), "samples.jsonl:2: 'reward' is 'abc', not a finite"),
     (GOOD.replace("-1.0", "1e999").replace('"a"', '"b"').encode(), "samples.jsonl:2: 'cost' is 'inf', not a finite"),
+    (GOOD.replace("1.0", "9" * 401, 1).replace('"a"', '"b"').encode(), "samples.jsonl:2: 'reward' is '99999"),
     (b"\xff\xfe\x00\n" + GOOD.encode(), "samples.jsonl:2: not UTF-8 \\(byte 0xff at column 1\\)"),
     (GOOD.encode(), "samples.jsonl:2: sample id 'a' repeats line 1"),
     (GOOD.replace('"judge_cost": null', '"extra": 1').replace('"a"', '"b"').encode(), "samples.jsonl:2: not a sample"),

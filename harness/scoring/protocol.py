@@ -62,6 +62,13 @@ def check_finite(scores: Scores, source: str) -> Scores:
 MAX_SCORE = 1e12  # no reward or cost model scores beyond this; sums of a run's scores stay finite
 
 
+def is_score(v: Any) -> bool:
+    """A number that can be a reward or cost: not a boolean (JSON true is an int in Python), within ±MAX_SCORE
+    (NaN and inf are not; an int is compared before it is converted: a 401-digit one overflows a double, and a
+    double near the top of its range overflows a mean)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and abs(v) <= MAX_SCORE
+
+
 def parse_scores(reply: Any, n: int) -> Scores:
     """``{"rewards": [...], "costs": [...]}`` with exactly ``n`` finite numbers each, or ValueError saying what
     is wrong. A reply is never trimmed or padded: a short list would silently drop samples downstream."""
@@ -75,9 +82,7 @@ def parse_scores(reply: Any, n: int) -> Scores:
         if len(values) != n:
             raise ValueError(f"'{key}' has {len(values)} values for {n} pairs")
         for i, v in enumerate(values):
-            # bool is an int in Python, and JSON true is not a score; an int is compared before it is converted
-            # (a 401-digit one overflows a double), and a double near the top of its range overflows a mean
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= MAX_SCORE:
+            if not is_score(v):
                 raise ValueError(f"'{key}'[{i}] is {v!r:.40}, not a finite number within ±{MAX_SCORE:g}")
         out.append([float(v) for v in values])
     return Scores(*out)
