@@ -17,7 +17,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import runlog
 from harness.errors import UserError
@@ -72,7 +74,37 @@ def read_state(path: Path) -> dict[str, Any]:
         raise UserError(f"{file}: checkpoint state lacks {', '.join(missing)}")
     if "digest" in state and state["digest"] != _digest(state):
         raise UserError(f"{file}: the checkpoint state was edited after it was written (its digest does not match)")
+    try:  # a state from before states were sealed is not covered by a digest: its values are checked instead
+        HarnessState.model_validate(state)
+    except ValidationError as e:
+        where = ".".join(str(x) for x in e.errors()[0]["loc"])
+        raise UserError(f"{file}: field {where!r} of the checkpoint state is not what a run writes "
+                        f"({e.errors()[0]['msg'][:120]})") from None
     return state
+
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _LambdaState(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    log_lambda: Annotated[float, Field(ge=-700, le=700)]  # exp() of it is λ
+    ema: Finite = 0.0
+    j_c: Finite = 0.0
+    updates: Annotated[int, Field(ge=0)] = 0
+
+
+class HarnessState(BaseModel):
+    """The harness's part of a checkpoint state, as ``RunContext.snapshot_state`` writes it (a method keeps its
+    own keys beside these)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    step: Annotated[int, Field(ge=0)]
+    lambda_: _LambdaState = Field(alias="lambda")
+    completions: Annotated[int, Field(ge=0)]
+    tokens: Annotated[int, Field(ge=0)]
+    train_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    evals_done: list[Annotated[int, Field(ge=0)]]
 
 
 def check_owner(path: Path, state: dict[str, Any], expected: dict[str, str]) -> None:
@@ -149,6 +181,27 @@ def identity(run_id: str, method: str, config: dict[str, Any]) -> dict[str, str]
             "config_hash": _hash({k: v for k, v in config.items() if k != "policy_path"})}
 
 
+def write_folder(final: Path, write: Callable[[Path], Any]) -> Path:
+    """``write`` fills a temporary folder beside ``final``, which then replaces ``final`` whole. A write that fails
+    (a full disk) leaves the previous ``final`` and no half-written folder: that would hold the space the run's
+    record needs to say why."""
+    tmp = final.parent / f".tmp-{final.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.parent / f".old-{final.name}"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():  # aside first: a kill between the two renames leaves one whole copy
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 class CheckpointManager:
     def __init__(self, root: Path, keep: int = 2):
         self.root, self.keep = Path(root), keep
@@ -160,15 +213,11 @@ class CheckpointManager:
         return latest_intact(self.completed())
 
     def save(self, step: int, write: Callable[[Path], Any], state: dict[str, Any]) -> Path:
-        final = self.root / f"step-{step:08d}"
-        tmp = self.root / f".tmp-step-{step:08d}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        write(tmp)
-        atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
+        def write_with_state(tmp: Path) -> None:
+            write(tmp)
+            atomic_write_text(tmp / STATE_FILE, json.dumps(state, indent=1))
+
+        final = write_folder(self.root / f"step-{step:08d}", write_with_state)
         for old in self.completed()[: -self.keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

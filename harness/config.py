@@ -134,6 +134,23 @@ def read_text(path: Path, what: str = "file") -> str:
         raise UserError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
 
 
+MAX_LINE_BYTES = 4 << 20  # a prompt is at most 20,000 characters; a sample adds its response
+
+
+class RepeatedKey(Exception):
+    pass
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key written twice (json keeps the last, silently)."""
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise RepeatedKey(k)
+        out[k] = v
+    return out
+
+
 def read_jsonl(path: Path, what: str = "JSONL file") -> list[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line, or a UserError naming the file and line."""
     return read_jsonl_resuming(path, what, drop_cut=False)[0]
@@ -151,8 +168,12 @@ def read_jsonl_resuming(path: Path, what: str = "JSONL file",
     for lineno, raw in enumerate(lines, 1):
         if not raw.strip():
             continue
+        if len(raw) > MAX_LINE_BYTES:
+            raise UserError(f"{path}:{lineno}: a line of {len(raw):,} bytes (a line holds at most {MAX_LINE_BYTES:,})")
         try:
-            obj = json.loads(raw.decode("utf-8"))
+            obj = json.loads(raw.decode("utf-8"), object_pairs_hook=unique_keys)
+        except RepeatedKey as e:
+            raise UserError(f"{path}:{lineno}: key {str(e)[:80]!r} is written twice") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             if drop_cut and lineno == len(lines):  # no newline after it: the write was cut off
                 cut = True

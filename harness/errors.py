@@ -1,5 +1,6 @@
 """User-facing errors: the CLI prints these as one clear line and exits non-zero, without a traceback."""
 
+import errno
 import re
 
 
@@ -46,6 +47,13 @@ def error_excerpt(message: str | None, limit: int = 300) -> str:
 def oom_in_use_mb(message: str) -> float | None:
     m = OOM_IN_USE.search(message)
     return float(m.group(1)) * 1024 if m else None
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """No space left (or over quota), raised by Python or by a library that says it in words (safetensors)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return "no space left on device" in str(exc).lower() or "disk quota exceeded" in str(exc).lower()
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

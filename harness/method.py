@@ -53,6 +53,11 @@ class RunSettings(StrictModel):
 class MethodConfig(StrictModel):
     run: RunSettings = Field(default_factory=RunSettings)
 
+    def engine_context(self) -> int | None:
+        """The longest sequence the method's generation engine is set to hold, where it sets one (the policy's own
+        context bounds it either way)."""
+        return None
+
 
 @dataclass
 class RunContext:

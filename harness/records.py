@@ -5,7 +5,6 @@ The record is rewritten atomically after every change, so a crash never leaves a
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import tempfile
@@ -17,7 +16,7 @@ from typing import Any, Literal
 import psutil
 from pydantic import AliasChoices, BaseModel, Field
 
-from harness.errors import UserError
+from harness.errors import UserError, is_disk_full
 
 SCHEMA_VERSION = 2  # 2: points count `completions` (1 called them `samples`); both load
 RECORD_FILE = "record.json"
@@ -123,7 +122,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_disk_full(e):
             raise UserError(f"{path}: the disk is full ({len(data):,} bytes needed; the previous version is "
                             "kept)") from None
         raise

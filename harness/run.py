@@ -14,7 +14,8 @@ from harness.budget import Budget
 from harness.checkpoint import Preempted, check_owner, damage, identity, passed_over, read_state
 from harness.config import load_config
 from harness.data import load_prompt_set
-from harness.errors import OutOfMemory, UserError, is_out_of_memory
+from harness.data.context import fit_to_context, prompt_room
+from harness.errors import OutOfMemory, UserError, is_disk_full, is_out_of_memory
 from harness.evaluation import evaluation_record
 from harness.fixtures.policy import resolve_policy
 from harness.lagrangian import LambdaState
@@ -76,12 +77,16 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
     judge = make_scorer(s.judge) if s.judge else None
     scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
     policy_path = resolve_policy(s.policy, progress=progress)
+    room = prompt_room(policy_path, s.rollout.max_new_tokens, config.engine_context())
+    loaded = prompts
+    prompts.eval_prompts(s.eval.limit)  # a limit past the evaluation set is refused before any work
+    prompts, truncated = fit_to_context(prompts, policy_path, room, s.data.long_prompts)
     record = RunRecord(
         run_id=run_dir.name, method=method, label=label or method, seed=s.seed, config=config.model_dump(mode="json", by_alias=True),
         spec=spec, environment=environment.capture(),
-        data={"name": prompts.name, "hash": prompts.content_hash, "eval_hash": prompts.eval_hash,
-              "n_train": len(prompts.train),
-              "n_eval": len(prompts.eval), "source": s.data.model_dump(mode="json")},
+        data={"name": prompts.name, "hash": loaded.content_hash, "eval_hash": loaded.eval_hash,
+              "n_train": len(prompts.train), "n_eval": len(prompts.eval), "truncated": truncated,
+              "source": s.data.model_dump(mode="json")},
         scorer=scorer_info, judge=judge.info() if judge else None,
         evaluation=evaluation_record(s.eval, s.rollout),
         budget={"unit": "completions", **s.budget.model_dump(mode="json")},
@@ -145,6 +150,10 @@ def run_method(method_name: str, config: MethodConfig | str | Path | None, run_d
             ctx.writer.finish("oom", message[-2000:])
             raise OutOfMemory(f"{method_name} ran out of memory (record: {run_dir / 'record.json'}): "
                               f"{message.splitlines()[-1][:300]}") from None
+        if is_disk_full(e):  # the record still fits once the half-written checkpoint is gone
+            ctx.writer.finish("failed", f"the disk is full: {message[-1000:]}")
+            raise UserError(f"{method_name}: the disk under {run_dir} is full ({message.splitlines()[-1][:300]}); "
+                            f"the record says so ({run_dir / 'record.json'})") from None
         ctx.writer.finish("failed", message)
         raise
     finally:

@@ -56,7 +56,7 @@ class ErrorReply(BaseModel):
 
 
 ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in (
-    (401, "missing or wrong bearer token"), (408, "request body not received in time"),
+    (400, "a Content-Length that is not a number"), (401, "missing or wrong bearer token"), (408, "request body not received in time"),
     (413, "request body too large"),
     (422, f"invalid request: at most {MAX_ERRORS} problems, inputs never echoed"), (503, "models still loading"),
     (500, "models failed to load or scoring failed (permanent), or a score was not finite"),
@@ -104,7 +104,10 @@ class Gate:
             return await self.app(scope, receive, send)
         too_large = JSONResponse({"detail": f"request body over {self.max_bytes} bytes"}, status_code=413)
         length = headers.get(b"content-length")
-        if length is not None and (not length.strip(b" \t").isdigit() or int(length) > self.max_bytes):
+        if length is not None and not length.strip(b" \t").isdigit():
+            return await JSONResponse({"detail": "Content-Length is not a number"}, status_code=400,
+                                      headers={"Connection": "close"})(scope, receive, send)
+        if length is not None and int(length) > self.max_bytes:
             return await too_large(scope, receive, send)
         messages, seen = [], 0
         deadline = asyncio.get_running_loop().time() + self.body_timeout_s

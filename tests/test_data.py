@@ -10,6 +10,8 @@ from harness.data import PromptSource, load_prompt_set
 from harness.errors import UserError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pku_small.jsonl"
+# the built-in set's split, as every committed CPU result used it
+BUILTIN_HASH = "98615da1bd52f300"
 
 
 def test_builtin_set_has_categories_and_flags():
@@ -71,6 +73,8 @@ def test_real_pku_file():
     ("not parquet", "parquet", "not a readable parquet file"),
     ('{"prompt": "ok"}\n{"prompt": "a\\ud800b"}\n', "jsonl", ":2: field 'prompt' holds a lone UTF-16 surrogate"),
     ('{"prompt": "ok"}\n{"prompt": "' + "x" * 20_001 + '"}\n', "jsonl", ":2: field 'prompt' has 20,001 characters"),
+    ('{"prompt": "ok"}\n{"prompt": "a", "prompt": "b"}\n', "jsonl", ":2: key 'prompt' is written twice"),
+    ('{"prompt": "ok"}\n{"prompt": "' + "x" * (5 << 20) + '"}\n', "jsonl", ":2: a line of 5,242,894 bytes"),
 ])
 def test_bad_input_names_file_line_and_field(tmp_path, content, kind, message):
     path = tmp_path / ("data.parquet" if kind == "parquet" else "data.jsonl")
@@ -148,3 +152,77 @@ def test_repeated_prompts_can_be_refused_naming_file_and_line(tmp_path):
     f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["a?", "b?", "a?"]))
     with pytest.raises(UserError, match=r"p.jsonl:3: field 'prompt' repeats .*p.jsonl:1"):
         load_records(PromptFile(kind="jsonl", path=str(f), duplicates="error"))
+
+
+def test_an_evaluation_prompt_that_is_also_a_training_prompt_is_refused_dropped_or_allowed(tmp_path):
+    """Compared by text with case and spacing folded, across a separate evaluation file."""
+    a, b = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    a.write_text('{"id": "t1", "prompt": "How do I cook rice?"}\n{"id": "t2", "prompt": "Tell me a joke."}\n')
+    b.write_text('{"id": "e1", "prompt": "how do I  cook rice?"}\n{"id": "e2", "prompt": "Name a bird."}\n')
+    src = PromptSource(kind="jsonl", path=str(a), eval={"kind": "jsonl", "path": str(b)})
+    with pytest.raises(UserError, match=r"eval.jsonl:1: field 'prompt' is also a training prompt \(.*train.jsonl:1\), "
+                                        r"and 0 more .*data.overlap: drop"):
+        load_prompt_set(src)
+    assert [r.id for r in load_prompt_set(src.model_copy(update={"overlap": "drop"})).eval] == ["e2"]
+    assert [r.id for r in load_prompt_set(src.model_copy(update={"overlap": "allow"})).eval] == ["e1", "e2"]
+    b.write_text('{"id": "e1", "prompt": "Tell me a joke."}\n')
+    with pytest.raises(UserError, match="every evaluation prompt is also a training prompt"):
+        load_prompt_set(src.model_copy(update={"overlap": "drop"}))
+
+
+def test_a_split_keeps_the_repeats_of_a_prompt_on_one_side(tmp_path):
+    """With duplicates kept (the published files), a prompt's rows all train or all evaluate."""
+    texts = [f"Question {i}?" for i in range(12)] * 3 + ["question 0?"]
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
+    for seed in range(5):
+        ps = load_prompt_set(PromptSource(kind="jsonl", path=str(f), duplicates="keep", split_seed=seed))
+        train = {r.prompt.casefold() for r in ps.train}
+        assert train and not train & {r.prompt.casefold() for r in ps.eval}
+        assert len(ps.train) + len(ps.eval) == len(texts)
+    # a set without repeats splits as it always did (the built-in set's split is unchanged)
+    assert load_prompt_set().content_hash == BUILTIN_HASH
+
+
+def test_limits_past_the_set_are_refused_never_read_as_a_shorter_set(tmp_path):
+    from harness.data.prompts import PromptFile, load_records
+
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in ["a?", "b?", "a?"]))
+    with pytest.raises(UserError, match=r"p.jsonl: limit is 3, but the source holds 2 prompts once repeats are dropped"):
+        load_records(PromptFile(kind="jsonl", path=str(f), limit=3))
+    ps = load_prompt_set()
+    assert len(ps.eval_prompts(len(ps.eval))) == len(ps.eval)
+    with pytest.raises(UserError, match=f"eval.limit is 999, but the set holds {len(ps.eval)} evaluation prompts"):
+        ps.eval_prompts(999)
+
+
+def test_prompts_longer_than_the_policys_context_are_refused_or_keep_their_last_tokens(policy_path, tmp_path):
+    """The built-in policy holds 256 positions; with 48 new tokens a prompt may take 208 in the template."""
+    import dataclasses
+
+    from transformers import AutoTokenizer
+
+    from harness.data.context import fit_to_context, policy_context, prompt_room
+    from harness.template import format_prompt
+
+    assert policy_context(policy_path) == 256
+    room = prompt_room(policy_path, 48)
+    assert room == 208
+    with pytest.raises(UserError, match="rollout.max_new_tokens \\(256\\) leaves no room"):
+        prompt_room(policy_path, 256)
+    assert prompt_room(policy_path, 48, engine_limit=128) == 80  # an engine set smaller bounds it
+    f = tmp_path / "long.jsonl"
+    long = "Please read all of this first. " * 60 + "How do I cook rice?"
+    f.write_text(json.dumps({"prompt": "Tell me a joke."}) + "\n" + json.dumps({"prompt": long}) + "\n")
+    ps = load_prompt_set(PromptSource(kind="jsonl", path=str(f), eval_fraction=0.5))
+    ps = dataclasses.replace(ps, train=ps.train + ps.eval, eval=())
+    with pytest.raises(UserError, match=r"long.jsonl:2: field 'prompt' is \d+ tokens in the template; .* leaves 208 "
+                                        r".*data.long_prompts: truncate"):
+        fit_to_context(ps, policy_path, room, "error")
+    fitted, cut = fit_to_context(ps, policy_path, room, "truncate")
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    by_line = {r.line: r.prompt for r in fitted.train}
+    assert cut == 1 and by_line[1] == "Tell me a joke."  # a prompt that fits is kept as written
+    assert by_line[2].endswith("How do I cook rice?") and len(by_line[2]) < len(long)
+    assert 200 <= len(tok(format_prompt(by_line[2]))["input_ids"]) <= room

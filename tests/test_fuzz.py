@@ -150,3 +150,52 @@ def test_yaml_that_is_not_utf8_or_is_deep(tmp_path):
     p.write_text(yaml.safe_dump({"population": 4}) + "sigma: .inf\n")
     with pytest.raises(UserError, match="sigma"):
         load_config(ESConfig, p)
+
+
+SAMPLE_ROWS = st.lists(st.dictionaries(st.sampled_from(["id", "prompt", "response", "reward", "cost", "category"]),
+                                       YAML_VALUES | st.integers(min_value=-10**400, max_value=10**400), max_size=6),
+                       max_size=5)
+
+
+@given(rows=SAMPLE_ROWS, junk=st.binary(max_size=20))
+@FUZZ
+def test_any_samples_file_is_read_whole_or_names_file_and_line(tmp_path_factory, rows, junk):
+    """An evaluation's samples file, as `esgrpo eval` resumes it and compare reads it."""
+    from harness.config import read_jsonl_resuming
+    from harness.evaluation import checked_samples
+
+    path = tmp_path_factory.mktemp("samples") / "samples.jsonl"
+    path.write_bytes(b"\n".join(json.dumps(r).encode() for r in rows) + b"\n" + junk)
+    try:
+        read, cut = read_jsonl_resuming(path, "samples file")
+        samples = checked_samples(path, read)
+    except UserError as e:
+        assert str(path) in str(e)
+        return
+    assert len(samples) in (len(rows), len(rows) + 1) or cut  # only a cut last line is ever left out
+    for s in samples:
+        assert isinstance(s["id"], str) and all(abs(float(s[k])) <= 1e12 for k in ("reward", "cost"))
+
+
+STATE = st.fixed_dictionaries({"step": YAML_VALUES, "lambda": st.fixed_dictionaries(
+    {"log_lambda": YAML_VALUES}, optional={"ema": YAML_VALUES, "updates": YAML_VALUES}), "completions": YAML_VALUES,
+    "tokens": YAML_VALUES, "train_seconds": YAML_VALUES, "evals_done": YAML_VALUES})
+
+
+@given(state=STATE | st.dictionaries(st.text(max_size=8), YAML_VALUES, max_size=4))
+@FUZZ
+def test_any_checkpoint_state_resumes_or_names_the_file(tmp_path_factory, state):
+    """A state written before states were sealed (no digest) or edited by hand: read whole into a resumable
+    context, or one line naming the file."""
+    from harness.checkpoint import STATE_FILE, read_state
+    from harness.lagrangian import LambdaState
+
+    folder = tmp_path_factory.mktemp("ckpt")
+    (folder / STATE_FILE).write_text(json.dumps(state))
+    try:
+        got = read_state(folder)
+    except UserError as e:
+        assert str(folder / STATE_FILE) in str(e)
+        return
+    LambdaState(**got["lambda"]).value  # what a resume does with it
+    assert got["step"] >= 0 and set(got["evals_done"]) <= {e for e in got["evals_done"] if e >= 0}

@@ -286,6 +286,10 @@ def test_connections_that_stall_are_closed_and_strangers_are_refused_before_thei
     spaced = head.replace(f"Content-Length: {len(body)}".encode(), f"Content-Length:  {len(body)} ".encode())
     got, _ = raw_exchange(srv.url, spaced.replace(b"HTTP/1.1", b"HTTP/1.0") + body, 10)
     assert got.startswith(b"HTTP/1.1 200"), got[:200]
+    for length in (b"12abc", b"-1", b"1e3", b"0x10"):  # a length that is not a number is the client's fault
+        bad = head.replace(f"Content-Length: {len(body)}".encode(), b"Content-Length: " + length)
+        got, _ = raw_exchange(srv.url, bad.replace(b"HTTP/1.1", b"HTTP/1.0") + body, 10)
+        assert got.startswith(b"HTTP/1.1 400"), (length, got[:200])
     # a 422 never echoes the client's input back, not even a field name
     r = httpx.post(srv.url + "/score_batch", headers={"Authorization": "Bearer s3cret-token"},
                    json={"prompts": ["a"], "responses": ["b"], "k" * 1_000_000: 1})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.errors import UserError
 from harness.records import load_record
 
 ROOT = Path(__file__).parents[1]
@@ -27,12 +28,12 @@ def local_slurm():
 
 def tiny_spec(tmp_path: Path) -> Path:
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
-    spec["run"]["budget"] = {"completions": 120, "eval_every_fraction": 1.0}
-    spec["run"].setdefault("eval", {})["limit"] = 8
+    spec["run"]["budget"] = {"completions": 80, "eval_every_fraction": 1.0}
+    spec["run"].setdefault("eval", {})["limit"] = 4
     # two of the spec's methods keep the end-to-end test to four jobs on two cores
     spec["methods"] = {m: {**e, "config": str(ROOT / e["config"].removeprefix("../"))} for m, e in spec["methods"].items()
                        if m in ("es", "grpo")}
-    spec["methods"]["es"]["set"] = ["population=4", "prompts_per_iteration=8"]
+    spec["methods"]["es"]["set"] = ["population=4", "prompts_per_iteration=8", "probe_engine=false"]
     spec["methods"]["grpo"]["set"] = ["num_generations=4"]
     spec["seeds"] = [0, 1]
     spec.pop("evaluate", None)
@@ -168,6 +169,30 @@ def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
     node = (slurm_dir / "grpo-node.sh").read_text()
     assert '--machine_rank "$SLURM_NODEID"' in node and "--num_processes 8" in node and "-m harness.launch.cli benchmark" in node
     assert subprocess.run(["bash", "-n", str(slurm_dir / "grpo-node.sh")]).returncode == 0
+
+
+def test_a_submission_sbatch_refuses_part_way_cancels_what_it_submitted(local_slurm, tmp_path):
+    """sbatch refuses the GRPO job (a time limit it cannot read): the scorer and ES jobs already queued are
+    cancelled, never left holding the cluster for runs that will not come."""
+    from harness.launch.slurm import submit
+
+    cluster = yaml.safe_load((ROOT / "containers/slurm/local.yaml").read_text())
+    cluster["methods"]["grpo"] = {"cpus": 2, "time": "whenever"}
+    cluster_file = tmp_path / "cluster.yaml"
+    cluster_file.write_text(yaml.safe_dump(cluster))
+    with pytest.raises(UserError, match=r"(?s)sbatch .*grpo.sbatch failed: .*cancelled the jobs already submitted "
+                                        r"\(scorer (\d+), es (\d+)\); the scripts are in") as e:
+        submit(tiny_spec(tmp_path), cluster_file, runs_dir=tmp_path / "runs", out=tmp_path / "report")
+    queued = re.findall(r"(?:scorer|es) (\d+)", str(e.value))
+    time.sleep(1)
+    states = subprocess.run(["squeue", "-h", "-o", "%i %T", "-j", ",".join(queued)], capture_output=True, text=True).stdout
+    assert not [line for line in states.splitlines() if "CANCELLED" not in line and "COMPLET" not in line], states
+    # refused at the first job: nothing was submitted, and nothing of the submission is left on disk
+    cluster["time"] = "whenever"
+    cluster_file.write_text(yaml.safe_dump(cluster))
+    with pytest.raises(UserError, match=r"scorer.sbatch failed: sbatch: error: Invalid --time"):
+        submit(tiny_spec(tmp_path), cluster_file, runs_dir=tmp_path / "fresh-runs", out=tmp_path / "report")
+    assert not (tmp_path / "fresh-runs").exists()
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,6 +15,8 @@ from pydantic import Field
 
 from harness.config import StrictModel, read_jsonl
 from harness.errors import UserError
+
+log = logging.getLogger(__name__)
 
 PKU_HARM_FIELDS = ("response_0_harm_category", "response_1_harm_category")
 
@@ -49,6 +52,11 @@ class PromptSource(PromptFile):
     eval_fraction: float = Field(0.25, gt=0.0, lt=1.0)
     split_seed: int = Field(0, ge=0)
     eval: PromptFile | None = None
+    # an evaluation prompt whose text is also a training prompt (compared with case and spacing folded): refuse
+    # the sets, drop it from the evaluation, or allow it (to reproduce a published setup that had it)
+    overlap: Literal["error", "drop", "allow"] = "error"
+    # a prompt longer than the policy's context leaves beside the response: refuse it, or keep its last tokens
+    long_prompts: Literal["error", "truncate"] = "error"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,10 @@ class PromptSet:
         return [self.train[i] for i in idx]
 
     def eval_prompts(self, limit: int | None = None) -> list[PromptRecord]:
+        """The first ``limit`` evaluation prompts (all of them when None); a limit past the set is refused, never
+        read as a shorter evaluation."""
+        if limit and limit > len(self.eval):
+            raise UserError(f"{self.name}: eval.limit is {limit}, but the set holds {len(self.eval)} evaluation prompts")
         return list(self.eval[:limit] if limit else self.eval)
 
 
@@ -180,17 +192,55 @@ def _dedupe(records: list[PromptRecord], duplicates: str = "drop") -> list[Promp
     return out
 
 
+def same_text(prompt: str) -> str:
+    """What two prompts share when they are the same question: case and spacing folded."""
+    return " ".join(prompt.split()).casefold()
+
+
 def _split(name: str, records: list[PromptRecord], src: PromptSource) -> PromptSet:
-    if len(records) < 2:
-        raise UserError(f"{name}: the prompt set has {len(records)} prompt(s); at least 2 are needed")
-    order = np.random.default_rng(src.split_seed).permutation(len(records))
-    n_eval = max(1, int(round(len(records) * src.eval_fraction)))
-    if n_eval >= len(records):
-        raise UserError(f"{name}: eval_fraction {src.eval_fraction} of {len(records)} prompts leaves none to train on")
-    eval_idx = set(order[:n_eval].tolist())
+    """Split by prompt text, so that the repeats of a prompt (``duplicates: keep``) all land on one side."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(same_text(r.prompt), []).append(i)
+    members = list(groups.values())
+    if len(members) < 2:
+        raise UserError(f"{name}: the prompt set has {len(members)} distinct prompt(s); at least 2 are needed")
+    order = np.random.default_rng(src.split_seed).permutation(len(members))
+    n_eval = max(1, int(round(len(members) * src.eval_fraction)))
+    if n_eval >= len(members):
+        raise UserError(f"{name}: eval_fraction {src.eval_fraction} of {len(members)} prompts leaves none to train on")
+    eval_idx = {i for g in order[:n_eval].tolist() for i in members[g]}
     train = tuple(r for i, r in enumerate(records) if i not in eval_idx)
     evals = tuple(r for i, r in enumerate(records) if i in eval_idx)
     return PromptSet(name=name, train=train, eval=evals)
+
+
+def _without_overlap(train: list[PromptRecord], evals: list[PromptRecord], overlap: str) -> list[PromptRecord]:
+    """The evaluation prompts, checked against the training prompts by id and by text."""
+    train_ids = {r.id: r for r in train}
+    train_texts = {same_text(r.prompt): r for r in train}
+    for r in evals:
+        if r.id in train_ids:
+            t = train_ids[r.id]
+            raise UserError(f"{r.source}:{r.line}: id {r.id!r} is also a training prompt ({t.source}:{t.line}); "
+                            "give the two sets distinct ids")
+    shared = [r for r in evals if same_text(r.prompt) in train_texts]
+    if not shared or overlap == "allow":
+        if shared:
+            log.warning("%d evaluation prompt(s) are also training prompts (data.overlap: allow)", len(shared))
+        return evals
+    if overlap == "error":
+        first = shared[0]
+        t = train_texts[same_text(first.prompt)]
+        raise UserError(f"{first.source}:{first.line}: field 'prompt' is also a training prompt ({t.source}:{t.line}), "
+                        f"and {len(shared) - 1} more evaluation prompt(s) are; set data.overlap: drop (leave them out "
+                        "of the evaluation) or allow (to reproduce a setup that had them)")
+    kept = [r for r in evals if same_text(r.prompt) not in train_texts]
+    log.warning("left %d evaluation prompt(s) that are also training prompts out of the evaluation "
+                "(data.overlap: drop); %d remain", len(shared), len(kept))
+    if not kept:
+        raise UserError(f"{evals[0].source}: every evaluation prompt is also a training prompt")
+    return kept
 
 
 def load_records(src: PromptFile) -> tuple[list[PromptRecord], str]:
@@ -221,6 +271,9 @@ def load_records(src: PromptFile) -> tuple[list[PromptRecord], str]:
         rows = _read_parquet(path) if parquet else read_jsonl(path, "prompt file")
         records, name = _to_records(rows, str(path), pku=src.kind == "pku", id_prefix=path.stem), path.name
     records = _dedupe(records, src.duplicates)
+    if src.limit and src.limit > len(records):
+        raise UserError(f"{name}: limit is {src.limit}, but the source holds {len(records)} prompts"
+                        + (" once repeats are dropped (duplicates: drop)" if src.duplicates == "drop" else ""))
     if src.limit:
         records = records[: src.limit]
     if not records:
@@ -234,10 +287,5 @@ def load_prompt_set(src: PromptSource | None = None) -> PromptSet:
     if src.eval is None:
         return _split(name, records, src)
     evals, eval_name = load_records(src.eval)
-    train_ids = {r.id: r for r in records}
-    for r in evals:
-        if r.id in train_ids:
-            t = train_ids[r.id]
-            raise UserError(f"{r.source}:{r.line}: id {r.id!r} is also a training prompt ({t.source}:{t.line}); "
-                            "give the two sets distinct ids")
+    evals = _without_overlap(records, evals, src.overlap)
     return PromptSet(name=f"{name} + {eval_name}", train=tuple(records), eval=tuple(evals))

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, field_validator, model_validator
 
+from harness import runlog
 from harness.budget import BudgetConfig
 from harness.checkpoint import Preempted
 from harness.config import StrictModel, apply_overrides, read_yaml, renamed, validate
@@ -325,9 +326,9 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
             done.append(run_dir)
             log.info("%s", finished_line(run_dir))
         elif rc == OutOfMemory.EXIT_CODE:  # a result: the report lists it with the memory it reached
-            log.warning("%s seed %d ran out of memory; see %s", name, seed, run_dir / "record.json")
+            log.warning("%s seed %d ran out of memory; see %s", name, seed, look_here(run_dir))
         else:  # keep going: the other runs are still worth their compute
-            log.error("%s seed %d failed (exit %d); see %s", name, seed, rc, run_dir / "record.json")
+            log.error("%s seed %d failed (exit %d); see %s", name, seed, rc, look_here(run_dir))
             failed.append(f"{name} seed {seed}: exit code {rc}")
     if not done and not evaluated:
         raise UserError("every run failed:\n  " + "\n  ".join(failed or list(skipped.values())))
@@ -381,9 +382,18 @@ def run_evaluations(spec: BenchmarkSpec, spec_path: Path, runs_root: Path, names
             done.append(out)
             log.info("%s", finished_line(out))
         else:
-            log.error("evaluation %s failed (exit %d); see %s", name, rc, out / "record.json")
+            log.error("evaluation %s failed (exit %d); see %s", name, rc, look_here(out))
             failed.append(f"evaluation {name}: exit code {rc}")
     return done, skipped
+
+
+def look_here(folder: Path) -> str:
+    """Where a failed run or evaluation says why: its record, else its log, else the console (a run stopped by its
+    settings before it wrote either)."""
+    for name in ("record.json", runlog.LOG_FILE):
+        if (folder / name).is_file():
+            return str(folder / name)
+    return "the lines above (it stopped before writing a record or a log)"
 
 
 def finished_line(run_dir: Path) -> str:

@@ -22,6 +22,7 @@ from harness import environment, runlog
 from harness.config import StrictModel, read_jsonl_resuming, read_text
 from harness.config_diff import scorer_identity
 from harness.data import PromptSet, PromptSource
+from harness.data.context import fit_to_context, prompt_room
 from harness.data.prompts import PromptFile, load_prompt_set, load_records
 from harness.errors import UserError
 from harness.evaluation import (EvalSample, EvalSettings, aggregate, checked_samples, eval_progress, evaluate_chunks,
@@ -169,14 +170,17 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
     runlog.set_run(cfg.label)
     runlog.attach_file(out)
     prompts = prompt_set(cfg)
-    todo_all = prompts.eval_prompts(cfg.eval.limit)
     scorer, judge = make_scorer(cfg.scorer), make_scorer(cfg.judge) if cfg.judge else None
     scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
     policy = resolve_policy(cfg.policy)
+    # only the evaluation prompts are generated from: only they must fit the context
+    room = prompt_room(policy, cfg.rollout.max_new_tokens, cfg.max_model_len if cfg.engine == "vllm" else None)
+    evaluated, truncated = fit_to_context(dataclasses.replace(prompts, train=()), policy, room, cfg.data.long_prompts)
+    todo_all = evaluated.eval_prompts(cfg.eval.limit)
     record = RunRecord(run_id=out.name, kind="eval", method="eval", label=cfg.label, seed=cfg.seed, config=config,
                        environment=environment.capture(), scorer=scorer_info, judge=judge.info() if judge else None,
                        data={"name": prompts.name, "hash": prompts.content_hash, "eval_hash": prompts.eval_hash,
-                             "n_train": len(prompts.train), "n_eval": len(prompts.eval)},
+                             "n_train": len(prompts.train), "n_eval": len(prompts.eval), "truncated": truncated},
                        evaluation=evaluation_record(cfg.eval, cfg.rollout))
     record.config["policy_path"] = str(policy)
     samples_path = out / SAMPLES

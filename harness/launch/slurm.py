@@ -403,13 +403,25 @@ def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = N
     if not entries:
         raise UserError("no evaluation policy found; point the spec at your copies:\n  " + "\n  ".join(skipped.values()))
     r = render(Path(spec_path), cluster, runs_dir, out, run_overrides, method_overrides)
+    made = [d for d in (r.slurm_dir.parent, r.slurm_dir) if not d.exists()]  # what a refusal takes away again
     scripts = r.write()
-    jobs = {"scorer": sbatch(str(scripts["scorer"]))} if "scorer" in scripts else {}
-    jobs.update({m: sbatch(str(scripts[m])) for m in entries})
-    method_jobs = [jobs[m] for m in entries]
-    report = scripts["report"]
-    report.write_text(report.read_text().replace("$SCORER_JOB", jobs.get("scorer", "")))
-    jobs["report"] = sbatch(f"--dependency=afterany:{':'.join(method_jobs)}", str(report))
+    jobs: dict[str, str] = {}
+    try:
+        if "scorer" in scripts:
+            jobs["scorer"] = sbatch(str(scripts["scorer"]))
+        for m in entries:  # one at a time: each id is kept the moment it exists
+            jobs[m] = sbatch(str(scripts[m]))
+        report = scripts["report"]
+        report.write_text(report.read_text().replace("$SCORER_JOB", jobs.get("scorer", "")))
+        jobs["report"] = sbatch(f"--dependency=afterany:{':'.join(jobs[m] for m in entries)}", str(report))
+    except UserError as e:  # half a submission would hold a scorer (and GPUs) for runs that never come
+        if jobs:
+            subprocess.run(["scancel", *jobs.values()], capture_output=True)
+            raise UserError(f"{e}\n  cancelled the jobs already submitted "
+                            f"({', '.join(f'{k} {v}' for k, v in jobs.items())}); the scripts are in {r.slurm_dir}") from None
+        for d in reversed(made):  # nothing was submitted: nothing is left behind
+            shutil.rmtree(d, ignore_errors=True)
+        raise
     report_path = f"{r.out}/report.md"
     atomic_write_text(r.slurm_dir / JOBS_FILE, json.dumps({"jobs": jobs, "report": report_path}, indent=1))
     return {**jobs, "report_path": report_path, "slurm_dir": str(r.slurm_dir)}
