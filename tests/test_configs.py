@@ -142,3 +142,20 @@ def test_a_hub_id_for_the_policy_offline_is_one_clear_line(monkeypatch, tmp_path
     with pytest.raises(UserError, match="not a model directory"):  # a path that exists is never taken for an id
         (tmp_path / "a" / "b").mkdir(parents=True)
         resolve_policy(str(tmp_path / "a" / "b"))
+
+
+def test_sizes_past_what_an_iteration_can_score_are_refused_before_anything_runs(policy_path, tmp_path):
+    """A population or prompt count no run could score is a field error; more prompts per iteration than the
+    training set holds is refused before any engine starts (and leaves no engines' folder behind)."""
+    from harness.records import load_record
+    from harness.run import run_method
+    from methods.es.config import ESConfig
+
+    for override in ("population=1000000000000", "prompts_per_iteration=1000000000"):
+        with pytest.raises(UserError, match=override.split("=")[0] + ": Input should be less than or equal to 100000"):
+            load_config(ESConfig, ROOT / "configs/es/cpu-default.yaml", [override])
+    cfg = load_config(ESConfig, ROOT / "configs/es/cpu-default.yaml", ["prompts_per_iteration=200"])
+    with pytest.raises(UserError, match=r"prompts_per_iteration is 200, but the training set \(builtin\) holds 104"):
+        run_method("es", cfg, tmp_path / "es")
+    assert load_record(tmp_path / "es").status == "failed"
+    assert not list((tmp_path / "es").glob("engines-*"))

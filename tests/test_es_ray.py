@@ -28,6 +28,13 @@ def test_two_ray_engines_stay_identical(policy_path, tmp_path):
         for step in range(3):
             sums = call_all(pool, lambda e: e.apply_update([(step, 0.001), (step + 7, -0.002)]))
             assert sums[0] == sums[1] != start[0]
+        # Adam: each engine keeps its own moments, rebuilt from the same seeds: they stay identical too
+        from methods.es.optimizer import AdamStep
+
+        for t in range(1, 4):
+            before = sums
+            sums = call_all(pool, lambda e: e.apply_update([(t, 0.5), (t + 9, -1.0)], AdamStep(1e-3, 0.9, 0.999, 1e-8, t)))
+            assert sums[0] == sums[1] != before[0]
     finally:
         pool.shutdown()
 

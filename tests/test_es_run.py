@@ -31,10 +31,12 @@ def trajectory(run_dir: Path) -> list:
 
 @pytest.fixture(scope="module")
 def two_runs(policy_path, tmp_path_factory):
+    """The same run twice, the second stopped at half the budget (training does not depend on the budget: the
+    same seeds draw the same members and prompts), with its evaluations at the first run's first two marks."""
     dirs = []
-    for i in range(2):
+    for i, sets in enumerate([{}, {"run.budget.completions": 650, "run.budget.eval_every_fraction": 1.0}]):
         d = tmp_path_factory.mktemp(f"es{i}")
-        run_method("es", es_config(), d)
+        run_method("es", es_config(**sets), d)
         ray = sys.modules.get("ray")
         assert not (ray and ray.is_initialized()), "a local-pool run started Ray (its processes count as the run's memory)"
         dirs.append(d)
@@ -56,9 +58,10 @@ def test_es_record_is_complete_and_deterministic(two_runs):
     assert list((a / "tb").iterdir())
     first = json.loads((a / rec.evals[-1].samples_file).read_text().splitlines()[0])
     assert {"prompt", "response", "reward", "cost", "judge_reward"} <= first.keys()
-    # same seed, same config: the same trajectory, the same weights
-    assert trajectory(a) == trajectory(b)
-    assert rec.memory["weights_checksum"] == load_record(b).memory["weights_checksum"]
+    # same seed, same settings: the same trajectory and the same evaluations, as far as the shorter run went
+    short = load_record(b)
+    assert len(short.series) >= 6 and trajectory(a)[: len(short.series)] == trajectory(b)
+    assert [(e.mark, e.metrics) for e in short.evals] == [(e.mark, e.metrics) for e in rec.evals[:2]]
     # training time starts at the first iteration: engine start-up and evaluations are not in it
     assert rec.evals[0].seconds == 0
     walls = sum(p.times["iteration_wall"] for p in rec.series)

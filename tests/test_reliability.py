@@ -100,6 +100,27 @@ def test_es_kill9_sigterm_and_resume_match_the_uninterrupted_run(reference, tmp_
     assert rec.memory["weights_checksum"] == load_record(reference).memory["weights_checksum"]
 
 
+@pytest.mark.slow
+def test_an_adam_run_killed_and_resumed_matches_the_uninterrupted_run(policy_path, tmp_path):
+    """ES with Adam: the moments go into every checkpoint and come back on resume, so a kill −9 changes nothing."""
+    sets = ["optimizer=adam", "alpha=0.002", "population=4", "prompts_per_iteration=8", "run.budget.completions=120",
+            "run.budget.eval_every_fraction=1.0", "run.eval.limit=4", "run.checkpoint_every=1", "probe_engine=false"]
+    reference = tmp_path / "reference"
+    run_method("es", load_config(ESConfig, ROOT / "configs/es/cpu-default.yaml", sets), reference)
+    d = tmp_path / "run"
+    args = es_cli_args(d)[: -2 * len(ES_SETS)] + [x for s in sets for x in ("--set", s)]
+    stop_after(args, d, 2, signal.SIGKILL)
+    assert (d / "checkpoints" / "step-00000001" / "optimizer.safetensors").is_file()
+    assert run_quietly(args) == 0
+    rec = load_record(d)
+    assert rec.status == "completed" and any("resumed from step-" in n for n in rec.notes), rec.notes
+    assert trajectory(d) == trajectory(reference)
+    assert rec.memory["weights_checksum"] == load_record(reference).memory["weights_checksum"]
+    sgd = tmp_path / "sgd"  # and Adam moved the weights elsewhere than the published update would
+    run_method("es", load_config(ESConfig, ROOT / "configs/es/cpu-default.yaml", [*sets[1:], "run.checkpoint_every=0"]), sgd)
+    assert load_record(sgd).memory["weights_checksum"] != rec.memory["weights_checksum"]
+
+
 def test_a_checkpoint_state_is_resumed_only_whole_unedited_and_by_its_own_run(reference, tmp_path):
     import json
     import shutil
@@ -214,9 +235,11 @@ def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, t
     import yaml
 
     spec = yaml.safe_load((ROOT / "benchmarks" / "cpu-default.yaml").read_text())
-    spec["run"].update(budget={"completions": 540, "eval_every_fraction": 0.5}, checkpoint_every=1)
-    spec["run"].setdefault("eval", {})["limit"] = 12
-    spec["methods"] = {"es": {**spec["methods"]["es"], "config": str(ROOT / "configs/es/cpu-default.yaml")}}
+    # five iterations of 40 completions: enough steps to stop three times
+    spec["run"].update(budget={"completions": 200, "eval_every_fraction": 0.5}, checkpoint_every=1)
+    spec["run"].setdefault("eval", {})["limit"] = 4
+    spec["methods"] = {"es": {**spec["methods"]["es"], "config": str(ROOT / "configs/es/cpu-default.yaml"),
+                              "set": ["population=4", "prompts_per_iteration=8", "probe_engine=false"]}}
     spec["seeds"] = [0]
     spec.pop("compare", None)
     path = tmp_path / "spec.yaml"
@@ -259,5 +282,27 @@ def test_a_benchmark_stopped_by_sigterm_stops_its_run_and_resumes(policy_path, t
 
     assert bench().wait(600) == 0
     rec = load_record(run_dir)
-    assert rec.status == "completed" and rec.series[-1].completions >= 540
+    assert rec.status == "completed" and rec.series[-1].completions >= 200
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def test_a_run_on_a_full_disk_says_so_in_its_record(policy_path, tmp_path):
+    """On a real 3 MB tmpfs the run's record and evaluations fit, its 7.9 MB weights do not: the half-written
+    weights are removed, so the record can say the run failed and why (mounting needs root, as CI has)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        cfg = load_config(ESConfig, ROOT / "configs/es/cpu-default.yaml",
+                          ["population=2", "prompts_per_iteration=4", "probe_engine=false", "run.budget.completions=12",
+                           "run.budget.eval_every_fraction=1.0", "run.eval.limit=4", "run.tensorboard=false"])
+        with pytest.raises(UserError, match=r"es: the disk under .*disk/es is full \(.*No space left on device.*\); "
+                                            r"the record says so"):
+            run_method("es", cfg, disk / "es")
+        rec = load_record(disk / "es")
+        assert rec.status == "failed" and rec.error.startswith("the disk is full: ") and len(rec.evals) == 2
+        leftovers = [p.name for p in (disk / "es").rglob("*") if ".tmp" in p.name or p.name.startswith(".")]
+        assert not leftovers, leftovers
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)])  # the run's log stays open in this process

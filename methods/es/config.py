@@ -9,6 +9,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from harness.method import MethodConfig
 from methods.es.engine import EngineConfig
 from methods.es.noise import LOWRANK_MODULES, NoiseSpec
+from methods.es.optimizer import AdamStep
 from methods.es.vllm_engine import LORA_RANKS
 
 
@@ -25,11 +26,23 @@ def members_or_auto(v: object) -> object:
     raise ValueError(f"{v!r}: a positive number of members, or 'auto'")
 
 
+# an iteration scores (population + 1) × prompts completions: past these, one iteration alone outlasts any budget
+# (and a population's seed list would not fit in memory before the first completion)
+MAX_POPULATION = 100_000
+MAX_PROMPTS_PER_ITERATION = 100_000
+
+
 class ESConfig(MethodConfig):
-    population: int = Field(30, gt=1)
+    population: int = Field(30, gt=1, le=MAX_POPULATION)
     sigma: float = Field(0.001, gt=0)
-    alpha: float = Field(0.0005, gt=0)
-    prompts_per_iteration: int = Field(64, gt=0)
+    alpha: float = Field(0.0005, gt=0)  # the step size (sgd), or Adam's learning rate
+    # sgd: the published update θ ← θ + α/N Σ f̂·ε; adam: Adam along g = 1/N Σ f̂·ε, its moments kept in every
+    # engine and rebuilt from the seeds there, checkpointed with the weights (optimizer.py)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    prompts_per_iteration: int = Field(64, gt=0, le=MAX_PROMPTS_PER_ITERATION)
     max_iterations: int = Field(500, gt=0)  # the budget usually stops the run first
     temperature: float = Field(0.0, ge=0)  # rollout decoding during training (0: greedy, as published)
     antithetic: bool = False
@@ -67,6 +80,19 @@ class ESConfig(MethodConfig):
     # the engine runs at once, read off it when it starts). While one call generates, the previous call's members
     # are scored; a call should still fill the engine's concurrent batch: split only a population that outgrows it.
     members_per_call: Annotated[int | Literal["auto"] | None, BeforeValidator(members_or_auto)] = None
+
+    def adam_step(self, t: int) -> AdamStep | None:
+        """The optimizer step of update ``t`` (1, 2, ...); None for the published update."""
+        if self.optimizer == "sgd":
+            return None
+        return AdamStep(lr=self.alpha, beta1=self.adam_beta1, beta2=self.adam_beta2, eps=self.adam_eps, t=t)
+
+    def update_scale(self) -> float:
+        """The factor of f̂/N in each seed's coefficient: α for sgd; Adam takes its step size from its own lr."""
+        return self.alpha if self.optimizer == "sgd" else 1.0
+
+    def engine_context(self) -> int | None:
+        return self.engine.max_model_len if self.engine.kind == "vllm" else None
 
     def noise_spec(self) -> NoiseSpec:
         if self.perturbation == "lowrank":

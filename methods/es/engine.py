@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from harness.config import StrictModel
 from harness.generation import Completion, SamplingSettings
 from methods.es.noise import UpdateTerms
+from methods.es.optimizer import AdamStep
 
 
 class EngineConfig(StrictModel):
@@ -102,8 +103,15 @@ class ESEngine(Protocol):
     def restore(self, seed: int, scale: float) -> None:
         """Back to θ from before ``perturb(seed, scale)``."""
 
-    def apply_update(self, terms: UpdateTerms) -> str:
-        """θ += Σ c·ε(seed) over (seed, c) terms; returns the weights' checksum (engines must agree)."""
+    def apply_update(self, terms: UpdateTerms, adam: AdamStep | None = None) -> str:
+        """θ += Σ c·ε(seed) over (seed, c) terms, or with ``adam`` Adam's step along that direction; returns the
+        weights' checksum (engines must agree)."""
+
+    def save_optimizer(self, path: str) -> None:
+        """Adam's moments, to a safetensors file (a checkpoint's)."""
+
+    def load_optimizer(self, path: str) -> None:
+        """Adam's moments from ``save_optimizer``'s file (a resume)."""
 
     def evaluate_members(self, members: Sequence[Member], prompts: Sequence[str],
                          sampling: SamplingSettings) -> list[MemberOutput]:

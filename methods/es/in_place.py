@@ -1,12 +1,13 @@
 """ES's in-place weight operations, written once for every engine.
 
 ``perturb(seed, scale)`` θ += scale·ε(seed); ``restore(seed, scale)`` back to θ exactly (snapshot) or θ −= scale·ε(seed)
-(subtract: exact in fp32 up to rounding, not in bf16); ``apply_update(terms)`` θ += Σ c·ε(seed); ``checksum``;
+(subtract: exact in fp32 up to rounding, not in bf16); ``apply_update(terms)`` θ += Σ c·ε(seed) (or Adam's step along it, optimizer.py); ``checksum``;
 ``save_hf(dir)``; the weight broadcast of ``update: broadcast``. ε is the engine's ``Noise`` (noise.py).
 """
 
 from __future__ import annotations
 
+import copy
 import shutil
 import statistics
 import time
@@ -15,7 +16,9 @@ from typing import Any, Callable
 
 import torch
 
+from harness.checkpoint import write_folder
 from methods.es.noise import Noise, UpdateTerms
+from methods.es.optimizer import AdamMoments, AdamStep
 
 PROBE_COPY_BYTES = 256 << 20
 PROBE_WARM_UP_S = 0.3
@@ -31,6 +34,8 @@ class InPlaceES:
     restore_mode: str = "snapshot"
     noise: Noise
     _snapshot: list[torch.Tensor] | None = None
+    _adam: AdamMoments | None = None
+    _update_noise: Noise | None = None
 
     def named_views(self) -> list[tuple[str, torch.Tensor]]:
         raise NotImplementedError
@@ -50,14 +55,41 @@ class InPlaceES:
         else:
             self.noise.add_(views, [(seed, -scale)])
 
-    def apply_update(self, terms: UpdateTerms) -> str:
+    def apply_update(self, terms: UpdateTerms, adam: AdamStep | None = None) -> str:
         views = self.named_views()
-        self.noise.add_(views, list(terms))
+        if adam is None:
+            self.noise.add_(views, list(terms))
+        else:  # the direction Σ c·ε into the gradient buffers, then Adam's step from them
+            moments = self._moments()
+            self._direction_noise().add_(moments.grad_views, list(terms))
+            moments.step_(views, adam)
         if self._snapshot is not None:
             with torch.no_grad():
                 torch._foreach_copy_(self._snapshot, [v for _, v in views])
         self.sync()
         return self.checksum()
+
+    def _moments(self) -> AdamMoments:
+        if self._adam is None:
+            self._adam = AdamMoments(self.named_views())
+        return self._adam
+
+    def _direction_noise(self) -> Noise:
+        """The engine's noise, kept apart for the gradient buffers: a fused kernel's launch tables hold the addresses
+        of one list of tensors, and the weights' list is the one the population uses."""
+        if self._update_noise is None:
+            self._update_noise = copy.copy(self.noise)
+        return self._update_noise
+
+    def save_optimizer(self, path: str) -> None:
+        from safetensors.torch import save_file
+
+        save_file(self._moments().state_dict(), path)
+
+    def load_optimizer(self, path: str) -> None:
+        from safetensors.torch import load_file
+
+        self._moments().load_state_dict(load_file(path))
 
     def sync(self) -> None:
         if torch.cuda.is_available():
@@ -200,17 +232,10 @@ class InPlaceES:
         """HF-format checkpoint (safetensors + the source model's config and tokenizer), written atomically."""
         from safetensors.torch import save_file
 
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in HF_FILES:
-            if (Path(source_dir) / f).is_file():
-                shutil.copy2(Path(source_dir) / f, tmp / f)
-        save_file(self.export_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        old = out.with_name(out.name + ".old")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-        return str(out)
+        def fill(tmp: Path) -> None:
+            for f in HF_FILES:
+                if (Path(source_dir) / f).is_file():
+                    shutil.copy2(Path(source_dir) / f, tmp / f)
+            save_file(self.export_state_dict(), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+
+        return str(write_folder(Path(out_dir), fill))

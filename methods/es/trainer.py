@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from harness import runlog
 from harness.checkpoint import CheckpointManager, Preempted
+from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings
 from harness.records import reset_gpu_peaks
 from harness.method import RunContext
@@ -27,6 +28,7 @@ from methods.es import algorithm
 from methods.es.config import ESConfig
 from methods.es.engine import UNPERTURBED, Member, MemberOutput
 from methods.es.noise import check_lowrank_modules
+from methods.es.optimizer import AdamStep
 from methods.es.pool import EngineCall, LocalPool, Pool, RayPool, call_all
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,9 @@ def iteration_inputs(cfg: ESConfig, ctx: RunContext, it: int) -> tuple[list[str]
                                      strip=s.rollout.strip, seed=it_seed)
 
 
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
 def checkpoints(ctx: RunContext) -> CheckpointManager:
     return CheckpointManager(ctx.run_dir / "checkpoints", keep=ctx.settings.keep_checkpoints)
 
@@ -119,19 +124,34 @@ def make_pool(cfg: ESConfig, ctx: RunContext) -> Pool:
     # A resumed run loads the checkpoint's weights; members and prompts are functions of (seed, iteration).
     weights = ctx.resume_from / "model" if ctx.resume_from else ctx.policy_path
     engine_cfg = cfg.engine.model_copy(update={"model_path": str(weights)})
-    scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
     max_loras = min(cfg.members_per_call_for(), cfg.population)  # a slot per member of a call
     if cfg.perturbation == "lowrank":
         check_lowrank_modules(weights, cfg.lowrank_modules)
-    if cfg.pool == "local":
-        return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
-    return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras,
-                   cfg.engine_start_timeout_s)
+    scratch = tempfile.mkdtemp(prefix="engines-", dir=ctx.run_dir)
+    try:
+        if cfg.pool == "local":
+            return LocalPool(engine_cfg, cfg.engines, scratch, cfg.noise_spec(), max_loras)
+        return RayPool(engine_cfg, cfg.engines, scratch, cfg.ray_address, cfg.noise_spec(), max_loras,
+                       cfg.engine_start_timeout_s)
+    except BaseException:  # engines that never started leave no empty scratch folder behind
+        remove_if_empty(scratch)
+        raise
 
 
 def train(cfg: ESConfig, ctx: RunContext) -> None:
     s = ctx.settings
+    if cfg.prompts_per_iteration > len(ctx.prompts.train):  # before any engine starts
+        raise UserError(f"prompts_per_iteration is {cfg.prompts_per_iteration}, but the training set "
+                        f"({ctx.prompts.name}) holds {len(ctx.prompts.train)} prompts: an iteration would score "
+                        "some of them twice")
     pool = make_pool(cfg, ctx)
+    if ctx.resume_from is not None and cfg.optimizer == "adam":
+        moments = ctx.resume_from / OPTIMIZER_FILE
+        if not moments.is_file():
+            pool.shutdown()
+            raise UserError(f"{ctx.resume_from}: this checkpoint holds no Adam moments ({OPTIMIZER_FILE}); "
+                            "it was not written by an optimizer: adam run")
+        call_all(pool, lambda e: e.load_optimizer(str(moments)))
     ctx.budget.gpus = len(pool) if cfg.engine.device == "cuda" else 0
     ctx.note(f"ES on {len(pool)} {cfg.engine.kind} engine(s), pool={cfg.pool}, on {len(set(pool.nodes))} node(s)")
     ctx.describe(variant=f"{cfg.engine.kind}/{cfg.perturbation}", precision=cfg.precision())
@@ -175,10 +195,10 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                 f = algorithm.fitness([m.rewards for m in population], [m.costs for m in population], lam,
                                       cfg.safe_first_factor, cfg.standardize_rc)
                 f_hat = algorithm.normalize(f, cfg.fitness_shaping, cfg.fitness_eps)
-                terms = algorithm.update_coefficients(members, f_hat, cfg.alpha)
+                terms = algorithm.update_coefficients(members, f_hat, cfg.update_scale())
 
                 t_up = time.perf_counter()
-                checksums = update_engines(pool, cfg, terms)
+                checksums = update_engines(pool, cfg, terms, cfg.adam_step(it + 1))
                 t_up = time.perf_counter() - t_up
                 if len(set(checksums)) != 1:
                     raise RuntimeError(f"engines diverged after iteration {it + 1}: checksums {checksums}")
@@ -202,7 +222,7 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                            description=f"it {it + 1} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
                 ctx.evaluate_due(generator)
                 if ctx.stop or (s.checkpoint_every and ctx.step % s.checkpoint_every == 0):
-                    save_checkpoint(pool, ctx)
+                    save_checkpoint(pool, cfg, ctx)
                 if ctx.stop:
                     raise Preempted
         ctx.evaluate_due(generator)
@@ -224,12 +244,12 @@ def remove_if_empty(folder: str) -> None:
         pass
 
 
-def update_engines(pool: Pool, cfg: ESConfig, terms: list[tuple[int, float]]) -> list[str]:
+def update_engines(pool: Pool, cfg: ESConfig, terms: list[tuple[int, float]], adam: AdamStep | None = None) -> list[str]:
     """Apply one update on every engine; returns their weight checksums (which must agree)."""
-    if cfg.update == "broadcast" and len(pool) > 1:
-        pool.submit(0, lambda e: e.apply_update(terms)).result()
+    if cfg.update == "broadcast" and len(pool) > 1:  # engine 0 alone keeps Adam's moments then
+        pool.submit(0, lambda e: e.apply_update(terms, adam)).result()
         return call_all(pool, lambda e: e.broadcast_weights(0))
-    return call_all(pool, lambda e: e.apply_update(terms))
+    return call_all(pool, lambda e: e.apply_update(terms, adam))
 
 
 def record_engine_figures(pool: Pool, cfg: ESConfig, ctx: RunContext) -> int | None:
@@ -341,11 +361,16 @@ def batch_speed(outs: list[MemberOutput]) -> tuple[float, float]:
     return sum(o.tokens for o in outs) / seconds, sum(o.prepare_s for o in outs) / seconds
 
 
-def save_checkpoint(pool: Pool, ctx: RunContext) -> Path:
-    """Weights (HF format, from engine 0) plus the harness state, atomically."""
+def save_checkpoint(pool: Pool, cfg: ESConfig, ctx: RunContext) -> Path:
+    """Weights (HF format, from engine 0), Adam's moments where it runs, plus the harness state, atomically."""
     ctx.tick()
     source = str(ctx.policy_path)
-    write = lambda tmp: pool.submit(0, lambda e: e.save_hf(str(tmp / "model"), source)).result()  # noqa: E731
+
+    def write(tmp: Path) -> None:
+        pool.submit(0, lambda e: e.save_hf(str(tmp / "model"), source)).result()
+        if cfg.optimizer == "adam":
+            pool.submit(0, lambda e: e.save_optimizer(str(tmp / OPTIMIZER_FILE))).result()
+
     return checkpoints(ctx).save(ctx.step, write, ctx.snapshot_state())
 
 

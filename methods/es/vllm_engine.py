@@ -39,6 +39,7 @@ from harness.vllm.process import prepare_vllm_process
 from methods.es import vllm_lora
 from methods.es.engine import EngineConfig, Member, MemberOutput, evaluate_in_place
 from methods.es.noise import NoiseSpec, UpdateTerms
+from methods.es.optimizer import AdamStep
 
 if TYPE_CHECKING:
     from methods.es.vllm_worker import WorkerES
@@ -180,9 +181,15 @@ class VLLMEngine:
     def restore(self, seed: int, scale: float) -> None:
         self.worker.call(lambda es: es.restore(seed, scale))
 
-    def apply_update(self, terms: UpdateTerms) -> str:
+    def apply_update(self, terms: UpdateTerms, adam: AdamStep | None = None) -> str:
         terms = list(terms)
-        return self.worker.call(lambda es: es.apply_update(terms))
+        return self.worker.call(lambda es: es.apply_update(terms, adam))
+
+    def save_optimizer(self, path: str) -> None:
+        self.worker.call(lambda es: es.save_optimizer(path))
+
+    def load_optimizer(self, path: str) -> None:
+        self.worker.call(lambda es: es.load_optimizer(path))
 
     def checksum(self) -> str:
         return self.worker.call(lambda es: es.checksum())

@@ -19,8 +19,8 @@ class LoraSettings(StrictModel):
 
 
 class GRPOSettings(MethodConfig):
-    num_generations: int = Field(30, gt=1)
-    prompts_per_step: int = Field(2, gt=0)  # completions per step = prompts_per_step × num_generations
+    num_generations: int = Field(30, gt=1, le=100_000)  # as ES's population: bounded by what a step can score
+    prompts_per_step: int = Field(2, gt=0, le=100_000)  # completions per step = prompts_per_step × num_generations
     learning_rate: float = Field(5e-6, gt=0)
     lr_scheduler_type: str = "constant"
     temperature: float = Field(0.7, gt=0)
