@@ -21,10 +21,10 @@ IMAGES ?= scorer es grpo
 OFFLINE ?= 0
 SYSTEM_PACKAGES ?=
 
-.PHONY: setup test test-fast test-gpu benchmark benchmark-gpu benchmark-gpu-7b report bench-scorer bench-kernels slurm-local slurm-benchmark containers wheelhouse containers-local apptainer clean-venv help
+.PHONY: setup test test-fast test-gpu benchmark frontier benchmark-gpu benchmark-gpu-7b report bench-scorer bench-kernels slurm-local slurm-benchmark containers wheelhouse containers-local apptainer clean-venv help
 
 help:
-	@echo "make setup | test | test-fast | test-gpu | benchmark [SPEC=...] | benchmark-gpu | benchmark-gpu-7b | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
+	@echo "make setup | test | test-fast | test-gpu | benchmark [SPEC=...] | frontier | benchmark-gpu | benchmark-gpu-7b | report RUNS='dir ...' [OUT=...] | bench-scorer | bench-kernels"
 	@echo "     slurm-local | slurm-benchmark [CONFIG=spec.yaml] [CLUSTER=cluster.yaml]"
 	@echo "     containers [BASE=... TORCH=... IMAGE_EXTRAS=...] | containers-local | wheelhouse | apptainer"
 
@@ -53,6 +53,10 @@ test-gpu: setup
 
 benchmark: setup
 	$(VENV)/bin/esgrpo benchmark --spec $(SPEC)
+
+# The safety–helpfulness frontier on the embedded default: a λ₀ sweep of each method (~12 min on 2 cores)
+frontier: setup
+	$(VENV)/bin/esgrpo benchmark --spec benchmarks/cpu-frontier.yaml --out results/cpu-frontier
 
 # One GPU: ES (vLLM full-rank and low-rank, transformers) vs GRPO (vLLM, transformers), 0.5B policy;
 # memory/throughput/overhead figures in results/gpu-<device>-<date>

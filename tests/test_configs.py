@@ -39,10 +39,16 @@ def test_scorer_configs(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.yaml")), ids=lambda p: p.name)
 def test_benchmark_specs(path):
     spec, _ = load_spec(path)
+    from harness.config import apply_overrides, validate
+    from harness.method import RunSettings
+
     for name, entry in spec.methods.items():  # each entry's config, with its overrides and the shared settings
         budget = {"budget": entry.budget} if entry.budget else {}
-        assert method_config(spec, path, name, spec.seeds[0]).run == spec.run.model_copy(
-            update={"seed": spec.seeds[0], **budget})
+        run = spec.run.model_copy(update={"seed": spec.seeds[0], **budget})
+        if entry.run_set:  # a sweep point's own run keys (its λ₀), on top of the shared settings
+            run = validate(RunSettings, apply_overrides(run.model_dump(mode="json", by_alias=True), entry.run_set), name)
+            assert entry.run_set[0].startswith("lambda.lambda_init=")
+        assert method_config(spec, path, name, spec.seeds[0]).run == run
     if path.name == "cpu-default.yaml":  # the comparison `make benchmark` runs: three methods, one baseline
         assert len(spec.seeds) >= 2 and set(spec.methods) == {"es", "es-lowrank", "grpo"}
         assert spec.compare.baseline == "grpo"

@@ -145,6 +145,23 @@ def test_dry_run_renders_the_7b_specs_for_a_gpu_cluster(tmp_path, spec, seeds, g
     assert "--report-only" in parts["report.sbatch"] and "scancel" in parts["report.sbatch"]
 
 
+def test_dry_run_renders_the_7b_frontier_as_one_array_per_point(tmp_path):
+    """Each sweep point is its own array job (one task per seed) with its method's resources; the report job
+    draws the frontier after all of them."""
+    from harness.launch.slurm import dry_run
+
+    printed = dry_run(ROOT / "benchmarks" / "alpaca-7b-frontier.yaml", ROOT / "containers/slurm/cluster-gpu.yaml",
+                      runs_dir=tmp_path / "r")
+    parts = {p.split(" =====")[0].rsplit("/", 1)[-1]: p for p in printed.split("# ===== ")[1:]}
+    points = [k.removesuffix(".sbatch") for k in parts if k.startswith(("es.", "grpo."))]
+    assert len(points) == 12 and "es.lambda_init0.5_sigma0.0005" in points and "grpo.lambda_init2_beta0.1" in points
+    for name in points:
+        job = parts[f"{name}.sbatch"]
+        assert "#SBATCH --array=0-2" in job and "#SBATCH --gres=gpu:4" in job and f"--only {name}" in job
+    assert "accelerate launch --num_processes 4" in parts["grpo.lambda_init1_beta0.01.sbatch"]
+    assert "--report-only" in parts["report.sbatch"] and not (tmp_path / "r").exists()
+
+
 def test_multi_node_jobs_start_ray_or_accelerate_on_every_node(tmp_path):
     from harness.config import load_config
     from harness.launch.slurm import ClusterSettings, render
@@ -197,7 +214,12 @@ def test_a_submission_sbatch_refuses_part_way_cancels_what_it_submitted(local_sl
 
 @pytest.mark.slow
 def test_make_slurm_benchmark_end_to_end(local_slurm, policy_path, tmp_path):
+    """A two-point ES sweep over λ₀ against GRPO, one seed: three array jobs, then the report job's frontier."""
     spec = tiny_spec(tmp_path)
+    raw = yaml.safe_load(spec.read_text())
+    raw["methods"]["es"]["sweep"] = {"run.lambda.lambda_init": [0.5, 4.0]}
+    raw["seeds"] = [0]
+    spec.write_text(yaml.safe_dump(raw))
     # a space in the runs folder: every path in the rendered scripts must stay one word
     runs, out = tmp_path / "my runs", tmp_path / "report"
     r = subprocess.run(["make", "-s", "slurm-benchmark", f"CONFIG={spec}", f"CLUSTER={ROOT}/containers/slurm/local.yaml",
@@ -206,16 +228,17 @@ def test_make_slurm_benchmark_end_to_end(local_slurm, policy_path, tmp_path):
     assert "report will appear at" in r.stdout and "job" in r.stdout
     jobs = json.loads((runs / "slurm" / "jobs.json").read_text())["jobs"]
     deadline = time.time() + 600
-    while time.time() < deadline and not (out / "report.md").is_file():
+    while time.time() < deadline and not (out / "frontier.md").is_file():
         time.sleep(2)
     logs = "\n".join(p.read_text()[-2000:] for p in (runs / "slurm").glob("*.log"))
-    assert (out / "report.md").is_file(), logs
+    assert (out / "frontier.md").is_file(), logs
     time.sleep(3)
-    for name in ("es-s0", "es-s1", "grpo-s0", "grpo-s1"):
+    for name in ("es.lambda_init0.5-s0", "es.lambda_init4-s0", "grpo-s0"):
         rec = load_record(runs / name)
         assert rec.status == "completed" and rec.scorer["url"].startswith("http://"), logs
         assert rec.environment["slurm_job_id"]
-    assert "es − grpo" in (out / "report.md").read_text()
+    assert {"es.lambda_init0.5", "es.lambda_init4"} <= set(jobs)  # one array job per point
+    assert "**es against grpo**" in (out / "frontier.md").read_text()
     q = subprocess.run(["squeue", "-h", "-j", jobs["scorer"]], capture_output=True, text=True).stdout
     assert "R " not in q  # the report job stopped the scorer
 

@@ -32,7 +32,10 @@ from harness.launch.processes import child_env
 from harness.records import atomic_write_text, load_record
 from harness.registry import available, get_method
 from harness.report import write_report
+from harness.report.frontier import write_frontier
 from harness.report.metrics import BY_KEY as METRICS_BY_KEY, PRIMARY
+from harness.sweep import points as sweep_points
+from harness.sweep import spec_points
 from harness.method import RunSettings
 from harness.run import run_method
 
@@ -55,6 +58,12 @@ class MethodEntry(StrictModel):
     # This entry's own budget instead of the shared one: only for reproducing published runs whose budgets
     # differ (the report then says the budgets differ); fair comparisons leave it unset.
     budget: BudgetConfig | None = None
+    # a grid {key: [values]} or a list of {key: value} points (harness/sweep.py): each point runs with the spec's
+    # seeds and budget as its own entry, labelled by its values
+    sweep: dict[str, list[Any]] | list[dict[str, Any]] | None = None
+    # KEY=VALUE overrides of the spec's `run` settings for this entry alone: what a sweep point over a `run.` key
+    # (λ₀, the cost threshold) gets; a fair comparison leaves it empty
+    run_set: list[str] = Field(default_factory=list)
 
 
 class EvalEntry(StrictModel):
@@ -135,6 +144,34 @@ class BenchmarkSpec(StrictModel):
                              f"({', '.join(self.methods)})")
         return self
 
+    @model_validator(mode="after")
+    def _sweeps(self) -> "BenchmarkSpec":
+        """Each swept entry becomes one entry per point (after the baseline check: a baseline may be swept, and
+        is then a frontier)."""
+        if not any(e.sweep is not None for e in self.methods.values()):
+            return self
+        expanded: dict[str, MethodEntry] = {}
+        for name, entry in self.methods.items():
+            if entry.sweep is None:
+                expanded[name] = entry
+                continue
+            try:
+                found = sweep_points(name, entry.sweep)
+            except UserError as e:
+                raise ValueError(str(e)) from None
+            for point in found:
+                run_keys = [o.removeprefix("run.") for o in point.overrides if o.startswith("run.")]
+                own = [o for o in point.overrides if not o.startswith("run.")]
+                expanded[point.label] = entry.model_copy(update={
+                    "sweep": None, "method": entry.method or name, "set": [*entry.set, *own],
+                    "run_set": [*entry.run_set, *run_keys]})
+        clash = sorted(set(expanded) & set(self.evaluate))
+        if clash:
+            raise ValueError(f"{', '.join(clash)}: a sweep point's label is also an evaluation entry")
+        # set without validate_assignment, which would check the baseline again against the points' labels
+        self.__dict__["methods"] = expanded
+        return self
+
 
 def config_path(spec_path: Path, entry: MethodEntry) -> Path:
     """A method config named in a spec: as given, or relative to the spec's folder."""
@@ -186,7 +223,7 @@ def method_config(spec: BenchmarkSpec, spec_path: Path, name: str, seed: int, ov
     cfg_path = config_path(spec_path, entry)
     data = apply_overrides(read_yaml(cfg_path), [*entry.set, *overrides_for(spec, name, overrides or [])])
     run = spec.run.model_copy(update={"seed": seed, **({"budget": entry.budget} if entry.budget else {})})
-    data["run"] = run.model_dump(mode="json", by_alias=True)
+    data["run"] = apply_overrides(run.model_dump(mode="json", by_alias=True), entry.run_set)
     return validate(method.config_model, data, f"{cfg_path} (with {spec_path} run settings)")
 
 
@@ -273,6 +310,10 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
     evaluations = [e for e in spec.evaluate if not only or e in only] if seed_index in (None, 0) else []
 
     def report(dirs: list[Path]) -> Path:
+        if spec_points(raw):  # a sweep: its points differ in their knobs, so their report is the frontier
+            have = {d.name for d in dirs}
+            missing = [f"{m} seed {s}" for s in spec.seeds for m in spec.methods if f"{m}-s{s}" not in have]
+            return write_frontier(dirs, out, raw, missing)
         # a `references:` folder may be the one an `evaluate:` entry wrote: one record, counted once
         unique = list({d.resolve(): d for d in [*dirs, *references, *spec_evaluations(spec, runs_root)]}.values())
         return write_report(unique, out, title=spec.name,

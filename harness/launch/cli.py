@@ -150,6 +150,23 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories or reco
 
 @app.command()
 @user_errors
+def frontier(runs: List[Path] = typer.Argument(..., help="run directories of a swept spec (or of any runs whose "
+                                               "knobs, λ₀ among them, differ)"),
+             out: Path = typer.Option(Path("results") / "frontier", "--out", "-o", help="report folder"),
+             baseline: Optional[str] = typer.Option(None, help="the method whose frontier the others are compared "
+                                                    "with (default: the spec's compare.baseline)")):
+    """Write the safety–helpfulness frontier (frontier.md, frontier.png, frontier.json) from run records; the
+    sweep points and the target come from the spec the runs recorded."""
+    from harness.records import load_record
+    from harness.report.frontier import write_frontier
+
+    spec = load_record(runs[0]).spec or {}
+    path = write_frontier(runs, out, spec, baseline=baseline)
+    typer.echo(f"frontier: {path} (plot: {path.parent / 'frontier.png'})")
+
+
+@app.command()
+@user_errors
 def benchmark(spec: Path = typer.Option(Path("benchmarks") / "cpu-default.yaml", "--spec", help=SPEC_HELP),
               out: Optional[Path] = typer.Option(None, "--out", help="report folder (default results/<date>-<spec>)"),
               runs_dir: Optional[Path] = typer.Option(None, "--runs-dir", help=RUNS_HELP),

@@ -23,6 +23,7 @@ from harness.config import StrictModel, load_config, read_text
 from harness.errors import UserError
 from harness.paths import esgrpo_home
 from harness.records import atomic_write_text
+from harness.sweep import spec_points
 from harness.scoring.client import http_scorer_overrides
 from harness.registry import get_method
 from scorer.service_config import load_service_config
@@ -260,6 +261,7 @@ class Rendered:
     served: str | None  # the scorer config the scorer job serves
     scoring: dict[str, str]  # job -> the scorer it scores with, in words
     files: dict[Path, str] = field(default_factory=dict)  # more files beside them (multi-node accelerate scripts)
+    report_name: str = "report.md"  # frontier.md for a sweep
 
     def path(self, job: str) -> Path:
         return self.slurm_dir / f"{job}.sbatch"
@@ -284,7 +286,8 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
            run_overrides: Sequence[str] = (), method_overrides: Sequence[str] = ()) -> Rendered:
     """The submission's scripts. ``run_overrides``/``method_overrides``: ``esgrpo benchmark``'s ``--set-run`` and
     ``--set``, passed to every method job (merged key by key into the spec's entries)."""
-    spec, _ = load_spec(spec_path)
+    spec, raw = load_spec(spec_path)
+    family = {label: point.family for label, point in spec_points(raw).items()}  # a sweep point's resources
     scorer_config = service_config(Path(spec_path)) if spec.methods else None
     for config in scorer_configs(Path(spec_path)):
         load_service_config(config)  # a missing or invalid scorer config fails here, not in a job 30 min later
@@ -308,13 +311,15 @@ def render(spec_path: Path, cluster: ClusterSettings, runs_dir: Path | None = No
               "scorer_host": q(cluster.scorer_host),
               "scorer_override": " ".join([*(f"--set-run {q(o)}" for o in scorer_overrides), user_overrides]).strip(),
               "scorer_job": "$SCORER_JOB"}
-    rendered = Rendered(slurm_dir, out, {}, str(scorer_config) if scorer_config else None, {})
+    rendered = Rendered(slurm_dir, out, {}, str(scorer_config) if scorer_config else None, {},
+                        report_name="frontier.md" if family else "report.md")
     eval_scorer = (f"its own embedded scorer ({from_spec(spec_path.resolve(), spec.run.scorer.config).resolve()})"
                    if spec.run.scorer.kind == "embedded" and spec.run.scorer.config else f"the spec's {spec.run.scorer.kind} scorer")
     # the scorer service serves the methods' runs; evaluation entries score in their own process (the spec's scorer)
     for kind in (*(["scorer"] if spec.methods else []), *spec.methods, *spec.evaluate, "report"):
         res = cluster.scorer if kind == "scorer" else cluster.methods.get(
-            kind, cluster.evaluate if kind in spec.evaluate else JobResources())
+            kind, cluster.methods.get(family.get(kind, kind),
+                                      cluster.evaluate if kind in spec.evaluate else JobResources()))
         template = "method" if kind in spec.methods or kind in spec.evaluate else kind
         values = {**common, "method": kind, "esgrpo": q(executable(cluster)),
                   f"directives_{template}": directives(cluster, res),
@@ -386,7 +391,7 @@ def dry_run(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = 
             *([", ".join(evaluations) + " (one evaluation each)"] if evaluations else [])]
     order += (f"# submit order: {'; '.join(jobs)}; report --dependency=afterany:<the jobs above>\n"
               if methods or evaluations else "# nothing to submit: every entry's policy is missing\n")
-    order += f"# report: {r.out}/report.md\n# a dry run writes nothing: the scripts go to {r.slurm_dir} on submit\n"
+    order += f"# report: {r.out}/{r.report_name}\n# a dry run writes nothing: the scripts go to {r.slurm_dir} on submit\n"
     return order + "".join(f"\n# ===== {r.path(job)} =====\n{text}" for job, text in r.scripts.items())
 
 
@@ -422,7 +427,7 @@ def submit(spec_path: Path, cluster_path: Path | None, runs_dir: Path | None = N
         for d in reversed(made):  # nothing was submitted: nothing is left behind
             shutil.rmtree(d, ignore_errors=True)
         raise
-    report_path = f"{r.out}/report.md"
+    report_path = f"{r.out}/{r.report_name}"
     atomic_write_text(r.slurm_dir / JOBS_FILE, json.dumps({"jobs": jobs, "report": report_path}, indent=1))
     return {**jobs, "report_path": report_path, "slurm_dir": str(r.slurm_dir)}
 

@@ -179,14 +179,15 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
     return runs
 
 
-def comparability_problems(runs: list[Run], references: list[Run]) -> list[str]:
+def comparability_problems(runs: list[Run], references: list[Run], vary_lambda0: bool = False) -> list[str]:
     """What differs between runs that must be equal for a fair comparison. Reference rows share everything
-    about the evaluation (prompts, scorer, judge, settings); they have no training budget."""
+    about the evaluation (prompts, scorer, judge, settings); they have no training budget. ``vary_lambda0``: the
+    runs are points of a frontier, where λ₀ is a knob (the report then reads no objective across them)."""
     shared = {
         "scorer": lambda r: scorer_identity(r.scorer),
         "evaluation settings": lambda r: json.dumps(r.evaluation, sort_keys=True),
         "judge": lambda r: scorer_identity(r.judge),
-        "λ₀ (lambda.lambda_init, the objective's λ)": lambda0,
+        **({} if vary_lambda0 else {"λ₀ (lambda.lambda_init, the objective's λ)": lambda0}),
     }
     checks = [("prompts (data hash)", lambda r: r.data.get("hash"), runs),
               ("budget (completions)", lambda r: r.budget.get("completions"), runs),
@@ -375,7 +376,10 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
         raise UserError("no runs or evaluation records to report")
     problems = comparability_problems(trained, references)
     if problems and not allow_mismatch:
-        raise UserError("runs are not comparable (pass --allow-mismatch to report anyway):\n  " + "\n  ".join(problems))
+        hint = ("\n  (runs that differ in λ₀ are points of a frontier: `esgrpo frontier RUNS` compares them)"
+                if any("λ₀" in p for p in problems) else "")
+        raise UserError("runs are not comparable (pass --allow-mismatch to report anyway):\n  " + "\n  ".join(problems)
+                        + hint)
     groups: dict[str, list[Run]] = defaultdict(list)
     for r in trained:
         groups[r.label].append(r)
