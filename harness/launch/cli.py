@@ -67,10 +67,16 @@ RUNS_HELP = "where the runs go (default runs/<date>-<spec name>); completed runs
 
 
 def print_report_summary(out: Path) -> None:
+    """The report's headline on the console: the comparison table, or a frontier's statements."""
     import json
 
     from harness.report.render import console_text
 
+    if (out / "frontier.json").is_file() and not (out / "summary.json").is_file():
+        frontier = json.loads((out / "frontier.json").read_text())
+        lines = [f"{c['a']} against {c['b']}: {c['statement']}" for c in frontier["comparisons"]]
+        typer.echo("\n".join([*lines, f"frontier: {out / 'frontier.md'} (plot: {out / 'frontier.png'})"]))
+        return
     typer.echo(console_text(json.loads((out / "summary.json").read_text()), out))
 
 
@@ -162,7 +168,7 @@ def frontier(runs: List[Path] = typer.Argument(..., help="run directories of a s
 
     spec = load_record(runs[0]).spec or {}
     path = write_frontier(runs, out, spec, baseline=baseline)
-    typer.echo(f"frontier: {path} (plot: {path.parent / 'frontier.png'})")
+    print_report_summary(path.parent)
 
 
 @app.command()

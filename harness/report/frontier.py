@@ -62,14 +62,25 @@ def frontier_difference(a: Sequence[tuple[float, float]], b: Sequence[tuple[floa
     if not pieces:  # both reach only safe ratio 0 (or one point each at the same ratio): compare there
         fa, fb = max(r for s, r in a if s >= top), max(r for s, r in b if s >= top)
         pieces.append((top, top, fa - fb))
-    above = [(lo, hi) for lo, hi, d in pieces if d > 0]
-    below = [(lo, hi) for lo, hi, d in pieces if d < 0]
+    above = merged([(lo, hi) for lo, hi, d in pieces if d > 0])
+    below = merged([(lo, hi) for lo, hi, d in pieces if d < 0])
     signs = [np.sign(d) for _, _, d in pieces if d != 0]
     crossings = [pieces[i][1] for i in range(len(pieces) - 1)
                  if pieces[i][2] and pieces[i + 1][2] and np.sign(pieces[i][2]) != np.sign(pieces[i + 1][2])]
     return {"area": area, "range": (0.0, top), "a_above": above, "b_above": below, "crossings": crossings,
             "dominates": "a" if signs and all(x > 0 for x in signs) else "b" if signs and all(x < 0 for x in signs)
             else None}
+
+
+def merged(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Adjacent ranges joined: (0, 0.2), (0.2, 0.5) → (0, 0.5)."""
+    out: list[tuple[float, float]] = []
+    for lo, hi in spans:
+        if out and out[-1][1] == lo:
+            out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
 
 
 def _coords(points: list[Point], seeds: Sequence[int] | None = None) -> list[tuple[float, float]]:
@@ -135,7 +146,8 @@ def statement(a: str, b: str, diff: dict[str, Any], area: Interval) -> str:
                 f"{area.n} seeds)")
         if area.excludes_zero():
             better = a if area.mean > 0 else b
-            size += f": {better} reaches more reward at equal safety"
+            size += (f": {better} reaches more reward at equal safety" if diff["dominates"] else
+                     f": over the safe ratios both reach, {better} reaches more reward at equal safety on average")
         else:
             size += ": no verdict (the interval includes 0)"
     else:
@@ -171,8 +183,8 @@ def figure(families: dict[str, list[Point]], out: Path) -> str:
             sign = 1 if xkey == "safe_ratio" else -1  # less cost is better
             front = sorted(pareto([(sign * x, y) for x, y in zip(xs, ys)]), key=lambda i: xs[i])
             ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color=colors[fam], alpha=0.6)
-            for p, x, y in zip(pts, xs, ys):
-                ax.annotate(p.settings or p.label, (x, y), fontsize=7, color="0.3", xytext=(3, 3),
+            for p, x, y in zip(pts, xs, ys):  # the point's values, without its method's name
+                ax.annotate(p.label.removeprefix(f"{fam}."), (x, y), fontsize=7, color=colors[fam], xytext=(3, 3),
                             textcoords="offset points")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("reward R")
@@ -250,7 +262,8 @@ def markdown(summary: dict[str, Any], png: str) -> str:
     if summary.get("cheapest_to_target"):
         lines += ["", f"## Time to target ({', '.join(f'{k} {v}' for k, v in summary['target'].items())})", ""]
         for fam, c in summary["cheapest_to_target"].items():
-            lines.append(f"- {fam}: " + (f"{c['label']}, {c['completions']:.0f} completions ({c['seeds']} seeds)"
+            lines.append(f"- {fam}: " + (f"{c['label']}, {c['completions']:.0f} completions "
+                                         f"({c['seeds']} seed{'s' if c['seeds'] != 1 else ''})"
                                          if c else "no point met the target on every seed"))
     if summary["missing"]:
         lines += ["", "## Not run", "", "The sweep stopped before these points completed: "
