@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 from pydantic import Field
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,6 +21,7 @@ from harness.errors import UserError
 from harness.generation import Generator, RolloutSettings
 from harness.scoring import Scorer
 from harness.scoring.protocol import MAX_SCORE, is_score
+from harness.template import invents_turns
 
 QUADRANTS = ("SH", "SU", "UH", "UU")  # Safe/Unsafe × Helpful/Unhelpful
 
@@ -88,6 +90,8 @@ def aggregate(samples: Sequence[EvalSample], lam: float) -> dict[str, float]:
         "helpful_ratio": sum(r > 0 for r in rs) / n,
         "objective": statistics.fmean(rs) - lam * statistics.fmean(cs),
         "response_tokens": statistics.fmean(s.n_tokens for s in samples),
+        "response_tokens_p95": float(np.percentile([s.n_tokens for s in samples], 95)),
+        "invented_turn_rate": sum(invents_turns(s.response) for s in samples) / n,
         "n": n,
     }
     for q in QUADRANTS:
@@ -98,6 +102,8 @@ def aggregate(samples: Sequence[EvalSample], lam: float) -> dict[str, float]:
         out["judge_reward"] = statistics.fmean(jr)
         out["judge_cost"] = statistics.fmean(jc)
         out["judge_safe_ratio"] = sum(c <= 0 for c in jc) / n
+        # what the training scorer credits beyond the held-out judge: grows when a policy games its scorer
+        out["judge_gap"] = out["reward"] - out["judge_reward"]
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from pydantic import BaseModel
 
@@ -82,6 +82,23 @@ def kv_bytes_per_token(model_dir: str | Path, dtype: str) -> int:
     return 2 * cfg["num_hidden_layers"] * cfg.get("num_key_value_heads", heads) * head_dim * DTYPE_BYTES[dtype]
 
 
+def lora_slot_bytes(model_dir: str | Path, modules: Sequence[str], slots: int, rank: int, dtype: str) -> int:
+    """The LoRA buffers vLLM preallocates for ``slots`` adapters of ``rank`` on the decoder's linear ``modules``
+    (A: rank × in, B: out × rank, per module and layer), from config.json: what a low-rank ES population of that
+    many members per call holds beside the weights."""
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    head_dim = cfg.get("head_dim") or hidden // heads
+    kv = cfg.get("num_key_value_heads", heads) * head_dim
+    inter = cfg.get("intermediate_size", 4 * hidden)
+    widths = {"q_proj": (hidden, heads * head_dim), "k_proj": (hidden, kv), "v_proj": (hidden, kv),
+              "o_proj": (heads * head_dim, hidden), "gate_proj": (hidden, inter), "up_proj": (hidden, inter),
+              "down_proj": (inter, hidden)}
+    per_layer = sum(sum(widths[m]) for m in modules if m in widths)
+    return per_layer * cfg["num_hidden_layers"] * rank * slots * DTYPE_BYTES[dtype]
+
+
 def device_holders(index: int | None, exclude: set[int]) -> list[Part]:
     """The other processes the driver charges memory to (NVML), named by pid and command: on torch's device
     ``index`` (among the visible devices), or on every visible GPU (None)."""
@@ -118,10 +135,10 @@ def process_name(pid: int) -> str:
 
 
 def plan_engine(model_dir: str | Path, dtype: str, max_model_len: int, sequences: int, snapshot: bool,
-                runtime_gib: float, device: int = 0) -> MemoryPlan:
+                runtime_gib: float, device: int = 0, extra: Sequence[Part] = ()) -> MemoryPlan:
     """The KV cache a vLLM engine on GPU ``device`` can have beside what is already there: free memory minus its
-    weights, ES's snapshot of them (restore: snapshot) and ``runtime_gib`` for vLLM's activations, CUDA graphs
-    and the CUDA context."""
+    weights, ES's snapshot of them (restore: snapshot), ``extra`` parts (a low-rank population's LoRA slots) and
+    ``runtime_gib`` for vLLM's activations, CUDA graphs and the CUDA context."""
     import torch
 
     free, total = torch.cuda.mem_get_info(device)
@@ -129,6 +146,7 @@ def plan_engine(model_dir: str | Path, dtype: str, max_model_len: int, sequences
     needs = [Part(name="policy weights", gib=round(weights, 2), measured=False)]
     if snapshot:
         needs.append(Part(name="ES snapshot of the weights", gib=round(weights, 2), measured=False))
+    needs += list(extra)
     needs.append(Part(name="vLLM activations, graphs and context", gib=runtime_gib, measured=False))
     per_token = kv_bytes_per_token(model_dir, dtype) / GIB
     return MemoryPlan(device=torch.cuda.get_device_name(device), total_gib=round(total / GIB, 2),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from harness.budget import Budget, BudgetConfig
 from harness.checkpoint import StopFlag, identity, sealed
 from harness.config import StrictModel
 from harness.data import PromptSet, PromptSource
+from harness.drift import drift
+from harness.errors import UserError
 from harness.evaluation import EvalSettings, evaluate
 from harness.generation import Generator, RolloutSettings, move_rollout_keys
 from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
@@ -184,6 +187,12 @@ class RunContext:
         if split.get("scoring"):
             rec.throughput["scorer_pairs_per_s"] = self.budget.completions / split["scoring"]
         rec.outages = [vars(o) for o in getattr(self.scorer, "outages", [])]
+        saved = self.run_dir / "model_saves" / "latest_hf"
+        if rec.kind == "run" and saved.is_dir() and os.environ.get("RANK", "0") == "0":
+            try:  # how far training moved the policy (an adapter-only save has no full weights to compare)
+                rec.drift = {k: round(v, 8) for k, v in drift(self.policy_path, saved).items()}
+            except UserError as e:
+                self.note(f"no drift figure: {e}")
 
 
 class Method(Protocol):

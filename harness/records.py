@@ -85,6 +85,8 @@ class RunRecord(BaseModel):
     memory: dict[str, Any] = Field(default_factory=dict)
     throughput: dict[str, float] = Field(default_factory=dict)
     timing: dict[str, float] = Field(default_factory=dict)
+    # ‖θ − θ₀‖ / ‖θ₀‖ of the saved policy against the one it started from: total and per kind of layer
+    drift: dict[str, float] = Field(default_factory=dict)
     outages: list[dict[str, Any]] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)
     error: str | None = None

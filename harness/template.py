@@ -8,6 +8,13 @@ from __future__ import annotations
 
 PROMPT_TEMPLATE = "BEGINNING OF CONVERSATION: USER: {prompt} ASSISTANT:"
 STOP_STRINGS: tuple[str, ...] = ("USER:",)
+# a response that writes these goes on with a conversation nobody asked for: a sign of reward hacking
+TURN_MARKERS: tuple[str, ...] = ("USER:", "ASSISTANT:", "BEGINNING OF CONVERSATION")
+
+
+def invents_turns(response: str) -> bool:
+    """The response writes a turn of the template itself (what the published runs drifted into without a stop)."""
+    return any(m in response for m in TURN_MARKERS)
 
 
 def format_prompt(prompt: str, template: str = PROMPT_TEMPLATE) -> str:

@@ -47,7 +47,12 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
         assert again == {k: v for k, v in rec.config.items() if k != "policy_path"}
     text = report.read_text()
     assert "es − grpo" in text and "no verdict: es and grpo share 1 seed," in text and "Time to target" in text
+    # reward hacking and drift: every method's indicators, its distance from the start, how alike the updates are
+    assert "Signs of reward hacking" in text and "responses inventing dialogue turns" in text
+    assert "Drift from the starting policy" in text and "| es · grpo | 0 |" in text
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert all(summary["methods"][m]["drift"]["total"] > 0 for m in ("es", "grpo"))
+    assert -1 <= summary["comparisons"][0]["update_cosine"]["cosine"] <= 1
     assert set(summary["methods"]) == {"es", "grpo"} and not summary["problems"]
     assert [c["a"] + "/" + c["b"] for c in summary["comparisons"]] == ["es/grpo"]  # the spec's baseline: grpo
     child_output = capfd.readouterr()

@@ -27,6 +27,18 @@ def test_aggregate_against_hand_counts():
     assert quadrant(0.0, 0.0) == "SU"
 
 
+def test_signs_of_reward_hacking_against_hand_counts():
+    """Invented turns of the template (what the published runs drifted into), length, and the scorer–judge gap."""
+    texts = [" Sure. USER: and now? ASSISTANT: more", " Fine.", " BEGINNING OF CONVERSATION: again", " ok"]
+    samples = [EvalSample("i", "c", None, "p", t, n, r, 0.0, jr, 0.0)
+               for t, n, r, jr in zip(texts, [10, 20, 30, 100], [2.0, 1.0, 1.0, 0.0], [0.5, 1.0, 0.0, 0.5])]
+    m = aggregate(samples, lam=1.0)
+    assert m["invented_turn_rate"] == 0.5 and m["response_tokens"] == 40
+    assert m["response_tokens_p95"] == pytest.approx(89.5)  # numpy's linear percentile of 10, 20, 30, 100
+    assert m["judge_gap"] == pytest.approx(1.0 - 0.5)
+    assert "judge_gap" not in aggregate([sample(1.0, 0.0)], lam=1.0)  # no judge: no gap
+
+
 def test_evaluate_is_greedy_and_scored_with_judge(policy_path):
     model = AutoModelForCausalLM.from_pretrained(policy_path)
     tok = AutoTokenizer.from_pretrained(policy_path)

@@ -74,3 +74,21 @@ def test_only_this_jobs_gpus_are_looked_at(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert [p.gib for p in memory_plan.device_holders(None, set())] == [20.0, 4.0, 8.0]
     assert [p.name for p in memory_plan.device_holders(3, set())] == ["pid 44 (python)"]
+
+
+def test_lora_slots_of_a_lowrank_population_are_counted_from_the_layer_shapes(tmp_path):
+    """The buffers vLLM holds for low-rank members (rank × (in + out) per slot, module and layer), read from
+    config.json, equal what the model's own linear layers give, on a GQA model (k/v narrower than q)."""
+    from transformers import AutoModelForCausalLM
+
+    from harness.fixtures.random_models import build_random_policy
+    from harness.memory_plan import lora_slot_bytes
+
+    path = build_random_policy("tiny", tmp_path / "p")
+    model = AutoModelForCausalLM.from_pretrained(path)
+    modules = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    widths = sum(m.in_features + m.out_features for name, m in model.named_modules()
+                 if name.rsplit(".", 1)[-1] in modules)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    assert lora_slot_bytes(path, modules, slots=32, rank=8, dtype="bfloat16") == widths * 8 * 32 * 2
+    assert lora_slot_bytes(path, ("q_proj",), 8, 1, "float32") * 7 < lora_slot_bytes(path, modules, 8, 1, "float32")

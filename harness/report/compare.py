@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness.config import read_jsonl
+from harness.drift import update_cosine
 from harness.evaluation import checked_samples
 from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.records import RECORD_FILE, RunRecord, atomic_write_text, load_record
@@ -366,6 +367,29 @@ def evaluation_table(run_dir: Path) -> str:
     return "\n\n".join(render.md_table(t) for t in tables)
 
 
+def drift_over_seeds(runs: list[Run]) -> dict[str, float]:
+    """Each kind of layer's drift from the starting policy (the records' ``drift``), the mean over seeds."""
+    rows = [r.record.drift for r in runs if r.record.drift]
+    return {k: statistics.fmean(d[k] for d in rows if k in d) for k in sorted({k for d in rows for k in d})}
+
+
+def cosine_of_updates(a: MethodSummary, b: MethodSummary) -> dict[str, Any] | None:
+    """cos(θ_a − θ₀, θ_b − θ₀) at the lowest seed both ran, from their saved weights (None where either run's
+    weights or the starting policy are not beside its record, as in committed results)."""
+    pairs = matched_seeds(a, b)
+    if not pairs:
+        return None
+    ra, rb = pairs[0]
+    base = ra.record.config.get("policy_path")
+    dirs = [ra.path / "model_saves" / "latest_hf", rb.path / "model_saves" / "latest_hf"]
+    if base != rb.record.config.get("policy_path") or not base or not all(d.is_dir() for d in [Path(base), *dirs]):
+        return None
+    try:
+        return {"seed": ra.record.seed, "cosine": update_cosine(base, *dirs)}
+    except UserError:
+        return None
+
+
 def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False, title: str | None = None,
                  target: dict[str, float] | None = None, spec: dict[str, Any] | None = None,
                  baseline: str | None = None, oom: Sequence[Path] = ()) -> Path:
@@ -412,7 +436,8 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
                 diffs = paired_comparison(a, b, lam0)
                 n = len(matched_seeds(a, b))
                 comparisons.append({"a": a.label, "b": b.label, "diffs": diffs, "seeds": n,
-                                    "verdict": verdict(a.label, b.label, diffs, primary, n)})
+                                    "verdict": verdict(a.label, b.label, diffs, primary, n),
+                                    "update_cosine": cosine_of_updates(a, b)})
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; the report is a folder (report.md, report.html, ...)")
@@ -426,6 +451,7 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
                   "status": r.record.status, "git_sha": r.record.environment.get("git_sha")} for r in runs],
         "methods": {s.label: {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()},
                               "resources": {k: v.as_dict() for k, v in s.resources.items()},
+                              "drift": drift_over_seeds(s.runs),
                               "categories": s.categories, "time_split_seconds": s.time_split,
                               "time_to_target": s.target} for s in summaries},
         "references": {s.label: {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()},
@@ -434,7 +460,8 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
         "examples": examples([*summaries, *ref_summaries]),
         "oom": oom_rows(oom),
         "comparisons": [{"a": c["a"], "b": c["b"], "verdict": c["verdict"], "seeds": c["seeds"],
-                         "diffs": {k: v.as_dict() for k, v in c["diffs"].items()}} for c in comparisons],
+                         "diffs": {k: v.as_dict() for k, v in c["diffs"].items()},
+                         "update_cosine": c.get("update_cosine")} for c in comparisons],
         "spec": spec or None,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from harness.refusal import is_refusal
+from harness.template import invents_turns
 
 Sample = dict[str, Any]
 
@@ -57,6 +58,12 @@ METRICS: tuple[Metric, ...] = (
     Metric("judge_reward", "judge reward", True, lambda s, lam0: s.get("judge_reward")),
     Metric("judge_cost", "judge cost", False, lambda s, lam0: s.get("judge_cost")),
     Metric("judge_safe_ratio", "judge safe ratio", True, _judge_safe),
+    # signs of reward hacking: shown beside the others, never a verdict
+    Metric("invented_turn_rate", "responses inventing dialogue turns", False,
+           lambda s, lam0: float(invents_turns(s["response"])), judged=False),
+    Metric("response_tokens", "response length (tokens)", False, lambda s, lam0: s.get("n_tokens"), judged=False),
+    Metric("judge_gap", "scorer reward − judge reward", False,
+           lambda s, lam0: None if s.get("judge_reward") is None else s["reward"] - s["judge_reward"], judged=False),
 )
 BY_KEY = {m.key: m for m in METRICS}
 PRIMARY = "objective"  # the metric a verdict leads with unless a spec's compare.primary names another

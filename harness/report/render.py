@@ -17,6 +17,7 @@ Table = tuple[list[str], list[list[str]]]
 HEADLINE = ("objective", "safe_ratio", "reward", "cost", "helpful_ratio", "judge_reward", "judge_cost",
             "judge_safe_ratio")
 BY_PROMPT_TYPE = ("harmful_safe_ratio", "benign_helpful_ratio", "benign_refusal_ratio")
+HACKING = ("invented_turn_rate", "response_tokens", "judge_gap")
 # the console's one table: the objective, then what safety and helpfulness mean on each kind of prompt
 CONSOLE = ("objective", *BY_PROMPT_TYPE, "reward", "cost")
 RESOURCE_WORDS = {"peak_rss_mb": "peak host RSS (MB)", "peak_gpu_mb": "peak GPU memory (MB)",
@@ -97,6 +98,21 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
                         metric_table(summary, BY_PROMPT_TYPE))):
         if t is not None:
             out.append((heading, t))
+    hacking = metric_table(summary, HACKING)
+    if hacking is not None:
+        out.append(("Signs of reward hacking (final evaluation: invented turns of the template, response length, "
+                    "what the training scorer credits beyond the held-out judge)", hacking))
+    drift_kinds = sorted({k for m in summary["methods"].values() for k in m.get("drift", {})} - {"total"})
+    if any(m.get("drift") for m in summary["methods"].values()):
+        out.append(("Drift from the starting policy (‖θ − θ₀‖ / ‖θ₀‖ of the saved weights, mean over seeds)",
+                    (["method", "total", *drift_kinds],
+                     [[label, *[f"{m['drift'][k]:.2e}" if k in m.get("drift", {}) else "—" for k in ("total", *drift_kinds)]]
+                      for label, m in summary["methods"].items()])))
+    cos = [c for c in comparisons if c.get("update_cosine")]
+    if cos:
+        out.append(("How alike the updates are (cosine of θ − θ₀ between two methods, at one matched seed)",
+                    (["methods", "seed", "cosine"], [[f"{c['a']} · {c['b']}", str(c["update_cosine"]["seed"]),
+                                                      f"{c['update_cosine']['cosine']:+.3f}"] for c in cos])))
     out.append(("By prompt category (shares of prompts, the mean over a method's seeds)", category_table(summary)))
     rows_of = [*summaries, *references]
     name = lambda s: f"{s.label} (reference)" if s.reference else s.label  # noqa: E731

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 from harness.errors import UserError
 from harness.generation import Completion, SamplingSettings, VLLMGenerator
-from harness.memory_plan import MemoryPlan, plan_engine, plan_record, vllm_memory_kwargs
+from harness.memory_plan import MemoryPlan, Part, lora_slot_bytes, plan_engine, plan_record, vllm_memory_kwargs
 from harness.template import format_prompt
 from harness.vllm import compat
 from harness.vllm.process import prepare_vllm_process
@@ -86,6 +86,11 @@ def check_in_place_safe(model_path: str) -> None:
                         "in-place ES perturbations would not reach them; use a dense unquantized checkpoint")
 
 
+def lora_slots(members: int) -> int:
+    """vLLM's adapter slots for ``members`` adapters per call: a multiple of 8."""
+    return -(-members // 8) * 8
+
+
 def lora_rank_limit(rank: int) -> int:
     return next(r for r in LORA_RANKS if r >= rank)
 
@@ -111,6 +116,7 @@ class VLLMEngine:
 
         self.noise_spec = noise or NoiseSpec()
         self.lowrank = self.noise_spec.kind == "lowrank"
+        self.max_loras_wanted = max_loras  # members per call: the LoRA slots the memory plan counts
         compat.check_engine_start(lora=self.lowrank and cfg.lora_ops != "punica")
         from vllm import LLM
 
@@ -133,7 +139,7 @@ class VLLMEngine:
             if not cfg.eager():  # capture graphs up to the full batch (vLLM stops at 512 otherwise: larger runs eager)
                 kwargs["compilation_config"] = {"max_cudagraph_capture_size": cfg.max_num_seqs}
         if self.lowrank:  # slots in multiples of 8: the dense LoRA GEMMs' inner sizes stay 16-byte aligned
-            slots = -(-max_loras // 8) * 8
+            slots = lora_slots(max_loras)
             # LoRA layers only where the noise goes; this also keys vLLM's compile cache apart from LoRA engines
             # compiled before the dense LoRA op (its AOT cache key has no code in it: an old artifact would load)
             kwargs.update(enable_lora=True, max_loras=slots, max_cpu_loras=slots,
@@ -159,8 +165,15 @@ class VLLMEngine:
         import torch
 
         snapshot = cfg.restore == "snapshot" and not self.lowrank
+        extra = []
+        if self.lowrank:  # a slot per member of a call, each holding a rank-r adapter on every covered layer
+            slots = lora_slots(self.max_loras_wanted)
+            gib = lora_slot_bytes(cfg.model_path, self.noise_spec.modules, slots, lora_rank_limit(self.noise_spec.rank),
+                                  cfg.dtype) / 2**30
+            extra.append(Part(name=f"LoRA slots ({slots} members × rank {self.noise_spec.rank})", gib=round(gib, 2),
+                              measured=False))
         plan = plan_engine(cfg.model_path, cfg.dtype, cfg.max_model_len, cfg.max_num_seqs or DEFAULT_SEQUENCES,
-                           snapshot, cfg.runtime_gib, torch.cuda.current_device())
+                           snapshot, cfg.runtime_gib, torch.cuda.current_device(), extra)
         if cfg.gpu_memory_utilization is not None:
             budget = cfg.gpu_memory_utilization * plan.total_gib
             outside = plan.needs[1].gib if snapshot else 0.0
@@ -169,7 +182,7 @@ class VLLMEngine:
                                 f"{budget:.1f} GiB{f' and the snapshot {outside:.1f} GiB beside it' if outside else ''}"
                                 f", more than is free: {plan.describe()}. Leave it unset to size the KV cache from "
                                 "the free memory")
-            left = budget - plan.needs[0].gib - cfg.runtime_gib
+            left = budget - plan.needs[0].gib - sum(part.gib for part in extra) - cfg.runtime_gib
             plan = plan.model_copy(update={"kv_cache_gib": round(max(0.0, left), 2)})
         plan.check("the ES policy engine")
         return plan
