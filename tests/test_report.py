@@ -81,13 +81,32 @@ def test_report_with_three_seeds_intervals_paired_difference_verdict_and_target(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     es = summary["methods"]["es"]
     assert es["final"]["reward"]["n"] == 3 and es["final"]["reward"]["over"] == "seeds"
+    # the same final table for a paper: booktabs, the interval's half-width, every method a row
+    tex = (tmp_path / "out" / "report.tex").read_text()
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "needs \\usepackage{booktabs}" in tex
+    mean, half = es["final"]["objective"]["mean"], (es["final"]["objective"]["ci_high"] - es["final"]["objective"]["ci_low"]) / 2
+    es_row = next(line for line in tex.splitlines() if line.startswith("es & 3 & "))
+    assert es_row.split(" & ")[2] == f"${mean:.3f} \\pm {half:.3f}$" and es_row.endswith(r"\\")
+    assert next(line for line in tex.splitlines() if line.startswith("grpo & 3 & "))
+    assert tex.count(" & ") == 3 * 7 and r"Objective $R - \lambda_0 C$" in tex  # a header and two rows of 8 columns
+    assert tex.isascii()  # pdflatex sets it without a Unicode package
+    # one figure with every axis, scaled between the methods: es is better on every axis it differs on here
+    from harness.report.compare import load_runs, summarize
+    from harness.report.plots import axes_values
+
+    words, values = axes_values([summarize(m, [r for r in load_runs(runs) if r.label == m], None, 1.0)
+                                 for m in ("es", "grpo")])
+    assert (tmp_path / "out" / "axes.png").is_file() and "safe ratio" in words and "cost (−)" in words
+    assert values["es"][words.index("reward")] == 1.0 and values["grpo"][words.index("reward")] == 0.0
+    assert values["es"][words.index("cost (−)")] == 1.0  # less cost is up
+    assert values["es"][words.index("over-refusal (−)")] == 0.5  # both 0: no method is better
     assert es["final"]["benign_refusal_ratio"]["mean"] == 0.0 and es["final"]["harmful_safe_ratio"]["n"] == 3
     assert es["categories"]["crime"]["kind"] == "harmful" and es["categories"]["crime"]["refusal_ratio"] == 1.0
     assert summary["comparisons"][0]["diffs"]["reward"]["ci_low"] > 0 and summary["primary"] == "objective"
     for png in ("curves.png", "scatter.png", "resources.png", "training.png", "curves-tokens-seconds.png"):
         assert (tmp_path / "out" / png).stat().st_size > 10_000 and (tmp_path / "out" / png).with_suffix(".svg").is_file()
     html = (tmp_path / "out" / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 5 and "<table>" in html
+    assert html.count("data:image/png;base64,") == 6 and "<table>" in html
     # example completions side by side: the first two prompt ids of each category, every label's answer
     assert [e["id"] for e in summary["examples"]] == ["p00", "p02", "p01", "p03"]
     assert "Example completions" in html and html.count("I&#x27;m sorry, I can&#x27;t help") == 2

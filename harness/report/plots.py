@@ -202,6 +202,42 @@ def resources(summaries: list["MethodSummary"], out: Path) -> str:
     return save(fig, out, "resources")
 
 
+# every axis of the final evaluation, each drawn so that up is better (cost, over-refusal, invented turns flipped)
+ALL_AXES = (("safe_ratio", "safe ratio", 1), ("harmful_safe_ratio", "safe, harmful", 1), ("reward", "reward", 1),
+            ("benign_helpful_ratio", "helpful, benign", 1), ("cost", "cost (−)", -1),
+            ("benign_refusal_ratio", "over-refusal (−)", -1), ("judge_safe_ratio", "judge safe", 1),
+            ("judge_reward", "judge reward", 1), ("invented_turn_rate", "invented turns (−)", -1))
+
+
+def axes_values(summaries: list["MethodSummary"]) -> tuple[list[str], dict[str, list[float]]]:
+    """Per method, each axis its methods share, scaled from the worst method's mean (0) to the best's (1); an
+    axis on which all methods agree sits at 0.5."""
+    axes = [(k, words, sign) for k, words, sign in ALL_AXES if all(k in s.final for s in summaries)]
+    out: dict[str, list[float]] = {s.label: [] for s in summaries}
+    for k, _, sign in axes:
+        means = [sign * s.final[k].mean for s in summaries]
+        lo, hi = min(means), max(means)
+        for s, m in zip(summaries, means):
+            out[s.label].append(0.5 if hi == lo else (m - lo) / (hi - lo))
+    return [words for _, words, _ in axes], out
+
+
+def all_axes(summaries: list["MethodSummary"], out: Path) -> str:
+    words, values = axes_values(summaries)
+    colors = label_colors(list(values))
+    fig, ax = plt.subplots(figsize=(1.2 * len(words) + 2, 3.8))
+    for label, ys in values.items():
+        ax.plot(range(len(words)), ys, marker="o", color=colors[label], label=label)
+    ax.set_xticks(range(len(words)), words, rotation=20, ha="right")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_yticks([0, 1], ["worst method", "best method"])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("every axis at once (final evaluation, mean over seeds, scaled between the methods; up is better)")
+    fig.tight_layout()
+    return save(fig, out, "axes")
+
+
 def make_all(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> dict[str, str]:
     if not summaries:  # evaluation records alone: no curves, training or resources to draw
         return {"Reward–cost scatter with quadrant shares": scatter(summaries, references, out)}
@@ -210,4 +246,5 @@ def make_all(summaries: list["MethodSummary"], references: list["MethodSummary"]
             "The same curves against generated tokens and training seconds": curves_by_cost(summaries, references, out),
             "Training curves (every run)": training(summaries, out),
             "Final reward–cost scatter with quadrant shares": scatter(summaries, references, out),
+            "Every axis at once (scaled between the methods)": all_axes(summaries, out),
             "Memory, throughput and time split": resources(summaries, out)}
