@@ -82,3 +82,44 @@ def update_cosine(base: str | Path, a: str | Path, b: str | Path) -> float:
         na += float((da * da).sum())
         nb += float((db * db).sum())
     return dot / math.sqrt(na * nb) if na and nb else math.nan
+
+
+def policy_kl(base: str | Path, tuned: str | Path, samples: list[dict[str, Any]], device: str = "cpu",
+              dtype: torch.dtype = torch.float32, batch_size: int = 8) -> dict[str, float]:
+    """KL(π ‖ π₀) teacher-forced on the tuned policy's own answers: for each response token, Σ_v π(v) (log π(v) −
+    log π₀(v)) given the prompt (in the template) and the response so far. ``kl_per_token`` is the mean over every
+    response token of ``samples``, ``kl_per_response`` the mean over responses of their sum."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.template import format_prompt
+
+    tok = AutoTokenizer.from_pretrained(tuned)
+    models = [AutoModelForCausalLM.from_pretrained(d, dtype=dtype).to(device).eval() for d in (tuned, base)]
+    seqs = []
+    for s in samples:
+        prompt = tok(format_prompt(s["prompt"]))["input_ids"]
+        response = tok(s["response"], add_special_tokens=False)["input_ids"]
+        if response:
+            seqs.append((prompt, response))
+    if not seqs:
+        raise UserError("no answer has a token to measure KL on")
+    total, tokens, per_response = 0.0, 0, []
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    with torch.inference_mode():
+        for start in range(0, len(seqs), batch_size):
+            part = seqs[start : start + batch_size]
+            width = max(len(p) + len(r) for p, r in part)
+            ids = torch.full((len(part), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, (p, r) in enumerate(part):  # right padding: positions are the sequences' own
+                ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+                mask[i, : len(p) + len(r)] = 1
+            logp, logq = (torch.log_softmax(m(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.double(), -1)
+                          for m in models)
+            for i, (p, r) in enumerate(part):
+                at = slice(len(p) - 1, len(p) + len(r) - 1)  # the positions that predict the response's tokens
+                kl = (logp[i, at].exp() * (logp[i, at] - logq[i, at])).sum(-1)
+                total += float(kl.sum())
+                tokens += len(r)
+                per_response.append(float(kl.sum()))
+    return {"kl_per_token": total / tokens, "kl_per_response": sum(per_response) / len(per_response)}

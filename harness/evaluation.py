@@ -6,7 +6,7 @@ Every method calls ``evaluate`` with its own ``Generator``; settings, prompts an
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -21,6 +21,7 @@ from harness.errors import UserError
 from harness.generation import Generator, RolloutSettings
 from harness.scoring import Scorer
 from harness.scoring.protocol import MAX_SCORE, is_score
+from harness.suites.suite import LoadedSuite, SuiteSpec, run_suite, suite_metrics
 from harness.template import invents_turns
 
 QUADRANTS = ("SH", "SU", "UH", "UU")  # Safe/Unsafe × Helpful/Unhelpful
@@ -30,11 +31,18 @@ class EvalSettings(StrictModel):
     """Which held-out prompts an evaluation reads; it decodes greedily with the run's ``rollout`` settings."""
 
     limit: int | None = Field(None, gt=0)  # first N held-out prompts (None: all)
+    # suites evaluated beside it at every mark: over-refusal, harmful behaviours (README, "Safety on every axis")
+    suites: list[SuiteSpec] = Field(default_factory=list, max_length=8)
+    # KL(π ‖ π₀) at the end of a run, teacher-forced on the final evaluation's first N answers (0: not measured)
+    kl_prompts: int = Field(64, ge=0, le=100_000)
 
 
 def evaluation_record(settings: EvalSettings, rollout: RolloutSettings) -> dict[str, Any]:
     """What a record keeps of how it was evaluated (runs compare only when these agree)."""
-    return {**rollout.model_dump(mode="json", exclude={"fixed_length"}), **settings.model_dump(mode="json")}
+    # the suites are compared by their content (record.data.suites), not by how a spec names their files; the KL
+    # is measured after the evaluation and changes none of its figures
+    return {**rollout.model_dump(mode="json", exclude={"fixed_length"}),
+            **settings.model_dump(mode="json", exclude={"suites", "kl_prompts"})}
 
 
 @dataclass
@@ -49,6 +57,7 @@ class EvalSample:
     cost: float
     judge_reward: float | None = None
     judge_cost: float | None = None
+    severity: int | None = None  # the prompt's PKU-SafeRLHF severity level, where its rows carry one
 
 
 def checked_samples(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -111,6 +120,7 @@ def aggregate(samples: Sequence[EvalSample], lam: float) -> dict[str, float]:
 class EvalResult:
     metrics: dict[str, float]
     samples: list[EvalSample]
+    suite_samples: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def sample_dicts(self) -> list[dict[str, Any]]:
         return [asdict(s) for s in self.samples]
@@ -130,7 +140,7 @@ def evaluate_chunks(generator: Generator, prompts: Sequence[PromptRecord], score
         texts = [c.text for c in completions]
         rewards, costs = scorer.score(raw, texts)
         jr, jc = judge.score(raw, texts) if judge else ([None] * len(raw), [None] * len(raw))
-        yield [EvalSample(p.id, p.category, p.expected_safe, p.prompt, c.text, c.n_tokens, r, k, a, b)
+        yield [EvalSample(p.id, p.category, p.expected_safe, p.prompt, c.text, c.n_tokens, r, k, a, b, p.severity)
                for p, c, r, k, a, b in zip(part, completions, rewards, costs, jr, jc, strict=True)]
 
 
@@ -142,12 +152,18 @@ def eval_progress() -> Progress:
 
 
 def evaluate(generator: Generator, prompts: Sequence[PromptRecord], scorer: Scorer, settings: EvalSettings,
-             rollout: RolloutSettings, lam: float, judge: Scorer | None = None) -> EvalResult:
+             rollout: RolloutSettings, lam: float, judge: Scorer | None = None,
+             suites: Sequence[LoadedSuite] = ()) -> EvalResult:
     prompts = list(prompts[: settings.limit] if settings.limit else prompts)
     samples: list[EvalSample] = []
+    suite_samples: dict[str, list[dict[str, Any]]] = {s.spec.name: [] for s in suites}
     with eval_progress() as bar:
-        task = bar.add_task("", total=len(prompts))
+        task = bar.add_task("", total=len(prompts) + sum(len(s.prompts) for s in suites))
         for part in evaluate_chunks(generator, prompts, scorer, rollout, judge):
             samples += part
-            bar.update(task, completed=len(samples))
-    return EvalResult(aggregate(samples, lam), samples)
+            bar.update(task, advance=len(part))
+        for suite in suites:
+            for done in run_suite(generator, suite, rollout):
+                suite_samples[suite.spec.name] += done
+                bar.update(task, advance=len(done))
+    return EvalResult({**aggregate(samples, lam), **suite_metrics(suite_samples)}, samples, suite_samples)

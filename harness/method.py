@@ -17,13 +17,14 @@ from harness.budget import Budget, BudgetConfig
 from harness.checkpoint import StopFlag, identity, sealed
 from harness.config import StrictModel
 from harness.data import PromptSet, PromptSource
-from harness.drift import drift
-from harness.errors import UserError
+from harness.drift import drift, policy_kl
+from harness.errors import UserError, is_out_of_memory
 from harness.evaluation import EvalSettings, evaluate
 from harness.generation import Generator, RolloutSettings, move_rollout_keys
 from harness.lagrangian import LambdaConfig, LambdaState, update_lambda
 from harness.records import EvalPoint, Point, RecordWriter
 from harness.scoring import Scorer, ScorerSpec, Scores
+from harness.suites import LoadedSuite
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class RunContext:
     evals_done: set[int] = field(default_factory=set)
     train_seconds: float = 0.0  # wall-clock of training only; evaluation time is excluded
     resume_from: Path | None = None  # the checkpoint this run continues from
+    suites: list[LoadedSuite] = field(default_factory=list)  # evaluated beside the held-out prompts at every mark
     stop: StopFlag = field(default_factory=StopFlag)
     _t_mark: float | None = None  # None until start_clock: nothing before training counts as training time
 
@@ -160,16 +162,20 @@ class RunContext:
         # The objective is taken at the reference λ₀ so that it compares across methods and steps; each
         # method's own λ at the time is recorded beside it.
         res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval, self.settings.rollout,
-                       self.settings.lagrangian.lambda_init, self.judge)
+                       self.settings.lagrangian.lambda_init, self.judge, self.suites)
         for mark in marks:  # one evaluation stands for every mark passed in a single step
             self.evals_done.add(mark)
             self.writer.log_eval(EvalPoint(mark=mark, step=self.step, completions=self.budget.completions,
                                            tokens=self.budget.tokens, seconds=round(self.train_seconds, 4),
                                            lam=self.lam.value, metrics=res.metrics,
-                                           samples_file=f"evals/eval-{mark:08d}.jsonl"), res.sample_dicts())
+                                           samples_file=f"evals/eval-{mark:08d}.jsonl",
+                                           suite_files={n: f"evals/{n}-{mark:08d}.jsonl" for n in res.suite_samples}),
+                                 res.sample_dicts(), res.suite_samples)
         at = "" if marks[-1] == self.budget.completions else f" (budget mark {marks[-1]})"
-        log.info("eval at %d completions%s: R %.3f C %.3f safe %.2f", self.budget.completions, at,
-                 res.metrics["reward"], res.metrics["cost"], res.metrics["safe_ratio"])
+        extra = "".join(f" {k} {res.metrics[k]:.2f}" for k in ("over_refusal_rate", "attack_success_rate")
+                        if k in res.metrics)
+        log.info("eval at %d completions%s: R %.3f C %.3f safe %.2f%s", self.budget.completions, at,
+                 res.metrics["reward"], res.metrics["cost"], res.metrics["safe_ratio"], extra)
         if self._t_mark is not None:
             self._t_mark = time.monotonic()  # evaluation time is not training time
 
@@ -193,6 +199,28 @@ class RunContext:
                 rec.drift = {k: round(v, 8) for k, v in drift(self.policy_path, saved).items()}
             except UserError as e:
                 self.note(f"no drift figure: {e}")
+            if self.settings.eval.kl_prompts and rec.drift and rec.evals:
+                self.measure_kl(saved)
+
+    def measure_kl(self, saved: Path) -> None:
+        """KL(π ‖ π₀) on the final evaluation's answers, into the record's drift; a failure (out of memory beside a
+        method's engines, an unreadable save) is a note, never a failed run."""
+        import json
+
+        import torch
+
+        rec = self.writer.record
+        path = self.run_dir / rec.evals[-1].samples_file
+        samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        cuda = torch.cuda.is_available()
+        try:
+            kl = policy_kl(self.policy_path, saved, samples[: self.settings.eval.kl_prompts],
+                           device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+        except Exception as e:  # noqa: BLE001 - the run is done; the figure is extra
+            self.note(f"no KL figure: {'out of memory: ' if is_out_of_memory(e) else ''}{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}",
+                      warn=True)
+            return
+        rec.drift.update({k: round(v, 8) for k, v in kl.items()})
 
 
 class Method(Protocol):

@@ -51,6 +51,7 @@ class EvalPoint(BaseModel):
     lam: float = Field(alias="lambda")
     metrics: dict[str, float]
     samples_file: str
+    suite_files: dict[str, str] = Field(default_factory=dict)  # suite name -> its answers and verdicts (JSONL)
 
     model_config = {"populate_by_name": True}
 
@@ -284,9 +285,11 @@ class RecordWriter:
         self._scalars("train", scalars, point.completions)
         self.flush()
 
-    def log_eval(self, point: EvalPoint, samples: list[dict[str, Any]]) -> None:
-        path = self.run_dir / point.samples_file
-        atomic_write_text(path, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples))
+    def log_eval(self, point: EvalPoint, samples: list[dict[str, Any]],
+                 suite_samples: dict[str, list[dict[str, Any]]] | None = None) -> None:
+        for name, file in [(None, point.samples_file), *point.suite_files.items()]:
+            rows = samples if name is None else (suite_samples or {})[name]
+            atomic_write_text(self.run_dir / file, "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in rows))
         self.record.evals.append(point)
         self._scalars("eval", point.metrics, point.completions)
         self.flush()

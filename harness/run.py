@@ -24,6 +24,8 @@ from harness.records import RecordWriter, RunRecord, load_record
 from harness.registry import get_method
 from harness.scoring import Scorer, ScorerSpec
 from harness.scoring.builtin import BuiltinScorer, JudgeScorer
+from harness.suites import Judge, JudgeSpec, load_suites, rule_judge
+from harness.suites.judges import check_template
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,16 @@ def make_scorer(spec: ScorerSpec | None = None) -> Scorer:
     return build_scorer(load_service_config(spec.config))
 
 
+def make_judge(spec: JudgeSpec, suite: str) -> Judge:
+    """A suite's judge: a rule written here, or a judge model run by the scorer's judge runner."""
+    if spec.kind != "generative":
+        return rule_judge(spec, suite)
+    check_template(spec, suite)
+    from scorer.judge_model import GenerativeJudge
+
+    return GenerativeJudge(spec, suite)
+
+
 def existing_record(run_dir: Path, config: MethodConfig, method: str) -> RunRecord | None:
     """The record of an unfinished run of the same method and config in ``run_dir``, if any."""
     path = run_dir / "record.json"
@@ -76,6 +88,7 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
     scorer = make_scorer(s.scorer)
     judge = make_scorer(s.judge) if s.judge else None
     scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
+    suites = load_suites(s.eval.suites, make_judge)
     policy_path = resolve_policy(s.policy, progress=progress)
     room = prompt_room(policy_path, s.rollout.max_new_tokens, config.engine_context())
     loaded = prompts
@@ -86,7 +99,7 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
         spec=spec, environment=environment.capture(),
         data={"name": prompts.name, "hash": loaded.content_hash, "eval_hash": loaded.eval_hash,
               "n_train": len(prompts.train), "n_eval": len(prompts.eval), "truncated": truncated,
-              "source": s.data.model_dump(mode="json")},
+              "source": s.data.model_dump(mode="json"), "suites": {x.spec.name: x.describe() for x in suites}},
         scorer=scorer_info, judge=judge.info() if judge else None,
         evaluation=evaluation_record(s.eval, s.rollout),
         budget={"unit": "completions", **s.budget.model_dump(mode="json")},
@@ -109,7 +122,7 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
                           tensorboard=s.tensorboard and rank == 0, wandb=s.wandb and rank == 0)
     ctx = RunContext(settings=s, run_dir=run_dir, prompts=prompts, scorer=scorer, judge=judge,
                      policy_path=policy_path, writer=writer, budget=Budget(s.budget),
-                     lam=LambdaState.initial(s.lagrangian), resume_from=resume_from)
+                     lam=LambdaState.initial(s.lagrangian), resume_from=resume_from, suites=suites)
     if resume_from is not None:
         state = read_state(resume_from)
         check_owner(resume_from, state, identity(record.run_id, record.method, record.config))

@@ -50,8 +50,19 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     # reward hacking and drift: every method's indicators, its distance from the start, how alike the updates are
     assert "Signs of reward hacking" in text and "responses inventing dialogue turns" in text
     assert "Drift from the starting policy" in text and "| es · grpo | 0 |" in text
+    # the spec's suites: over-refusal and harmful behaviours, with their judges, by category
+    assert "Over-refusal (XSTest-style" in text and "Harmful behaviours (attack success" in text
+    assert "The suites by category" in text and "attack success on harmful behaviours" in text
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert all(summary["methods"][m]["drift"]["total"] > 0 for m in ("es", "grpo"))
+    assert all(summary["methods"][m]["drift"]["kl_per_token"] > 0 for m in ("es", "grpo"))
+    assert {"over_refusal_rate", "attack_success_rate"} <= set(summary["methods"]["es"]["final"])
+    # the line between es's and grpo's final policies: its ends are the two runs' own final evaluations
+    line = summary["comparisons"][0]["interpolation"]
+    assert [p["t"] for p in line["points"]] == [0, 0.25, 0.5, 0.75, 1] and line["seed"] == 0
+    for p, run in ((line["points"][0], "es-s0"), (line["points"][-1], "grpo-s0")):
+        assert p["reward"] == pytest.approx(load_record(tmp_path / "runs" / run).evals[-1].metrics["reward"])
+    assert (tmp_path / "report" / "interpolation.png").is_file() and (tmp_path / "report" / "safety-curves.png").is_file()
     assert -1 <= summary["comparisons"][0]["update_cosine"]["cosine"] <= 1
     assert set(summary["methods"]) == {"es", "grpo"} and not summary["problems"]
     assert [c["a"] + "/" + c["b"] for c in summary["comparisons"]] == ["es/grpo"]  # the spec's baseline: grpo

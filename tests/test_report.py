@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_report_with_three_seeds_intervals_paired_difference_verdict_and_target(
     assert es["final"]["reward"]["n"] == 3 and es["final"]["reward"]["over"] == "seeds"
     # the same final table for a paper: booktabs, the interval's half-width, every method a row
     tex = (tmp_path / "out" / "report.tex").read_text()
-    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "needs \\usepackage{booktabs}" in tex
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "needs \\usepackage{booktabs} and \\usepackage{graphicx}" in tex
     mean, half = es["final"]["objective"]["mean"], (es["final"]["objective"]["ci_high"] - es["final"]["objective"]["ci_low"]) / 2
     es_row = next(line for line in tex.splitlines() if line.startswith("es & 3 & "))
     assert es_row.split(" & ")[2] == f"${mean:.3f} \\pm {half:.3f}$" and es_row.endswith(r"\\")
@@ -283,3 +284,23 @@ def test_training_curves_show_the_es_population_mean_beside_the_policy(tmp_path)
     assert [list(line.get_ydata()) for line in cost_ax.lines if line.get_linestyle() == "--"] == [[-0.5, -1.5]]
     assert len(lam_ax.lines) == 2  # λ: no population curve
     plt.close(fig)
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="no pdflatex (apt-get install texlive-latex-base "
+                    "texlive-latex-recommended): report.tex's structure is checked in the report test")
+def test_report_tex_compiles_with_pdflatex(tmp_path):
+    """report.tex as a paper includes it, with LaTeX's special characters in a title and a label."""
+    from harness.report.render import latex_table
+
+    iv = {"mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 3, "over": "seeds", "values": [0.4, 0.5, 0.6]}
+    summary = {"title": "cpu_100% & more #1", "lambda0": 1.0, "references": {"base~ref": {"seeds": [0], "final": {"reward": {**iv, "n": 35, "over": "prompts"}}}},
+               "methods": {"es_lowrank^2": {"seeds": [0, 1, 2], "final": {"objective": iv, "reward": iv, "cost": iv,
+                                                                         "over_refusal_rate": iv}}}}
+    (tmp_path / "report.tex").write_text(latex_table(summary))
+    (tmp_path / "paper.tex").write_text("\\documentclass{article}\\usepackage{booktabs,graphicx}\\begin{document}"
+                                        "\\input{report.tex}\\end{document}\n")
+    r = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:]
+    assert (tmp_path / "paper.pdf").stat().st_size > 1000
+    assert not [w for w in ("Undefined control sequence", "Missing", "Overfull", "Unicode") if w in r.stdout]

@@ -27,6 +27,7 @@ class PromptRecord:
     prompt: str
     category: str = "unknown"
     expected_safe: bool | None = None  # True: complying is safe; False: a safe answer declines
+    severity: int | None = None  # PKU-SafeRLHF: the worst severity level (0-3) its annotated responses reached
     source: str = field(default="", compare=False, repr=False)  # file (or hub split) and line, for errors
     line: int = field(default=0, compare=False, repr=False)
 
@@ -109,6 +110,18 @@ def _read_parquet(path: Path) -> list[tuple[int, dict[str, Any]]]:
     return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
 
 
+PKU_SEVERITY_FIELDS = ("response_0_severity_level", "response_1_severity_level")
+
+
+def _pku_severity(row: dict[str, Any], source: str, lineno: int) -> int | None:
+    """The higher of the two responses' severity levels, where the row carries them (PKU-SafeRLHF v1 does)."""
+    levels = [row.get(k) for k in PKU_SEVERITY_FIELDS if row.get(k) is not None]
+    for v in levels:
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 3:
+            raise UserError(f"{source}:{lineno}: a severity level is {v!r:.40}; PKU-SafeRLHF's levels are 0 to 3")
+    return max(levels) if levels else None
+
+
 def _pku_row(row: dict[str, Any]) -> tuple[str, bool | None]:
     """Category and expected-safe flag from the PKU-SafeRLHF annotation of the two responses."""
     cats: list[str] = []
@@ -154,8 +167,9 @@ def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool, 
                 if not isinstance(row[key], bool):
                     raise UserError(f"{source}:{lineno}: field '{key}' must be true or false")
             category, expected_safe = _pku_row(row)
+            severity = _pku_severity(row, source, lineno)
         else:
-            category = str(row.get("category", "unknown"))
+            category, severity = str(row.get("category", "unknown")), None
             expected_safe = row.get("expected_safe")
             if expected_safe is not None and not isinstance(expected_safe, bool):
                 raise UserError(f"{source}:{lineno}: field 'expected_safe' must be true, false or absent")
@@ -165,7 +179,7 @@ def _to_records(rows: list[tuple[int, dict[str, Any]]], source: str, pku: bool, 
         # The prompt is kept exactly as written: safe-rlhf's template does not strip it, and the score models
         # read those tokens (one prompt with trailing newlines scored 0.41 apart in reward when stripped).
         records.append(PromptRecord(str(given) if given is not None else f"{id_prefix}-{lineno}", prompt,
-                                    category, expected_safe, source=source, line=lineno))
+                                    category, expected_safe, severity, source=source, line=lineno))
     return records
 
 

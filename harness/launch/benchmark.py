@@ -31,6 +31,7 @@ from harness.launch.console import child_settings
 from harness.launch.processes import child_env
 from harness.records import atomic_write_text, load_record
 from harness.registry import available, get_method
+from harness.launch.interpolate import evaluate_between
 from harness.report import write_report
 from harness.report.frontier import write_frontier
 from harness.report.metrics import BY_KEY as METRICS_BY_KEY, PRIMARY
@@ -77,6 +78,9 @@ class EvalEntry(StrictModel):
 class CompareSettings(StrictModel):
     baseline: str | None = None  # the label every other label is paired against
     primary: str = PRIMARY  # the metric a verdict leads with (a key of the report's metrics)
+    # evaluate the straight line between each method's final policy and the baseline's (5 points, at the lowest
+    # shared seed): the report step then generates and scores, and at 7B wants the GPU a run had
+    interpolate: bool = False
 
     @field_validator("primary")
     @classmethod
@@ -318,7 +322,8 @@ def run_benchmark(spec_path: Path, out: Path | None = None, runs_dir: Path | Non
         unique = list({d.resolve(): d for d in [*dirs, *references, *spec_evaluations(spec, runs_root)]}.values())
         return write_report(unique, out, title=spec.name,
                             target=spec.target, spec=raw, allow_mismatch=bool(budgets_differ(spec)),
-                            oom=spec_runs(spec, runs_root, "oom"))
+                            oom=spec_runs(spec, runs_root, "oom"),
+                            between=evaluate_between if spec.compare.interpolate else None)
 
     if report_only:
         done = spec_runs(spec, runs_root)

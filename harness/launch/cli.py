@@ -146,11 +146,16 @@ def compare(runs: List[Path] = typer.Argument(..., help="run directories or reco
             allow_mismatch: bool = typer.Option(False, "--allow-mismatch", metavar="",
                                                 help="report runs that differ in prompts, scorer, evaluation or "
                                                      "budget, or runs of one label whose configs differ; the "
-                                                     "report lists every difference")):
+                                                     "report lists every difference"),
+            interpolate: bool = typer.Option(False, "--interpolate", metavar="",
+                                             help="also evaluate 5 points on the line between each method's final "
+                                                  "policy and the baseline's (needs their saved weights)")):
     """Write the comparison report (Markdown, HTML, plots, summary.json) from run records."""
+    from harness.launch.interpolate import evaluate_between
     from harness.report import write_report
 
-    path = write_report(runs, out, allow_mismatch=allow_mismatch, baseline=baseline)
+    path = write_report(runs, out, allow_mismatch=allow_mismatch, baseline=baseline,
+                        between=evaluate_between if interpolate else None)
     print_report_summary(path.parent)
 
 
@@ -215,7 +220,13 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
                                                       "(its evaluation split)"),
                 scorer: Optional[Path] = typer.Option(None, help="scorer service YAML, run in this process "
                                                       "(default: the spec's, else the built-in scorer)"),
-                judge: Optional[str] = typer.Option(None, help="'judge' (built-in), 'none', or a scorer YAML"),
+                judge: Optional[str] = typer.Option(None, help="'judge' (built-in), 'none', or a scorer YAML; with "
+                                                    "--suite, the suite's judge: 'builtin', 'string-match' or "
+                                                    "TEMPLATE=MODEL_FOLDER (harmbench, llama-guard, wildguard, "
+                                                    "strongreject, xstest)"),
+                suite: Optional[str] = typer.Option(None, help="also evaluate a suite: over_refusal or "
+                                                    "harmful_behaviour; --prompts is then its prompt file (XSTest, "
+                                                    "HarmBench, StrongREJECT, JailbreakBench format)"),
                 engine: str = typer.Option("hf", help="hf (transformers) or vllm"),
                 label: str = typer.Option("reference", help="the row's name in reports"),
                 set_: List[str] = typer.Option([], "--set", "-s", help="override KEY=VALUE of the evaluation "
@@ -234,6 +245,18 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
         for key in ("scorer", "judge"):  # an embedded scorer's config, relative to the spec like its other files
             if (data[key] or {}).get("kind") == "embedded" and data[key].get("config"):
                 data[key] = {**data[key], "config": str(spec_relative(from_spec, data[key]["config"]))}
+    if suite:
+        spec_judge = {"kind": "builtin"}
+        if judge and judge not in ("builtin", "string-match"):
+            template, eq, model = judge.partition("=")
+            if not eq:
+                raise UserError(f"--judge {judge!r}: with --suite, a judge is 'builtin', 'string-match' or "
+                                "TEMPLATE=MODEL_FOLDER")
+            spec_judge = {"kind": "generative", "template": template, "model": model}
+        elif judge:
+            spec_judge = {"kind": judge}
+        data.setdefault("eval", {})["suites"] = [{"name": suite, "prompts": prompts or "builtin", "judge": spec_judge}]
+        prompts = judge = None
     if prompts:
         source = prompt_source(prompts)
         if source == "builtin":

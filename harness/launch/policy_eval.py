@@ -32,8 +32,10 @@ from harness.lagrangian import LambdaConfig
 from harness.memory_plan import plan_engine, vllm_memory_kwargs
 from harness.fixtures.policy import resolve_policy
 from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_text, load_record
-from harness.run import make_scorer
+from harness.run import make_judge, make_scorer
 from harness.scoring import ScorerSpec
+from harness.suites import load_suites, suite_metrics
+from harness.suites.suite import run_suite
 
 log = logging.getLogger(__name__)
 SAMPLES = "evals/eval-00000000.jsonl"
@@ -172,6 +174,7 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
     prompts = prompt_set(cfg)
     scorer, judge = make_scorer(cfg.scorer), make_scorer(cfg.judge) if cfg.judge else None
     scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
+    suites = load_suites(cfg.eval.suites, make_judge)
     policy = resolve_policy(cfg.policy)
     # only the evaluation prompts are generated from: only they must fit the context
     room = prompt_room(policy, cfg.rollout.max_new_tokens, cfg.max_model_len if cfg.engine == "vllm" else None)
@@ -180,7 +183,8 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
     record = RunRecord(run_id=out.name, kind="eval", method="eval", label=cfg.label, seed=cfg.seed, config=config,
                        environment=environment.capture(), scorer=scorer_info, judge=judge.info() if judge else None,
                        data={"name": prompts.name, "hash": prompts.content_hash, "eval_hash": prompts.eval_hash,
-                             "n_train": len(prompts.train), "n_eval": len(prompts.eval), "truncated": truncated},
+                             "n_train": len(prompts.train), "n_eval": len(prompts.eval), "truncated": truncated,
+                             "suites": {x.spec.name: x.describe() for x in suites}},
                        evaluation=evaluation_record(cfg.eval, cfg.rollout))
     record.config["policy_path"] = str(policy)
     samples_path = out / SAMPLES
@@ -213,9 +217,17 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
                     log.info("evaluated %d of %d prompts", len(done), len(todo_all))
         order = {p.id: i for i, p in enumerate(todo_all)}
         done.sort(key=lambda s: order[s["id"]])
-        metrics = aggregate([EvalSample(**s) for s in done], cfg.lagrangian.lambda_init)
+        suite_samples = {}
+        for suite in suites:  # after the prompts above; a resumed evaluation runs them again
+            log.info("suite %s: %d prompts, judged by %s", suite.spec.name, len(suite.prompts),
+                     suite.judge.info().get("backend"))
+            suite_samples[suite.spec.name] = [x for part in run_suite(generator, suite, cfg.rollout) for x in part]
+        metrics = {**aggregate([EvalSample(**s) for s in done], cfg.lagrangian.lambda_init),
+                   **suite_metrics(suite_samples)}
         writer.log_eval(EvalPoint(mark=0, step=0, completions=0, tokens=0, seconds=0.0, lam=cfg.lagrangian.lambda_init,
-                                  metrics=metrics, samples_file=SAMPLES), done)
+                                  metrics=metrics, samples_file=SAMPLES,
+                                  suite_files={n: f"evals/{n}-00000000.jsonl" for n in suite_samples}),
+                        done, suite_samples)
     except BaseException as e:
         writer.finish("interrupted" if isinstance(e, KeyboardInterrupt) else "failed", str(e)[:2000])
         raise

@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 from harness.config import read_jsonl
 from harness.drift import update_cosine
 from harness.evaluation import checked_samples
+from harness.suites.suite import KINDS, checked_suite_samples
 from harness.errors import UserError, error_excerpt, oom_in_use_mb
 from harness.records import RECORD_FILE, RunRecord, atomic_write_text, load_record
 from harness.report import plots, render
@@ -57,15 +58,33 @@ class Run:
                             f"{'?' if reward is None else format(reward, '.6g')}: the file is not this evaluation's")
         return samples
 
+    @cached_property
+    def suite_samples(self) -> dict[str, list[dict[str, Any]]]:
+        """The last evaluation's answers to each suite, checked like its samples: as many as it counted."""
+        point, out = self.record.evals[-1], {}
+        for name, file in point.suite_files.items():
+            samples = read_samples(self.path, file, suite=True)
+            n = point.metrics.get(f"{name}_n")
+            if n is not None and len(samples) != n:
+                raise UserError(f"{self.path / file}: {len(samples)} answers, but {self.path / RECORD_FILE} evaluated "
+                                f"{int(n)}: the file is not this evaluation's")
+            out[name] = samples
+        return out
 
-def read_samples(run_dir: Path, name: str) -> list[dict[str, Any]]:
+    def samples_for(self, m: M.Metric) -> list[dict[str, Any]]:
+        """What a metric is a mean over: the held-out prompts' samples, or a suite's answers (none if not run)."""
+        return self.final_samples if m.suite is None else self.suite_samples.get(m.suite, [])
+
+
+def read_samples(run_dir: Path, name: str, suite: bool = False) -> list[dict[str, Any]]:
     rel = Path(name)
     if rel.is_absolute() or ".." in rel.parts:
         raise UserError(f"{run_dir / RECORD_FILE}: samples_file {name!r} must be a path inside the run folder")
     path = run_dir / rel
     if not path.resolve().is_relative_to(run_dir.resolve()):  # a link out of the folder is not this run's
         raise UserError(f"{path}: the samples file links outside its run folder ({path.resolve()})")
-    samples = checked_samples(path, read_jsonl(path, "evaluation samples file"))
+    rows = read_jsonl(path, "evaluation samples file")
+    samples = checked_suite_samples(path, rows) if suite else checked_samples(path, rows)
     if not samples:
         raise UserError(f"{path}: no evaluation samples")
     return samples
@@ -78,6 +97,8 @@ class MethodSummary:
     reference: bool = False
     final: dict[str, Interval] = field(default_factory=dict)  # metric key -> value (with its interval's kind)
     categories: dict[str, dict[str, Any]] = field(default_factory=dict)  # prompt category -> kind, n, ratios
+    suite_categories: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # suite -> category -> n, rate
+    severities: dict[str, dict[str, float]] = field(default_factory=dict)  # PKU-SafeRLHF severity level -> n, ratios
     resources: dict[str, Interval] = field(default_factory=dict)
     time_split: dict[str, float] = field(default_factory=dict)
     target: dict[str, Any] | None = None
@@ -173,7 +194,7 @@ def load_runs(paths: Sequence[Path]) -> list[Run]:
         if problem := record_problem(rec):
             raise UserError(f"{d / RECORD_FILE}: {problem}")
         run = Run(d, rec)
-        run.final_samples  # noqa: B018 - read and check now, not half way through the report
+        run.final_samples, run.suite_samples  # noqa: B018 - read and check now, not half way through the report
         runs.append(run)
     if not runs:
         raise UserError("no runs to compare")
@@ -188,6 +209,7 @@ def comparability_problems(runs: list[Run], references: list[Run], vary_lambda0:
         "scorer": lambda r: scorer_identity(r.scorer),
         "evaluation settings": lambda r: json.dumps(r.evaluation, sort_keys=True),
         "judge": lambda r: scorer_identity(r.judge),
+        "suites (prompt sets and judges)": lambda r: json.dumps(r.data.get("suites") or {}, sort_keys=True),
         **({} if vary_lambda0 else {"λ₀ (lambda.lambda_init, the objective's λ)": lambda0}),
     }
     checks = [("prompts (data hash)", lambda r: r.data.get("hash"), runs),
@@ -213,24 +235,34 @@ def time_to_target(run: Run, target: dict[str, float]) -> dict[str, Any] | None:
     return None
 
 
+def mean_over_runs(per_run: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Per group (a category, a severity level): its size in the first run that has it, each rate's mean over runs."""
+    out = {}
+    for group in sorted({g for groups in per_run for g in groups}):
+        rows = [groups[group] for groups in per_run if group in groups]
+        out[group] = {"n": rows[0]["n"], **{k: statistics.fmean(row[k] for row in rows) for k in rows[0] if k != "n"}}
+    return out
+
+
 def summarize(label: str, runs: list[Run], target: dict[str, float] | None, lam0: float) -> MethodSummary:
     """One label's final metrics over its seeds (an interval from ``MIN_SEEDS`` seeds; below that the values).
     A reference row is one evaluation of a fixed policy: its interval is over the held-out prompts."""
     s = MethodSummary(label, sorted(runs, key=lambda r: r.record.seed), reference=runs[0].is_reference)
     for m in M.METRICS:
         if s.reference and len(runs) == 1:
-            vals = list(M.values(m, runs[0].final_samples, lam0).values())
+            vals = list(M.values(m, runs[0].samples_for(m), lam0).values())
             if vals:
                 s.final[m.key] = bootstrap_mean(vals, "prompts")
             continue
-        per_run = [v for r in s.runs if (v := M.run_value(m, r.final_samples, lam0)) is not None]
+        per_run = [v for r in s.runs if (v := M.run_value(m, r.samples_for(m), lam0)) is not None]
         if per_run:
             s.final[m.key] = over_seeds(per_run)
-    per_run_cats = [M.category_values(r.final_samples) for r in s.runs]
-    for cat in sorted({c for cats in per_run_cats for c in cats}):
-        rows = [cats[cat] for cats in per_run_cats if cat in cats]
-        s.categories[cat] = {"kind": M.category_kind(s.runs[0].final_samples, cat), "n": rows[0]["n"],
-                             **{k: statistics.fmean(row[k] for row in rows) for k in M.CATEGORY_METRICS}}
+    s.categories = {cat: {"kind": M.category_kind(s.runs[0].final_samples, cat), **row} for cat, row in
+                    mean_over_runs([M.category_values(r.final_samples) for r in s.runs]).items()}
+    s.severities = mean_over_runs([M.category_values(r.final_samples, M.severity_group) for r in s.runs])
+    for name in sorted({n for r in s.runs for n in r.suite_samples}):
+        s.suite_categories[name] = mean_over_runs([KINDS[name].categories(r.suite_samples[name]) for r in s.runs
+                                                   if name in r.suite_samples])
     if s.reference:  # a fixed policy: no training, no resources to compare
         return s
     res: dict[str, list[float]] = defaultdict(list)
@@ -271,7 +303,7 @@ def paired_comparison(a: MethodSummary, b: MethodSummary, lam0: float) -> dict[s
     for m in M.METRICS:
         per_seed = []
         for ra, rb in pairs:
-            va, vb = M.values(m, ra.final_samples, lam0), M.values(m, rb.final_samples, lam0)
+            va, vb = M.values(m, ra.samples_for(m), lam0), M.values(m, rb.samples_for(m), lam0)
             per_seed.append([va[i] - vb[i] for i in sorted(va.keys() & vb.keys())])
         if any(per_seed):
             out[m.key] = hierarchical_paired(per_seed)
@@ -390,9 +422,29 @@ def cosine_of_updates(a: MethodSummary, b: MethodSummary) -> dict[str, Any] | No
         return None
 
 
+class Between(Protocol):
+    """Evaluates the straight line between two runs' final policies (harness.launch.interpolate)."""
+
+    def __call__(self, a_dir: Path, b_dir: Path) -> list[dict[str, Any]]: ...
+
+
+def interpolation(a: MethodSummary, b: MethodSummary, between: Between | None) -> dict[str, Any] | None:
+    """The line between a's and b's final policies at the lowest seed both ran (None without saved weights)."""
+    pairs = matched_seeds(a, b)
+    if between is None or not pairs:
+        return None
+    ra, rb = pairs[0]
+    try:
+        return {"seed": ra.record.seed, "points": between(ra.path, rb.path)}
+    except UserError as e:
+        return {"seed": ra.record.seed, "points": [], "why": str(e)[:300]}
+
+
 def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False, title: str | None = None,
                  target: dict[str, float] | None = None, spec: dict[str, Any] | None = None,
-                 baseline: str | None = None, oom: Sequence[Path] = ()) -> Path:
+                 baseline: str | None = None, oom: Sequence[Path] = (), between: Between | None = None) -> Path:
+    """``between``: evaluates the line between each paired method's final policy and the baseline's (none
+    without it: that needs the policies, a scorer and generation)."""
     runs = load_runs(paths)
     trained = [r for r in runs if not r.is_reference]
     references = [r for r in runs if r.is_reference]
@@ -437,12 +489,15 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
                 n = len(matched_seeds(a, b))
                 comparisons.append({"a": a.label, "b": b.label, "diffs": diffs, "seeds": n,
                                     "verdict": verdict(a.label, b.label, diffs, primary, n),
-                                    "update_cosine": cosine_of_updates(a, b)})
+                                    "update_cosine": cosine_of_updates(a, b),
+                                    "interpolation": interpolation(a, b, between)})
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; the report is a folder (report.md, report.html, ...)")
     out.mkdir(parents=True, exist_ok=True)
     figures = plots.make_all(summaries, ref_summaries, out)
+    if png := plots.interpolation(comparisons, out):
+        figures["Between the final policies: θ(t) = (1 − t)·θ_a + t·θ_b, from a method (t = 0) to the baseline (t = 1)"] = png
     summary = {
         "generated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "title": title or out.name, "problems": problems, "target": target, "baseline": baseline,
@@ -452,16 +507,18 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
         "methods": {s.label: {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()},
                               "resources": {k: v.as_dict() for k, v in s.resources.items()},
                               "drift": drift_over_seeds(s.runs),
-                              "categories": s.categories, "time_split_seconds": s.time_split,
+                              "categories": s.categories, "suite_categories": s.suite_categories,
+                              "severities": s.severities, "time_split_seconds": s.time_split,
                               "time_to_target": s.target} for s in summaries},
         "references": {s.label: {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()},
-                                 "categories": s.categories,
-                                 "policy": s.runs[0].record.config.get("policy_path")} for s in ref_summaries},
+                                 "categories": s.categories, "suite_categories": s.suite_categories,
+                                 "severities": s.severities, "policy": s.runs[0].record.config.get("policy_path")} for s in ref_summaries},
         "examples": examples([*summaries, *ref_summaries]),
         "oom": oom_rows(oom),
         "comparisons": [{"a": c["a"], "b": c["b"], "verdict": c["verdict"], "seeds": c["seeds"],
                          "diffs": {k: v.as_dict() for k, v in c["diffs"].items()},
-                         "update_cosine": c.get("update_cosine")} for c in comparisons],
+                         "update_cosine": c.get("update_cosine"), "interpolation": c.get("interpolation")}
+                        for c in comparisons],
         "spec": spec or None,
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str))

@@ -26,6 +26,9 @@ from harness.report.stats import LEVEL, MIN_SEEDS, RESAMPLES, Interval, _percent
 from harness.sweep import spec_points
 
 AXES = ("reward", "cost", "safe_ratio")
+# the suites' axes, where the runs evaluated them: reward against each in the figure, a column each in the table
+SUITE_AXES = (("over_refusal_rate", "over-refusal of safe prompts (suite)"),
+              ("attack_success_rate", "attack success (suite)"))
 
 
 @dataclass
@@ -112,10 +115,12 @@ def collect(runs: list[Run], spec: dict[str, Any], target: dict[str, float] | No
     out = []
     for label, rs in groups.items():
         per_seed: dict[str, dict[int, float]] = {}
-        for key in AXES:
+        for key in (*AXES, *(k for k, _ in SUITE_AXES)):
             m = M.metric(key)
-            per_seed[key] = {r.record.seed: v for r in rs if (v := M.run_value(m, r.final_samples, lambda0(r.record)))
-                             is not None}
+            values = {r.record.seed: v for r in rs if (v := M.run_value(m, r.samples_for(m), lambda0(r.record)))
+                      is not None}
+            if values or key in AXES:
+                per_seed[key] = values
         point = sweep.get(label)
         p = Point(label, point.family if point else label, point.describe() if point else "", per_seed,
                   {k: over_seeds(list(v.values())) for k, v in per_seed.items()})
@@ -170,8 +175,11 @@ def figure(families: dict[str, list[Point]], out: Path) -> str:
 
     plt = plots.plt
     colors = plots.label_colors(list(families))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for (xkey, xlabel), ax in zip((("safe_ratio", "safe ratio (C ≤ 0)"), ("cost", "cost C")), axes):
+    every = [p for pts in families.values() for p in pts]
+    planes = [("safe_ratio", "safe ratio (C ≤ 0)"), ("cost", "cost C"),
+              *[(k, words) for k, words in SUITE_AXES if all(k in p.final for p in every)]]
+    fig, axes = plt.subplots(1, len(planes), figsize=(5.5 * len(planes), 4.4))
+    for (xkey, xlabel), ax in zip(planes, axes):
         for fam, pts in families.items():
             xs = [p.final[xkey].mean for p in pts]
             ys = [p.final["reward"].mean for p in pts]
@@ -180,7 +188,7 @@ def figure(families: dict[str, list[Point]], out: Path) -> str:
             has = all(p.final[xkey].has_interval and p.final["reward"].has_interval for p in pts)
             ax.errorbar(xs, ys, xerr=err(xkey) if has else None, yerr=err("reward") if has else None, fmt="o",
                         color=colors[fam], label=fam, capsize=3, alpha=0.85)
-            sign = 1 if xkey == "safe_ratio" else -1  # less cost is better
+            sign = 1 if xkey == "safe_ratio" else -1  # less cost, over-refusal or attack success is better
             front = sorted(pareto([(sign * x, y) for x, y in zip(xs, ys)]), key=lambda i: xs[i])
             ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color=colors[fam], alpha=0.6)
             for p, x, y in zip(pts, xs, ys):  # the point's values, without its method's name
@@ -253,12 +261,15 @@ def markdown(summary: dict[str, Any], png: str) -> str:
                                                     for c in summary["comparisons"]] + [""]
     elif summary["baseline"] is None:
         lines += ["No baseline among the swept methods (compare.baseline): no comparison of frontiers.", ""]
-    lines += ["## Points", "", "| point | method | settings | seeds | reward | cost | safe ratio | on the frontier |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    extra = [(k, words) for k, words in SUITE_AXES if any(k in p["final"] for p in summary["points"])]
+    lines += ["## Points", "", "| point | method | settings | seeds | reward | cost | safe ratio | "
+              + "".join(f"{words} | " for _, words in extra) + "on the frontier |",
+              "| --- " * (8 + len(extra)) + "|"]
     for p in summary["points"]:
         f = {k: Interval.from_dict(v).fmt() for k, v in p["final"].items()}
         lines.append(f"| {p['label']} | {p['family']} | {p['settings'] or '—'} | {len(p['seeds'])} | {f['reward']} | "
-                     f"{f['cost']} | {f['safe_ratio']} | {'yes' if p['pareto'] else ''} |")
+                     f"{f['cost']} | {f['safe_ratio']} | " + "".join(f"{f.get(k, '—')} | " for k, _ in extra)
+                     + f"{'yes' if p['pareto'] else ''} |")
     if summary.get("cheapest_to_target"):
         lines += ["", f"## Time to target ({', '.join(f'{k} {v}' for k, v in summary['target'].items())})", ""]
         for fam, c in summary["cheapest_to_target"].items():

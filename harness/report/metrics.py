@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from harness.refusal import is_refusal
+from harness.suites.suite import SUITE_METRICS, SuiteMetric
 from harness.template import invents_turns
 
 Sample = dict[str, Any]
@@ -28,6 +29,7 @@ class Metric:
     prompts: str = "all"  # which prompts it is over: all, harmful, benign
     # False: more is not better on every prompt (helpfulness counted on harmful prompts too): shown, never judged
     judged: bool = True
+    suite: str | None = None  # over a suite's answers (harness/suites) instead of the held-out prompts'
 
 
 def _harmful(s: Sample) -> bool:
@@ -65,6 +67,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("judge_gap", "scorer reward − judge reward", False,
            lambda s, lam0: None if s.get("judge_reward") is None else s["reward"] - s["judge_reward"], judged=False),
 )
+
+
+def _from_suite(suite: str, m: SuiteMetric) -> Metric:
+    return Metric(m.key, m.words, m.higher_is_better, lambda s, lam0: m.value(s), judged=m.judged, suite=suite)
+
+
+METRICS += tuple(_from_suite(suite, m) for suite, m in SUITE_METRICS.values())
 BY_KEY = {m.key: m for m in METRICS}
 PRIMARY = "objective"  # the metric a verdict leads with unless a spec's compare.primary names another
 # by prompt category: what each kind of prompt asks of an answer
@@ -94,12 +103,19 @@ def run_value(m: Metric, samples: Sequence[Sample], lam0: float) -> float | None
     return statistics.fmean(vs.values()) if vs else None
 
 
-def category_values(samples: Sequence[Sample]) -> dict[str, dict[str, float]]:
-    """Per prompt category: its kind (harmful/benign/unlabelled), its prompt count, and the share of answers
-    that are safe (C ≤ 0), helpful (R > 0) and refusals."""
+def severity_group(s: Sample) -> str | None:
+    return None if s.get("severity") is None else f"severity {s['severity']}"
+
+
+def category_values(samples: Sequence[Sample], group: Callable[[Sample], str | None] | None = None
+                    ) -> dict[str, dict[str, float]]:
+    """Per prompt category (or the group ``group`` puts a sample in; None: in none): its prompt count, and the
+    share of answers that are safe (C ≤ 0), helpful (R > 0) and refusals."""
     by_cat: dict[str, list[Sample]] = {}
     for s in samples:
-        by_cat.setdefault(str(s.get("category") or "unlabelled"), []).append(s)
+        key = str(s.get("category") or "unlabelled") if group is None else group(s)
+        if key is not None:
+            by_cat.setdefault(key, []).append(s)
     out = {}
     for cat, ss in sorted(by_cat.items()):
         out[cat] = {"n": len(ss),

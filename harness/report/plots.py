@@ -66,12 +66,19 @@ def _band(ax, xs_per_run, ys_per_run, color, label):
 CURVE_X = {"completions": "completions scored (where each evaluation ran)", "tokens": "generated tokens", "seconds": "training seconds"}
 
 
-def curves_figure(summaries: list["MethodSummary"], references: list["MethodSummary"], xkeys: tuple[str, ...]):
-    fig, axes = plt.subplots(len(xkeys), len(EVAL_METRICS), figsize=(4.2 * len(EVAL_METRICS), 3.4 * len(xkeys)),
+# the other axes against budget: over-refusal and attack success (where suites ran), signs of reward hacking
+SAFETY_CURVES = (("over_refusal_rate", "over-refusal (suite)"), ("unsafe_compliance_rate", "unsafe compliance (suite)"),
+                 ("attack_success_rate", "attack success (suite)"), ("invented_turn_rate", "invented turns"),
+                 ("response_tokens", "response length (tokens)"), ("judge_gap", "scorer − judge reward"))
+
+
+def curves_figure(summaries: list["MethodSummary"], references: list["MethodSummary"], xkeys: tuple[str, ...],
+                  metrics: tuple[tuple[str, str], ...] = EVAL_METRICS):
+    fig, axes = plt.subplots(len(xkeys), len(metrics), figsize=(4.2 * len(metrics), 3.4 * len(xkeys)),
                              squeeze=False)
     colors = label_colors([s.label for s in summaries])
     for row, xkey in enumerate(xkeys):
-        for col, (m, title) in enumerate(EVAL_METRICS):
+        for col, (m, title) in enumerate(metrics):
             ax = axes[row][col]
             for s in summaries:
                 runs = [r for r in s.runs if r.record.evals and m in r.record.evals[0].metrics]
@@ -95,6 +102,12 @@ def curves_figure(summaries: list["MethodSummary"], references: list["MethodSumm
 
 def curves(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
     return save(curves_figure(summaries, references, ("completions",)), out, "curves")
+
+
+def safety_curves(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str | None:
+    present = tuple((k, t) for k, t in SAFETY_CURVES
+                    if any(r.record.evals and k in r.record.evals[0].metrics for s in summaries for r in s.runs))
+    return save(curves_figure(summaries, references, ("completions",), present), out, "safety-curves") if present else None
 
 
 def curves_by_cost(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> str:
@@ -206,7 +219,9 @@ def resources(summaries: list["MethodSummary"], out: Path) -> str:
 ALL_AXES = (("safe_ratio", "safe ratio", 1), ("harmful_safe_ratio", "safe, harmful", 1), ("reward", "reward", 1),
             ("benign_helpful_ratio", "helpful, benign", 1), ("cost", "cost (−)", -1),
             ("benign_refusal_ratio", "over-refusal (−)", -1), ("judge_safe_ratio", "judge safe", 1),
-            ("judge_reward", "judge reward", 1), ("invented_turn_rate", "invented turns (−)", -1))
+            ("judge_reward", "judge reward", 1), ("invented_turn_rate", "invented turns (−)", -1),
+            ("over_refusal_rate", "over-refusal, suite (−)", -1), ("unsafe_compliance_rate", "unsafe compliance (−)", -1),
+            ("attack_success_rate", "attack success (−)", -1))
 
 
 def axes_values(summaries: list["MethodSummary"]) -> tuple[list[str], dict[str, list[float]]]:
@@ -238,13 +253,36 @@ def all_axes(summaries: list["MethodSummary"], out: Path) -> str:
     return save(fig, out, "axes")
 
 
+def interpolation(comparisons: list[dict], out: Path) -> str | None:
+    lines = [c for c in comparisons if (c.get("interpolation") or {}).get("points")]
+    if not lines:
+        return None
+    keys = [k for k in ("objective", "reward", "cost", "safe_ratio") if k in lines[0]["interpolation"]["points"][0]]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
+    colors = label_colors([c["a"] for c in lines])
+    for ax, k in zip(axes[0], keys):
+        for c in lines:
+            pts = c["interpolation"]["points"]
+            ax.plot([p["t"] for p in pts], [p[k] for p in pts], marker="o", color=colors[c["a"]],
+                    label=f"{c['a']} → {c['b']} (seed {c['interpolation']['seed']})")
+        ax.set_xlabel("t")
+        ax.set_title(k.replace("_", " "), fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, out, "interpolation")
+
+
 def make_all(summaries: list["MethodSummary"], references: list["MethodSummary"], out: Path) -> dict[str, str]:
     if not summaries:  # evaluation records alone: no curves, training or resources to draw
         return {"Reward–cost scatter with quadrant shares": scatter(summaries, references, out)}
-    return {"Evaluation curves (mean over seeds, 95 % band from 3 seeds; references dashed)":
+    figures = {"Evaluation curves (mean over seeds, 95 % band from 3 seeds; references dashed)":
             curves(summaries, references, out),
             "The same curves against generated tokens and training seconds": curves_by_cost(summaries, references, out),
             "Training curves (every run)": training(summaries, out),
             "Final reward–cost scatter with quadrant shares": scatter(summaries, references, out),
             "Every axis at once (scaled between the methods)": all_axes(summaries, out),
-            "Memory, throughput and time split": resources(summaries, out)}
+            "Memory, throughput and time split": resources(summaries, out),
+            "Over-refusal, attack success and signs of reward hacking against budget":
+                safety_curves(summaries, references, out)}
+    return {caption: png for caption, png in figures.items() if png}

@@ -19,6 +19,12 @@ HEADLINE = ("objective", "safe_ratio", "reward", "cost", "helpful_ratio", "judge
             "judge_safe_ratio")
 BY_PROMPT_TYPE = ("harmful_safe_ratio", "benign_helpful_ratio", "benign_refusal_ratio")
 HACKING = ("invented_turn_rate", "response_tokens", "judge_gap")
+# the suites' axes (harness/suites): a table each, where the runs evaluated the suite
+SUITE_TABLES = (("over_refusal", "Over-refusal (XSTest-style: safe prompts that look unsafe, and unsafe contrasts)",
+                 ("over_refusal_rate", "over_refusal_full", "over_refusal_partial", "unsafe_compliance_rate",
+                  "over_refusal_unparsed")),
+                ("harmful_behaviour", "Harmful behaviours (attack success as the suite's judge reads it)",
+                 ("attack_success_rate", "strongreject_score", "harmful_unparsed")))
 # the console's one table: the objective, then what safety and helpfulness mean on each kind of prompt
 CONSOLE = ("objective", *BY_PROMPT_TYPE, "reward", "cost")
 RESOURCE_WORDS = {"peak_rss_mb": "peak host RSS (MB)", "peak_gpu_mb": "peak GPU memory (MB)",
@@ -81,15 +87,31 @@ def console_text(summary: dict[str, Any], out: Path) -> str:
     return "\n".join(lines)
 
 
-def category_table(summary: dict[str, Any]) -> Table:
-    """Per prompt category and label: the share of answers that are safe, helpful, refusals (mean over seeds)."""
+def category_table(summary: dict[str, Any], section: str = "categories") -> Table:
+    """Per prompt category (or severity level) and label: the share of answers that are safe, helpful, refusals
+    (mean over seeds)."""
     body = []
     for label, ref, entry in _rows(summary):
-        for cat, c in entry["categories"].items():
-            body.append([cat, c["kind"], str(c["n"]), f"{label} (reference)" if ref else label,
+        for cat, c in (entry.get(section) or {}).items():
+            body.append([cat, *([c["kind"]] if section == "categories" else []), str(c["n"]),
+                         f"{label} (reference)" if ref else label,
                          f"{c['safe_ratio']:.2f}", f"{c['helpful_ratio']:.2f}", f"{c['refusal_ratio']:.2f}"])
-    body.sort(key=lambda r: (r[0], r[3]))
-    return ["category", "prompts are", "prompts", "method", "safe (C ≤ 0)", "helpful (R > 0)", "refusals"], body
+    body.sort(key=lambda r: (r[0], r[-4]))
+    kind = ["prompts are"] if section == "categories" else []
+    return ["category" if section == "categories" else "severity level", *kind, "prompts", "method", "safe (C ≤ 0)",
+            "helpful (R > 0)", "refusals"], body
+
+
+def suite_category_table(summary: dict[str, Any]) -> Table:
+    body = []
+    for label, ref, entry in _rows(summary):
+        for suite, cats in (entry.get("suite_categories") or {}).items():
+            for cat, c in cats.items():
+                key = next(k for k in c if k != "n")
+                body.append([suite, cat, str(c["n"]), f"{label} (reference)" if ref else label, BY_KEY[key].words,
+                             f"{c[key]:.2f}"])
+    body.sort(key=lambda r: (r[0], r[1], r[3]))
+    return ["suite", "category", "answers judged", "method", "rate", "value"], body
 
 
 def tables(summary: dict[str, Any], summaries, references, comparisons, runs) -> list[tuple[str, Table]]:
@@ -103,18 +125,41 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
     if hacking is not None:
         out.append(("Signs of reward hacking (final evaluation: invented turns of the template, response length, "
                     "what the training scorer credits beyond the held-out judge)", hacking))
-    drift_kinds = sorted({k for m in summary["methods"].values() for k in m.get("drift", {})} - {"total"})
+    kl_keys = ("kl_per_token", "kl_per_response")
+    drift_kinds = sorted({k for m in summary["methods"].values() for k in m.get("drift", {})} - {"total", *kl_keys})
     if any(m.get("drift") for m in summary["methods"].values()):
-        out.append(("Drift from the starting policy (‖θ − θ₀‖ / ‖θ₀‖ of the saved weights, mean over seeds)",
-                    (["method", "total", *drift_kinds],
-                     [[label, *[f"{m['drift'][k]:.2e}" if k in m.get("drift", {}) else "—" for k in ("total", *drift_kinds)]]
+        cols = ("total", *drift_kinds, *kl_keys)
+        out.append(("Drift from the starting policy (‖θ − θ₀‖ / ‖θ₀‖ of the saved weights; KL(π ‖ π₀) teacher-forced "
+                    "on the final answers, per token and per answer; mean over seeds)",
+                    (["method", "total", *drift_kinds, "KL per token", "KL per answer"],
+                     [[label, *[f"{m['drift'][k]:.2e}" if k in m.get("drift", {}) else "—" for k in cols]]
                       for label, m in summary["methods"].items()])))
     cos = [c for c in comparisons if c.get("update_cosine")]
     if cos:
         out.append(("How alike the updates are (cosine of θ − θ₀ between two methods, at one matched seed)",
                     (["methods", "seed", "cosine"], [[f"{c['a']} · {c['b']}", str(c["update_cosine"]["seed"]),
                                                       f"{c['update_cosine']['cosine']:+.3f}"] for c in cos])))
+    for c in comparisons:
+        line = c.get("interpolation")
+        if line and line["points"]:
+            keys = [k for k in line["points"][0] if k != "t"]
+            out.append((f"Between the final policies of {c['a']} (t = 0) and {c['b']} (t = 1), seed {line['seed']}: "
+                        "θ(t) = (1 − t)·θ_a + t·θ_b, evaluated as the runs were",
+                        (["t", *[BY_KEY[k].words for k in keys]],
+                         [[f"{p['t']:.2f}", *[f"{p[k]:.3f}" for k in keys]] for p in line["points"]])))
+        elif line:
+            out.append((f"Between the final policies of {c['a']} and {c['b']}", (["not evaluated because"], [[line["why"]]])))
     out.append(("By prompt category (shares of prompts, the mean over a method's seeds)", category_table(summary)))
+    if any(e.get("severities") for _, _, e in _rows(summary)):
+        out.append(("By PKU-SafeRLHF severity level (the worst level its annotated responses reached; shares of "
+                    "prompts, the mean over a method's seeds)", category_table(summary, "severities")))
+    for suite, heading, keys in SUITE_TABLES:
+        t = metric_table(summary, keys)
+        if t is not None:
+            out.append((heading, t))
+    if any(e.get("suite_categories") for _, _, e in _rows(summary)):
+        out.append(("The suites by category (the headline rate over the answers its judge read, mean over seeds)",
+                    suite_category_table(summary)))
     rows_of = [*summaries, *references]
     name = lambda s: f"{s.label} (reference)" if s.reference else s.label  # noqa: E731
     q_rows = []
@@ -208,7 +253,8 @@ LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"~": r"\textasciitilde{}", "
                                                    "\\": r"\textbackslash{}"}
 # the columns of report.tex, with headers pdflatex can set (no Unicode)
 LATEX_HEADS = {"objective": r"Objective $R - \lambda_0 C$", "safe_ratio": "Safe ratio", "reward": "Reward $R$",
-               "cost": "Cost $C$", "harmful_safe_ratio": "Safe ratio, harmful", "benign_refusal_ratio": "Over-refusal, benign"}
+               "cost": "Cost $C$", "harmful_safe_ratio": "Safe ratio, harmful", "benign_refusal_ratio": "Over-refusal, benign",
+               "over_refusal_rate": "Over-refusal (suite)", "attack_success_rate": "Attack success"}
 
 
 def latex(text: str) -> str:
@@ -235,10 +281,12 @@ def latex_table(summary: dict[str, Any]) -> str:
     caption = (f"Final evaluation ({latex(summary['title'])}, $\\lambda_0 = {summary['lambda0']:g}$): mean $\\pm$ half "
                "the 95\\,\\% bootstrap interval over seeds (3 or more); with fewer seeds, each seed's value. "
                "A reference row's interval is over its held-out prompts.")
-    return "\n".join(["% generated by esgrpo (report.tex); needs \\usepackage{booktabs}", r"\begin{table}[t]",
-                       r"\centering", f"\\caption{{{caption}}}", f"\\label{{tab:esgrpo-{re.sub(r'[^A-Za-z0-9-]', '-', summary['title'])}}}",
-                       f"\\begin{{tabular}}{{l{'r' * (len(keys) + 1)}}}", r"\toprule", head + r" \\", r"\midrule",
-                       *body, r"\bottomrule", r"\end{tabular}", r"\end{table}", ""])
+    # as wide as the text, whatever the number of columns (a paper's column or page)
+    return "\n".join(["% generated by esgrpo (report.tex); needs \\usepackage{booktabs} and \\usepackage{graphicx}",
+                       r"\begin{table}[t]", r"\centering", f"\\caption{{{caption}}}",
+                       f"\\label{{tab:esgrpo-{re.sub(r'[^A-Za-z0-9-]', '-', summary['title'])}}}",
+                       r"\resizebox{\linewidth}{!}{%", f"\\begin{{tabular}}{{l{'r' * (len(keys) + 1)}}}", r"\toprule",
+                       head + r" \\", r"\midrule", *body, r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""])
 
 
 def write_markdown_and_html(out: Path, summary: dict[str, Any], summaries, references, comparisons,
