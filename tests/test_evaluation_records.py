@@ -69,7 +69,7 @@ def test_record_writer_files_tensorboard_and_wandb_offline(tmp_path, monkeypatch
 
 
 GOOD = json.dumps({"id": "a", "category": "c", "expected_safe": None, "prompt": "p", "response": "r", "n_tokens": 1,
-                   "reward": 1.0, "cost": -1.0, "judge_reward": None, "judge_cost": None}) + "\n"
+                   "reward": 1.0, "cost": -1.0, "judge_reward": None, "judge_cost": None, "severity": None}) + "\n"
 
 
 @pytest.mark.parametrize("tail, error", [
@@ -99,6 +99,9 @@ def test_a_samples_line_cut_mid_write_is_dropped_on_resume(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_bytes(GOOD.encode() + GOOD.replace('"a"', '"b"').encode()[:-3])  # cut short, no newline
     assert read_done(path) == ([json.loads(GOOD)], True) and path.read_text() == GOOD
+    assert read_done(path) == ([json.loads(GOOD)], False)
+    # a file written before samples carried the severity level resumes too
+    path.write_text(GOOD.replace(', "severity": null', ""))
     assert read_done(path) == ([json.loads(GOOD)], False)
 
 

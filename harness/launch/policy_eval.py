@@ -135,6 +135,7 @@ def read_done(path: Path) -> tuple[list[dict], bool]:
     rows, cut = read_jsonl_resuming(path, "evaluation samples file")
     done = checked_samples(path, rows)
     for lineno, s in rows:
+        s.setdefault("severity", None)  # a samples file written before samples carried it
         if set(s) != FIELDS:
             raise UserError(f"{path}:{lineno}: not a sample of this evaluation (fields "
                             f"{', '.join(sorted(set(s) ^ FIELDS))[:200]} differ); choose another --out")

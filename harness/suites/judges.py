@@ -39,6 +39,11 @@ class JudgeSpec(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     batch_size: int = Field(16, gt=0, le=4096)
     max_new_tokens: int | None = Field(None, gt=0, le=4096)  # default: what the format's answer takes
+    max_model_len: int = Field(4096, gt=0, le=131072)  # vLLM: the format, a behaviour and an answer fit in this
+    vllm_runtime_gib: float = Field(4.0, gt=0)  # vLLM on a GPU: beside its weights and KV cache
+    # vLLM on a GPU: the judge's KV cache (its inputs are short and its answers a few tokens: a 13B judge judged
+    # 400 behaviours at 30 a second with a cache sized for a whole batch, 100 GiB beside its 24 GiB of weights)
+    kv_cache_gib: float = Field(8.0, gt=0)
 
     @model_validator(mode="after")
     def _complete(self) -> "JudgeSpec":
