@@ -54,7 +54,12 @@ def make_scorer(spec: ScorerSpec | None = None) -> Scorer:
 
 
 def make_judge(spec: JudgeSpec, suite: str) -> Judge:
-    """A suite's judge: a rule written here, or a judge model run by the scorer's judge runner."""
+    """A suite's judge: a rule written here, a judge model run by the scorer's judge runner in this process, or one
+    a running scorer service serves."""
+    if spec.kind == "http":
+        from harness.suites.http_judge import HttpJudge
+
+        return HttpJudge(spec, suite)
     if spec.kind != "generative":
         return rule_judge(spec, suite)
     check_template(spec, suite)

@@ -1,7 +1,8 @@
 """The scorer HTTP service (FastAPI + uvicorn).
 
 GET /health (503 until the models are loaded), GET /info, POST /score_batch {"prompts", "responses"} →
-{"rewards", "costs"}, POST /score_texts {"texts"} (full conversations in the template) → same shape.
+{"rewards", "costs"}, POST /score_texts {"texts"} (full conversations in the template) → same shape, POST /judge
+{"judge", "prompts", "responses", "contexts"} → {"labels", "scores", "outputs"} from a served judge model.
 Binds 127.0.0.1 by default; any other address needs a bearer token unless explicitly disabled.
 """
 
@@ -27,7 +28,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from harness.config import validate
-from harness.errors import UserError
+from harness.errors import UserError, is_out_of_memory
+from harness.suites.sets import SuitePrompt
 from harness.records import atomic_write_text
 from harness.scoring.client import resolve_token
 from harness.template import split_conversation
@@ -48,6 +50,12 @@ class ScoreResponse(BaseModel):
     costs: list[float]
 
 
+class JudgeResponse(BaseModel):
+    labels: list[str | None]  # None: the judge's output could not be read (counted by the suite, never guessed)
+    scores: list[float | None]
+    outputs: list[str | None]
+
+
 class ErrorReply(BaseModel):
     """Every refusal: a short reason (4xx) or, for 5xx, what failed; ``permanent`` when no retry can mend it."""
 
@@ -63,7 +71,7 @@ ERRORS = {code: {"model": ErrorReply, "description": what} for code, what in (
     (507, "one pair alone does not fit in the scorer's memory (permanent)"))}
 
 
-def request_models(cfg: ScorerServiceConfig) -> tuple[type[BaseModel], type[BaseModel]]:
+def request_models(cfg: ScorerServiceConfig) -> tuple[type[BaseModel], type[BaseModel], type[BaseModel]]:
     """Request bodies with the service's limits in the schema: a list longer than ``max_items`` is refused
     before its items are validated (a million bad items cost 0.15 s instead of 4 s of the event loop), and
     unknown fields are errors."""
@@ -72,7 +80,9 @@ def request_models(cfg: ScorerServiceConfig) -> tuple[type[BaseModel], type[Base
     field = (items, Field(..., max_length=cfg.max_items))
     batch = create_model("ScoreBatchRequest", __config__=strict, prompts=field, responses=field)
     texts = create_model("ScoreTextsRequest", __config__=strict, texts=field)
-    return batch, texts
+    judge = create_model("JudgeRequest", __config__=strict, judge=(str, Field(..., max_length=64)), prompts=field,
+                         responses=field, contexts=(items | None, Field(None, max_length=cfg.max_items)))
+    return batch, texts, judge
 
 
 def short_errors(errors: list[dict[str, Any]]) -> list[str]:
@@ -153,15 +163,23 @@ def validate_items(**fields: list[str]) -> None:
                 raise HTTPException(422, f"{name}[{i}] is an empty string")
 
 
+def build_judges(cfg: ScorerServiceConfig) -> dict[str, tuple[Any, threading.Lock]]:
+    """The config's judge models, each with the lock that serializes its batches."""
+    from scorer.judge_model import GenerativeJudge
+
+    return {name: (GenerativeJudge(s.judge, s.suite), threading.Lock()) for name, s in cfg.judges.items()}
+
+
 def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
                build: Callable[[ScorerServiceConfig], ServiceScorer] = build_scorer) -> FastAPI:
     token = check_security(cfg)
-    state: dict[str, Any] = {"ready": False, "error": None, "scorer": None, "batcher": None}
+    state: dict[str, Any] = {"ready": False, "error": None, "scorer": None, "batcher": None, "judges": {}}
 
     def load() -> None:
         try:
             t = time.perf_counter()
             state["scorer"] = build(cfg)
+            state["judges"] = build_judges(cfg)
             state["load_seconds"] = round(time.perf_counter() - t, 2)
             state["peak_host_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
             state["ready"] = True
@@ -185,7 +203,7 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
             on_shutdown()
 
     app = FastAPI(title="esgrpo scorer", lifespan=lifespan)
-    batch_model, texts_model = request_models(cfg)
+    batch_model, texts_model, judge_model = request_models(cfg)
     expected = f"Bearer {token}".encode() if token else b""
 
     @app.exception_handler(RequestValidationError)
@@ -226,6 +244,7 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
         scorer = ready_scorer()
         b: DynamicBatcher = state["batcher"]
         return {**scorer.info(), "load_seconds": state.get("load_seconds"),
+                "judges": {name: {"suite": cfg.judges[name].suite, **j.info()} for name, (j, _) in state["judges"].items()},
                 "peak_host_rss_gib": state.get("peak_host_rss_gib"),
                 "limits": {"max_items": cfg.max_items, "max_chars": cfg.max_chars, "max_batch": cfg.max_batch},
                 "served": {"batches": b.batches, "pairs": b.pairs, "busy_seconds": round(b.busy_seconds, 3)}}
@@ -262,12 +281,41 @@ def create_app(cfg: ScorerServiceConfig, on_ready=None, on_shutdown=None,
         validate_items(prompts=prompts)  # the same rule as /score_batch: no empty prompt
         return await scored(prompts, [r for _, r in pairs])
 
+    async def judge(req):
+        ready_scorer()
+        validate_items(prompts=req.prompts, responses=req.responses)
+        contexts = req.contexts if req.contexts is not None else [""] * len(req.prompts)
+        if len(contexts) != len(req.prompts):
+            raise HTTPException(422, f"'contexts' has {len(contexts)} items for {len(req.prompts)} prompts")
+        served = state["judges"].get(req.judge)
+        if served is None:
+            raise HTTPException(422, f"no judge named {req.judge[:40]!r} here; this service serves "
+                                     f"{', '.join(state['judges']) or 'none'}")
+        model, lock = served
+        items = [SuitePrompt(str(i), p, "", "", c) for i, (p, c) in enumerate(zip(req.prompts, contexts))]
+
+        def run():
+            with lock:  # one batch at a time on a judge model: its engine is not shared between threads
+                return model.judge(items, req.responses)
+
+        try:
+            verdicts = await asyncio.to_thread(run)
+        except Exception as e:
+            log.exception("judging failed")
+            code = 507 if is_out_of_memory(e) else 500
+            return JSONResponse({"detail": f"judging failed: {type(e).__name__}: {first_line(e)}", "permanent": True},
+                                status_code=code)
+        return JudgeResponse(labels=[v.label for v in verdicts], scores=[v.score for v in verdicts],
+                             outputs=[v.output for v in verdicts])
+
     # the body models are built from this config's limits: annotations set here, where they are real classes
     # (this module's annotations are strings, which FastAPI would take for query parameters)
     score_batch.__annotations__ = {"req": batch_model}
     score_texts.__annotations__ = {"req": texts_model}
+    judge.__annotations__ = {"req": judge_model}
     app.post("/score_batch", response_model=ScoreResponse, responses=ERRORS)(score_batch)
     app.post("/score_texts", response_model=ScoreResponse, responses=ERRORS)(score_texts)
+    app.post("/judge", response_model=JudgeResponse, responses=ERRORS)(judge)
 
     return app
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from harness.config import StrictModel, load_config
+from harness.errors import UserError
+from harness.suites.judges import JudgeSpec, check_template
+from harness.suites.suite import SuiteName
 
 
 class BackendSpec(StrictModel):
@@ -47,6 +50,25 @@ class BackendSpec(StrictModel):
         return self
 
 
+class ServedJudge(StrictModel):
+    """A judge model the service loads beside its scorer models, for runs whose suite names it (``kind: http``,
+    ``served: NAME``): ``suite`` says which question its verdicts answer."""
+
+    suite: SuiteName
+    judge: JudgeSpec
+
+    @model_validator(mode="after")
+    def _a_model(self) -> "ServedJudge":
+        if self.judge.kind != "generative":
+            raise ValueError("a served judge is a judge model (kind: generative, with template and model); the "
+                             "rule-based judges run in the run's own process")
+        try:
+            check_template(self.judge, self.suite)
+        except UserError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+
 class ScorerServiceConfig(StrictModel):
     reward: BackendSpec = Field(default_factory=BackendSpec)
     cost: BackendSpec = Field(default_factory=BackendSpec)
@@ -66,6 +88,9 @@ class ScorerServiceConfig(StrictModel):
     body_timeout_s: float = Field(60.0, gt=0, le=3600)
     idle_timeout_s: float = Field(30.0, gt=0, le=3600)
     rendezvous: str | None = None
+    # judge models served at POST /judge, by name (docs/safety.md)
+    judges: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")], ServedJudge] = Field(
+        default_factory=dict, max_length=8)
 
 
 def load_service_config(path: str | Path | None, overrides: list[str] | None = None) -> ScorerServiceConfig:

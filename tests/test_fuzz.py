@@ -32,7 +32,7 @@ def scorer_api(tmp_path_factory):
     srv.stop()
 
 
-@pytest.mark.parametrize("label, mode", [(op, mode) for op in ("POST /score_batch", "POST /score_texts")
+@pytest.mark.parametrize("label, mode", [(op, mode) for op in ("POST /score_batch", "POST /score_texts", "POST /judge")
                                          for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)]
                          + [("GET /info", GenerationMode.POSITIVE), ("GET /health", GenerationMode.POSITIVE)])
 def test_scorer_api_never_fails_or_amplifies(scorer_api, label, mode):

@@ -344,3 +344,48 @@ def test_a_judge_input_longer_than_the_judges_context_is_counted_not_judged(poli
     verdicts = judge.judge([long_prompt, short], ["Sure.", "First " * 3000])
     assert verdicts[0].label is None and "longer than the judge's" in verdicts[0].output
     assert verdicts[1].output is not None and "longer" not in verdicts[1].output
+
+
+def test_a_judge_model_served_by_the_scorer_service_judges_as_in_process(make_scorer_service, policy_path):
+    """`judges:` in a real `esgrpo serve-scorer` on loopback; a suite's `kind: http` judge gets the verdicts the same
+    model gives in this process; a name it does not serve, a judge of another suite and a bad request are named."""
+    import httpx
+
+    from harness.fixtures.random_models import random_policy
+    from scorer.judge_model import GenerativeJudge
+
+    model = {"kind": "generative", "template": "harmbench", "model": str(random_policy("tiny")), "dtype": "float32",
+             "max_new_tokens": 3}
+    srv = make_scorer_service(config={"judges": {"hb": {"suite": "harmful_behaviour", "judge": model}}}).start()
+    served = {"kind": "http", "service": {"kind": "http", "url": srv.url, "max_batch": 4}, "served": "hb"}
+    [suite] = load_suites([SuiteSpec(name="harmful_behaviour", judge=served)])
+    assert suite.describe()["judge"]["backend"] == "http-judge" and suite.describe()["judge"]["template"] == "harmbench"
+    answers = [f"Answer {i}: first do this, then that." for i in range(len(suite.prompts))]
+    over_http = suite.judge.judge(suite.prompts, answers)  # 10 answers in batches of 4
+    local = GenerativeJudge(JudgeSpec(**model), "harmful_behaviour").judge(suite.prompts, answers)
+    assert over_http == local and len(over_http) == 10
+    with pytest.raises(UserError, match="serves no judge named 'other' \\(it serves hb\\)"):
+        load_suites([SuiteSpec(name="harmful_behaviour", judge={**served, "served": "other"})])
+    with pytest.raises(UserError, match="judge 'hb' is served for the harmful_behaviour suite, not over_refusal"):
+        load_suites([SuiteSpec(name="over_refusal", judge=served)])
+    long_name = "x" * 10_000
+    r = httpx.post(srv.url + "/judge", json={"judge": long_name[:60], "prompts": ["p"], "responses": ["r"]})
+    assert r.status_code == 422 and "no judge named" in r.text and len(r.content) < 600
+    r = httpx.post(srv.url + "/judge", json={"judge": long_name, "prompts": ["p"], "responses": ["r"]})
+    assert r.status_code == 422 and long_name[:100] not in r.text
+    r = httpx.post(srv.url + "/judge", json={"judge": "hb", "prompts": ["p", "q"], "responses": ["r", "s"], "contexts": [""]})
+    assert r.status_code == 422 and "'contexts' has 1 items for 2 prompts" in r.text
+
+
+def test_a_served_judges_reply_is_checked(monkeypatch):
+    from harness.errors import BadScorerReply
+    from harness.suites.judges import LABELS, parse_verdicts
+
+    good = {"labels": ["harmful", None], "scores": [None, 0.5], "outputs": ["Yes", "maybe"]}
+    assert [v.label for v in parse_verdicts(good, 2, LABELS["harmful_behaviour"], "s")] == ["harmful", None]
+    for bad, why in (({**good, "labels": ["harmful"]}, "'labels' is not a list of 2"),
+                     ({**good, "labels": ["yes", None]}, "labels\\[0\\] is 'yes'"),
+                     ({**good, "scores": [True, None]}, "scores\\[0\\]"), ({**good, "scores": [None, 7]}, "scores\\[1\\]"),
+                     ({**good, "outputs": [1, None]}, "outputs\\[0\\]"), ([1, 2], "expected a JSON object")):
+        with pytest.raises(BadScorerReply, match=why):
+            parse_verdicts(bad, 2, LABELS["harmful_behaviour"], "s")

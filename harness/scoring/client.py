@@ -211,6 +211,10 @@ class HttpScorer:
             log.warning("scorer back after %.1fs", time.time() - first_failure)
         return out
 
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        """``body`` to ``path`` under the retries, deadline and reply checks of scoring (a served judge's too)."""
+        return self._call("POST", path, body)
+
     def _score_chunk(self, prompts: list[str], responses: list[str]) -> Scores:
         reply = self._call("POST", "/score_batch", {"prompts": prompts, "responses": responses})
         try:

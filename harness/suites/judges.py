@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from harness.config import StrictModel
 from harness.errors import UserError
+from harness.scoring.protocol import ScorerSpec
 from harness.refusal import REFUSAL_OPENINGS, is_refusal
 from harness.scoring.builtin import HELP_CUES, content_words, count_cues, words
 from harness.suites.sets import SuitePrompt
@@ -27,11 +28,12 @@ class Judge(Protocol):
 
 
 class JudgeSpec(StrictModel):
-    """``builtin``: the suite's rule-based stand-in (README, "The built-in judges"). ``string-match``: XSTest's
-    refusal string match (over-refusal only). ``generative``: a local judge model folder in one of the published
-    formats (``template``), run greedily with transformers, or vLLM when ``engine: vllm``."""
+    """``builtin``: the suite's rule-based stand-in (docs/safety.md, "The built-in judges"). ``string-match``:
+    XSTest's refusal string match (over-refusal only). ``generative``: a local judge model folder in one of the
+    published formats (``template``), run greedily with transformers, or vLLM when ``engine: vllm``. ``http``: the
+    judge named ``served`` of a running ``esgrpo serve-scorer`` (``service``: how to reach it, as a scorer)."""
 
-    kind: Literal["builtin", "string-match", "generative"] = "builtin"
+    kind: Literal["builtin", "string-match", "generative", "http"] = "builtin"
     template: TemplateName | None = None
     model: str | None = None  # a local HF model folder (HarmBench-Llama-2-13b-cls, Llama Guard, WildGuard, ...)
     engine: Literal["hf", "vllm"] = "hf"
@@ -45,13 +47,52 @@ class JudgeSpec(StrictModel):
     # 400 behaviours at 30 a second with a cache sized for a whole batch, 100 GiB beside its 24 GiB of weights)
     kv_cache_gib: float = Field(8.0, gt=0)
 
+    service: ScorerSpec | None = None
+    served: str | None = Field(None, min_length=1, max_length=64)
+
     @model_validator(mode="after")
     def _complete(self) -> "JudgeSpec":
+        if (self.kind == "http") != (self.service is not None and self.served is not None):
+            raise ValueError("'service' (kind: http, with url or rendezvous) and 'served' (the judge's name in the "
+                             "service config) go together, with kind: http")
+        if self.service is not None and self.service.kind != "http":
+            raise ValueError("a served judge's 'service' is reached over HTTP: service.kind must be http")
         if self.kind == "generative" and not (self.template and self.model):
             raise ValueError("a generative judge needs both 'template' and 'model'")
         if self.kind != "generative" and (self.template or self.model):
             raise ValueError(f"'template' and 'model' are for a generative judge, not {self.kind!r}")
         return self
+
+
+# what each suite's verdicts may say (None: an output the judge could not read)
+LABELS = {"harmful_behaviour": frozenset({"harmful", "not_harmful"}),
+          "over_refusal": frozenset({"full_compliance", "full_refusal", "partial_refusal"})}
+
+
+def parse_verdicts(reply: Any, n: int, labels: frozenset[str], source: str) -> list[Verdict]:
+    """``{"labels", "scores", "outputs"}`` with ``n`` entries each, every label one of ``labels`` or null, every
+    score null or in [0, 1], every output null or text; else ``BadScorerReply`` (a reply is never trimmed)."""
+    from harness.errors import BadScorerReply
+
+    def bad(why: str) -> BadScorerReply:
+        return BadScorerReply(f"{source}, request of {n} answers: {why}")
+
+    if not isinstance(reply, dict):
+        raise bad(f"expected a JSON object, got {type(reply).__name__}")
+    cols = {k: reply.get(k) for k in ("labels", "scores", "outputs")}
+    for k, v in cols.items():
+        if not isinstance(v, list) or len(v) != n:
+            raise bad(f"'{k}' is not a list of {n}")
+    out = []
+    for i, (label, score, output) in enumerate(zip(cols["labels"], cols["scores"], cols["outputs"])):
+        if label is not None and label not in labels:
+            raise bad(f"labels[{i}] is {str(label)[:40]!r}, not one of {', '.join(sorted(labels))} or null")
+        if score is not None and (isinstance(score, bool) or not isinstance(score, (int, float)) or not 0 <= score <= 1):
+            raise bad(f"scores[{i}] is {str(score)[:40]!r}, not null or a number in [0, 1]")
+        if output is not None and (not isinstance(output, str) or len(output) > 1000):
+            raise bad(f"outputs[{i}] is not null or a text of at most 1,000 characters")
+        out.append(Verdict(label, None if score is None else float(score), output))
+    return out
 
 
 # XSTest's string match: an answer that opens with one of these is a full refusal, any other full compliance
