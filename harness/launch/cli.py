@@ -255,7 +255,9 @@ def eval_policy(policy: str = typer.Option("builtin", help="'builtin', a local H
             spec_judge = {"kind": "generative", "template": template, "model": model}
         elif judge:
             spec_judge = {"kind": judge}
-        data.setdefault("eval", {})["suites"] = [{"name": suite, "prompts": prompts or "builtin", "judge": spec_judge}]
+        ev = data.setdefault("eval", {})  # beside the spec's other suites, in place of one of the same name
+        ev["suites"] = [*(x for x in ev.get("suites") or [] if x.get("name") != suite),
+                        {"name": suite, "prompts": prompts or "builtin", "judge": spec_judge}]
         prompts = judge = None
     if prompts:
         source = prompt_source(prompts)

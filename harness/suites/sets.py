@@ -7,6 +7,9 @@
 - StrongREJECT (Souly et al., 2024): ``strongreject_dataset.csv`` with ``category, source, forbidden_prompt``.
 - JailbreakBench (Chao et al., 2024): ``harmful-behaviors.csv`` with ``Index, Goal, Target, Behavior, Category,
   Source`` (some copies add an unnamed index column first).
+- OR-Bench (Cui et al., 2024): ``or-bench-80k.csv`` / ``or-bench-hard-1k.csv`` (prompts that look unsafe and are
+  not: label safe) and ``or-bench-toxic.csv`` (label unsafe), with ``prompt, category``. The files do not say
+  which they are, so the format is named: ``orbench-hard`` or ``orbench-toxic``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from harness.config import read_jsonl, read_text
 from harness.data.prompts import MAX_PROMPT_CHARS
 from harness.errors import UserError
 
-SetFormat = Literal["auto", "xstest", "harmbench", "strongreject", "jailbreakbench"]
+SetFormat = Literal["auto", "xstest", "harmbench", "strongreject", "jailbreakbench", "orbench-hard", "orbench-toxic"]
 MAX_ROWS = 100_000  # the largest published set here has 80k rows (OR-Bench); more is not a prompt set
 
 
@@ -44,6 +47,7 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "strongreject": ("forbidden_prompt", "category"),
     "jailbreakbench": ("Goal", "Category"),
 }
+NAMED_ONLY = {"orbench-hard": ("prompt", "category"), "orbench-toxic": ("prompt", "category")}
 
 
 def _rows(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -74,8 +78,10 @@ def detect(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> str:
     for name, needed in FORMATS.items():
         if set(needed) <= fields:
             return name
+    hint = (" (an OR-Bench file: say which with format: orbench-hard or orbench-toxic)"
+            if set(NAMED_ONLY["orbench-hard"]) <= fields else "")
     raise UserError(f"{path}: not a suite prompt file of a known format (its fields are "
-                    f"{', '.join(sorted(map(str, fields)))[:200]}); expected the columns of "
+                    f"{', '.join(sorted(map(str, fields)))[:200]}){hint}; expected the columns of "
                     + "; ".join(f"{k} ({', '.join(v)})" for k, v in FORMATS.items()))
 
 
@@ -106,6 +112,8 @@ def _prompt(fmt: str, path: Path, line: int, row: dict[str, Any]) -> SuitePrompt
         return SuitePrompt(t("id", False) or f"xstest-{line}", t("prompt"), t("type"), label)
     if fmt == "harmbench":
         return SuitePrompt(t("BehaviorID"), t("Behavior"), t("SemanticCategory"), "harmful", t("ContextString", False))
+    if fmt.startswith("orbench"):
+        return SuitePrompt(f"{fmt}-{line}", t("prompt"), t("category"), "safe" if fmt == "orbench-hard" else "unsafe")
     if fmt == "strongreject":
         return SuitePrompt(f"strongreject-{line}", t("forbidden_prompt"), t("category"), "harmful")
     index = t("Index", False) or str(line)
@@ -116,9 +124,10 @@ def parse_rows(path: Path, rows: list[tuple[int, dict[str, Any]]], fmt: str = "a
     if not rows:
         raise UserError(f"{path}: the suite prompt file is empty")
     fmt = detect(path, rows) if fmt == "auto" else fmt
-    missing = [k for k in FORMATS[fmt] if k not in rows[0][1]]
+    columns = {**FORMATS, **NAMED_ONLY}[fmt]
+    missing = [k for k in columns if k not in rows[0][1]]
     if missing:
-        raise UserError(f"{path}: a {fmt} file has the columns {', '.join(FORMATS[fmt])}; missing {', '.join(missing)}")
+        raise UserError(f"{path}: a {fmt} file has the columns {', '.join(columns)}; missing {', '.join(missing)}")
     out, seen = [], {}
     for line, row in rows:
         p = _prompt(fmt, path, line, row)
