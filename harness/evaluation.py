@@ -35,6 +35,9 @@ class EvalSettings(StrictModel):
     suites: list[SuiteSpec] = Field(default_factory=list, max_length=8)
     # KL(π ‖ π₀) at the end of a run, teacher-forced on the final evaluation's first N answers (0: not measured)
     kl_prompts: int = Field(64, ge=0, le=100_000)
+    # also at every budget mark: the policy saved aside, its ‖θ − θ₀‖ / ‖θ₀‖ and KL on that mark's answers
+    # (eval metrics drift_total, kl_per_token: a curve against budget). A full save per mark: off by default at 7B
+    drift_every_mark: bool = False
 
 
 def evaluation_record(settings: EvalSettings, rollout: RolloutSettings) -> dict[str, Any]:
@@ -42,7 +45,7 @@ def evaluation_record(settings: EvalSettings, rollout: RolloutSettings) -> dict[
     # the suites are compared by their content (record.data.suites), not by how a spec names their files; the KL
     # is measured after the evaluation and changes none of its figures
     return {**rollout.model_dump(mode="json", exclude={"fixed_length"}),
-            **settings.model_dump(mode="json", exclude={"suites", "kl_prompts"})}
+            **settings.model_dump(mode="json", exclude={"suites", "kl_prompts", "drift_every_mark"})}
 
 
 @dataclass

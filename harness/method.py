@@ -9,7 +9,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Literal, Mapping, Protocol, Sequence
 
 from pydantic import Field, model_validator
 
@@ -153,8 +153,10 @@ class RunContext:
         self.writer.log_point(point)
         return point
 
-    def evaluate_due(self, generator: Generator) -> None:
-        """Evaluate at every budget mark passed since the last call (all methods share the marks)."""
+    def evaluate_due(self, generator: Generator, save_policy: Callable[[Path], None] | None = None) -> None:
+        """Evaluate at every budget mark passed since the last call (all methods share the marks). ``save_policy``
+        writes the current policy as an HF folder: with ``eval.drift_every_mark`` the evaluation then measures
+        its drift and KL from the start too."""
         self.tick()
         marks = self.budget.evals_due(self.evals_done)
         if not marks:
@@ -163,6 +165,8 @@ class RunContext:
         # method's own λ at the time is recorded beside it.
         res = evaluate(generator, self.prompts.eval_prompts(), self.scorer, self.settings.eval, self.settings.rollout,
                        self.settings.lagrangian.lambda_init, self.judge, self.suites)
+        if self.settings.eval.drift_every_mark and save_policy is not None:
+            res.metrics.update(self.drift_now(save_policy, res.sample_dicts()))
         for mark in marks:  # one evaluation stands for every mark passed in a single step
             self.evals_done.add(mark)
             self.writer.log_eval(EvalPoint(mark=mark, step=self.step, completions=self.budget.completions,
@@ -201,6 +205,33 @@ class RunContext:
                 self.note(f"no drift figure: {e}")
             if self.settings.eval.kl_prompts and rec.drift and rec.evals:
                 self.measure_kl(saved)
+
+    def drift_now(self, save_policy: Callable[[Path], None], samples: list[dict[str, Any]]) -> dict[str, float]:
+        """The current policy's ‖θ − θ₀‖ / ‖θ₀‖ and KL(π ‖ π₀) on this evaluation's answers (0 before any step);
+        a failure is noted once and leaves the mark without them."""
+        import shutil
+
+        import torch
+
+        if self.step == 0:
+            return {"drift_total": 0.0, "kl_per_token": 0.0}
+        tmp = self.run_dir / "drift-at-mark"
+        shutil.rmtree(tmp, ignore_errors=True)
+        cuda = torch.cuda.is_available()
+        try:
+            save_policy(tmp)
+            out = {"drift_total": drift(self.policy_path, tmp)["total"]}
+            kl = policy_kl(self.policy_path, tmp, samples[: self.settings.eval.kl_prompts or 64],
+                           device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+            out["kl_per_token"] = kl["kl_per_token"]
+            return out
+        except Exception as e:  # noqa: BLE001 - an extra figure: the run goes on without it
+            why = f"{'out of memory: ' if is_out_of_memory(e) else ''}{(str(e).splitlines() or [type(e).__name__])[0][:300]}"
+            if not any(n.startswith("no drift at budget marks") for n in self.writer.record.notes):
+                self.note(f"no drift at budget marks: {why}", warn=True)
+            return {}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def measure_kl(self, saved: Path) -> None:
         """KL(π ‖ π₀) on the final evaluation's answers, into the record's drift; a failure (out of memory beside a

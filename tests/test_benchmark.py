@@ -63,6 +63,13 @@ def test_small_benchmark_runs_everything_and_compares(policy_path, tmp_path, cap
     for p, run in ((line["points"][0], "es-s0"), (line["points"][-1], "grpo-s0")):
         assert p["reward"] == pytest.approx(load_record(tmp_path / "runs" / run).evals[-1].metrics["reward"])
     assert (tmp_path / "report" / "interpolation.png").is_file() and (tmp_path / "report" / "safety-curves.png").is_file()
+    # drift at every mark (the spec's eval.drift_every_mark): 0 at the start, the saved policy's own at the end
+    for run in ("es-s0", "grpo-s0"):
+        rec = load_record(tmp_path / "runs" / run)
+        assert rec.evals[0].metrics["drift_total"] == 0 and rec.evals[1].metrics["drift_total"] > 0
+        for key, final in (("drift_total", rec.drift["total"]), ("kl_per_token", rec.drift["kl_per_token"])):
+            assert rec.evals[-1].metrics[key] == pytest.approx(final, rel=1e-5, abs=1e-8)
+        assert not (tmp_path / "runs" / run / "drift-at-mark").exists()
     assert -1 <= summary["comparisons"][0]["update_cosine"]["cosine"] <= 1
     assert set(summary["methods"]) == {"es", "grpo"} and not summary["problems"]
     assert [c["a"] + "/" + c["b"] for c in summary["comparisons"]] == ["es/grpo"]  # the spec's baseline: grpo

@@ -69,7 +69,8 @@ CURVE_X = {"completions": "completions scored (where each evaluation ran)", "tok
 # the other axes against budget: over-refusal and attack success (where suites ran), signs of reward hacking
 SAFETY_CURVES = (("over_refusal_rate", "over-refusal (suite)"), ("unsafe_compliance_rate", "unsafe compliance (suite)"),
                  ("attack_success_rate", "attack success (suite)"), ("invented_turn_rate", "invented turns"),
-                 ("response_tokens", "response length (tokens)"), ("judge_gap", "scorer − judge reward"))
+                 ("response_tokens", "response length (tokens)"), ("judge_gap", "scorer − judge reward"),
+                 ("drift_total", "‖θ − θ₀‖ / ‖θ₀‖"), ("kl_per_token", "KL(π ‖ π₀) per token"))
 
 
 def curves_figure(summaries: list["MethodSummary"], references: list["MethodSummary"], xkeys: tuple[str, ...],

@@ -161,11 +161,13 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
         address, world = pool.submit(0, lambda e: e.sync_address()).result(), len(pool)
         [f.result() for f in [pool.submit(i, join_sync(address, i, world)) for i in range(world)]]
     generator = EngineGenerator(pool, 0)
+    # the policy as it stands, for drift at budget marks (eval.drift_every_mark): engine 0's weights, as at the end
+    save_policy = lambda out: pool.submit(0, lambda e: e.save_hf(str(out), str(ctx.policy_path))).result()  # noqa: E731
     speed = MemberSpeed(batch=cfg.batches_population())
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
     k = cfg.prompts_per_iteration
     try:
-        ctx.evaluate_due(generator)
+        ctx.evaluate_due(generator, save_policy)
         # restore: subtract leaves each perturb/restore's rounding in the weights (fp16 drifts): the policy a run
         # trains must not have been moved by a speed probe, so in-place members are not probed then
         if cfg.probe_engine and (cfg.engine.restore == "snapshot" or cfg.batches_population()):
@@ -220,12 +222,12 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
                     ctx.add_figures("throughput", speed.figures())
                 bar.update(task, completed=min(ctx.budget.completions, s.budget.completions),
                            description=f"it {it + 1} R {point.reward:+.2f} C {point.cost:+.2f} λ {point.lam:.3f}")
-                ctx.evaluate_due(generator)
+                ctx.evaluate_due(generator, save_policy)
                 if ctx.stop or (s.checkpoint_every and ctx.step % s.checkpoint_every == 0):
                     save_checkpoint(pool, cfg, ctx)
                 if ctx.stop:
                     raise Preempted
-        ctx.evaluate_due(generator)
+        ctx.evaluate_due(generator, save_policy)
         save_final(pool, ctx)
     finally:
         scorer_threads.shutdown(wait=False)

@@ -87,9 +87,14 @@ class HarnessCallback(TrainerCallback):
     def evaluate_due(self) -> None:
         """Evaluations come from the main process; the others only keep their budget marks in step."""
         if self.main:
-            self.ctx.evaluate_due(HFGenerator(self.model, self.tokenizer))
+            self.ctx.evaluate_due(HFGenerator(self.model, self.tokenizer), self.save_policy)
         else:
             self.ctx.evals_done.update(self.ctx.budget.evals_due(self.ctx.evals_done))
+
+    def save_policy(self, out) -> None:
+        """The policy as it stands (for drift at budget marks): TRL's model, as the run saves it at the end."""
+        self.model.save_pretrained(str(out))
+        self.tokenizer.save_pretrained(str(out))
 
     def gathered(self) -> tuple[list[float], list[float], int, int]:
         """This step's rewards, costs, completions and tokens over every process (TRL scores each process's
@@ -344,7 +349,8 @@ def train(cfg: GRPOSettings, ctx: RunContext) -> None:
         raise Preempted
     main = trainer.accelerator.is_main_process
     if main:  # the other processes' budget marks were kept in step by the callback
-        ctx.evaluate_due(HFGenerator(trainer.model, tokenizer))
+        ctx.evaluate_due(HFGenerator(trainer.model, tokenizer),
+                         lambda d: (trainer.model.save_pretrained(str(d)), tokenizer.save_pretrained(str(d))))
     out = ctx.run_dir / "model_saves" / "latest_hf"
     trainer.save_model(str(out))  # collective under DeepSpeed; writes from the main process
     if main:
