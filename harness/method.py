@@ -200,7 +200,8 @@ class RunContext:
         saved = self.run_dir / "model_saves" / "latest_hf"
         if rec.kind == "run" and saved.is_dir() and os.environ.get("RANK", "0") == "0":
             try:  # how far training moved the policy (an adapter-only save has no full weights to compare)
-                rec.drift = {k: round(v, 8) for k, v in drift(self.policy_path, saved).items()}
+                with self.writer.aside():
+                    rec.drift = {k: round(v, 8) for k, v in drift(self.policy_path, saved).items()}
             except UserError as e:
                 self.note(f"no drift figure: {e}")
             if self.settings.eval.kl_prompts and rec.drift and rec.evals:
@@ -220,9 +221,10 @@ class RunContext:
         cuda = torch.cuda.is_available()
         try:
             save_policy(tmp)
-            out = {"drift_total": drift(self.policy_path, tmp)["total"]}
-            kl = policy_kl(self.policy_path, tmp, samples[: self.settings.eval.kl_prompts or 64],
-                           device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+            with self.writer.aside():
+                out = {"drift_total": drift(self.policy_path, tmp)["total"]}
+                kl = policy_kl(self.policy_path, tmp, samples[: self.settings.eval.kl_prompts or 64],
+                               device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
             out["kl_per_token"] = kl["kl_per_token"]
             return out
         except Exception as e:  # noqa: BLE001 - an extra figure: the run goes on without it
@@ -245,8 +247,9 @@ class RunContext:
         samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         cuda = torch.cuda.is_available()
         try:
-            kl = policy_kl(self.policy_path, saved, samples[: self.settings.eval.kl_prompts],
-                           device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+            with self.writer.aside():
+                kl = policy_kl(self.policy_path, saved, samples[: self.settings.eval.kl_prompts],
+                               device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
         except Exception as e:  # noqa: BLE001 - the run is done; the figure is extra
             self.note(f"no KL figure: {'out of memory: ' if is_out_of_memory(e) else ''}{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}",
                       warn=True)

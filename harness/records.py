@@ -5,13 +5,15 @@ The record is rewritten atomically after every change, so a crash never leaves a
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import tempfile
 import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import psutil
 from pydantic import AliasChoices, BaseModel, Field
@@ -160,10 +162,13 @@ class MemorySampler:
         self.gpu_peak_mb: float | None = None  # NVML: device memory of this process tree (None: no NVML GPU)
         self._gpus = nvml_handles()
         self._stop = threading.Event()
+        self._paused = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="memory-sampler")
         self._thread.start()
 
     def sample(self) -> float:
+        if self._paused.is_set():  # measuring the run, not running it: the peaks leave that out
+            return self.peak_mb
         proc = psutil.Process()
         tree = [proc, *proc.children(recursive=True)]
         total = 0
@@ -185,6 +190,12 @@ class MemorySampler:
     def stop(self) -> float:
         self._stop.set()
         return self.sample()
+
+    def pause(self) -> None:
+        self._paused.set()
+
+    def resume(self) -> None:
+        self._paused.clear()
 
 
 def nvml_handles() -> list:
@@ -263,8 +274,9 @@ class RecordWriter:
     def flush(self) -> None:
         self.record.memory["peak_rss_mb"] = max(self.record.memory.get("peak_rss_mb", 0.0), self.memory.sample())
         gpu = peak_gpu_mb()
-        if gpu:
-            self.record.memory["peak_gpu_mb"] = gpu
+        if gpu:  # the most of each device (its counter is reset after measurements aside)
+            old = self.record.memory.get("peak_gpu_mb") or {}
+            self.record.memory["peak_gpu_mb"] = {d: max(v, old.get(d, 0.0)) for d, v in gpu.items()}
         if self.memory.gpu_peak_mb is not None:
             self.record.memory["peak_gpu_nvml_mb"] = max(self.record.memory.get("peak_gpu_nvml_mb", 0.0),
                                                          self.memory.gpu_peak_mb)
@@ -293,6 +305,19 @@ class RecordWriter:
         self.record.evals.append(point)
         self._scalars("eval", point.metrics, point.completions)
         self.flush()
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """Work of the harness, not of the method (drift and KL from the starting policy): the record's memory
+        peaks are taken before it and leave it out, host and GPU."""
+        self.flush()
+        self.memory.pause()
+        try:
+            yield
+        finally:
+            gc.collect()
+            reset_gpu_peaks()
+            self.memory.resume()
 
     def finish(self, status: Literal["completed", "failed", "interrupted", "oom"], error: str | None = None) -> None:
         self.record.status = status

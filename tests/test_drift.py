@@ -2,6 +2,7 @@
 transformers' save_pretrained writes them (one file, and shards with their index)."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -55,3 +56,26 @@ def test_layers_are_grouped_by_their_names():
     assert [kind_of(n) for n in ("model.embed_tokens.weight", "model.layers.3.self_attn.q_proj.weight",
                                  "model.layers.3.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight",
                                  "score_head.bias")] == ["embedding", "attention", "mlp", "norm", "lm_head", "other"]
+
+
+def test_measurements_aside_leave_the_runs_memory_peaks_out(tmp_path):
+    """Drift and KL load models beside the run's own: the record's peak host memory is the method's, not theirs."""
+    import numpy as np
+
+    from harness.records import RecordWriter, RunRecord
+
+    writer = RecordWriter(tmp_path, RunRecord(run_id="r", method="es", seed=0, config={}), tensorboard=False)
+    writer.flush()
+    before = writer.record.memory["peak_rss_mb"]
+    with writer.aside():
+        block = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+        time.sleep(0.6)  # the sampler's interval, twice
+        writer.flush()
+        del block
+    writer.flush()
+    assert writer.record.memory["peak_rss_mb"] < before + 100
+    block = np.ones(400 * 2**20 // 8)  # outside, the same allocation counts
+    writer.flush()
+    assert writer.record.memory["peak_rss_mb"] > before + 300
+    del block
+    writer.finish("completed")

@@ -162,7 +162,9 @@ def train(cfg: ESConfig, ctx: RunContext) -> None:
         [f.result() for f in [pool.submit(i, join_sync(address, i, world)) for i in range(world)]]
     generator = EngineGenerator(pool, 0)
     # the policy as it stands, for drift at budget marks (eval.drift_every_mark): engine 0's weights, as at the end
-    save_policy = lambda out: pool.submit(0, lambda e: e.save_hf(str(out), str(ctx.policy_path))).result()  # noqa: E731
+    def save_policy(out: Path) -> None:
+        pool.submit(0, lambda e: e.save_hf(str(out), str(ctx.policy_path))).result()
+
     speed = MemberSpeed(batch=cfg.batches_population())
     scorer_threads = ThreadPoolExecutor(max(2, len(pool)), thread_name_prefix="es-score")
     k = cfg.prompts_per_iteration
