@@ -38,6 +38,7 @@ class JudgeModel:
         # Llama Guard models carry their task prompt as the tokenizer's chat template: use it where it is there
         self.chat = template == "llama-guard" and bool(getattr(self.tokenizer, "chat_template", None))
         self.plan: str | None = None
+        self.files = files_digest(self.path)  # once: /info and every record ask, and a 13B judge is 26 GB to hash
         # the judge's context, which its input and answer must fit in (a random stand-in may declare less than 4k)
         self.context = min(max_model_len, policy_context(self.path) or max_model_len)
         if engine == "vllm":
@@ -113,7 +114,7 @@ class JudgeModel:
         return out
 
     def info(self) -> dict[str, Any]:
-        return {"model": str(self.path), "files": files_digest(self.path), "engine": self.engine, "dtype": self.dtype,
+        return {"model": str(self.path), "files": self.files, "engine": self.engine, "dtype": self.dtype,
                 "chat_template": self.chat, "max_new_tokens": self.max_new_tokens, "context": self.context,
                 "judged_response_tokens": JUDGED_RESPONSE_TOKENS}
 
