@@ -51,9 +51,9 @@ def evaluate_between(a_dir: Path, b_dir: Path, points: int = POINTS) -> list[dic
     out = []
     for i in range(points):
         t = i / (points - 1)
-        with torch.no_grad():
-            model.load_state_dict({k: ((1 - t) * ends[0][k].double() + t * ends[1][k].double()).to(dtype)
-                                   for k in ends[0]})
+        with torch.no_grad():  # one tensor at a time: no second copy of the whole model per point
+            for k, w in model.state_dict().items():
+                w.copy_(torch.lerp(ends[0][k].float(), ends[1][k].float(), t))
         m = evaluate(generator, prompts, scorer, settings.eval, settings.rollout, settings.lagrangian.lambda_init,
                      judge).metrics
         out.append({"t": t, **{k: m[k] for k in KEYS if k in m}})
