@@ -212,49 +212,52 @@ class RunContext:
         a failure is noted once and leaves the mark without them."""
         import shutil
 
-        import torch
-
         if self.step == 0:
             return {"drift_total": 0.0, "kl_per_token": 0.0}
         tmp = self.run_dir / "drift-at-mark"
         shutil.rmtree(tmp, ignore_errors=True)
-        cuda = torch.cuda.is_available()
         try:
             save_policy(tmp)
             with self.writer.aside():
                 out = {"drift_total": drift(self.policy_path, tmp)["total"]}
-                kl = policy_kl(self.policy_path, tmp, samples[: self.settings.eval.kl_prompts or 64],
-                               device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
-            out["kl_per_token"] = kl["kl_per_token"]
+            if self.settings.eval.kl_prompts:
+                out["kl_per_token"] = self.kl_from_start(tmp, samples)["kl_per_token"]
             return out
         except Exception as e:  # noqa: BLE001 - an extra figure: the run goes on without it
-            why = f"{'out of memory: ' if is_out_of_memory(e) else ''}{(str(e).splitlines() or [type(e).__name__])[0][:300]}"
             if not any(n.startswith("no drift at budget marks") for n in self.writer.record.notes):
-                self.note(f"no drift at budget marks: {why}", warn=True)
+                self.note(f"no drift at budget marks: {failure_words(e)}", warn=True)
             return {}
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def kl_from_start(self, tuned: Path, samples: list[dict[str, Any]]) -> dict[str, float]:
+        """KL(π ‖ π₀) on the first ``eval.kl_prompts`` answers, on the GPU where there is one, measured aside."""
+        import torch
+
+        cuda = torch.cuda.is_available()
+        with self.writer.aside():
+            return policy_kl(self.policy_path, tuned, samples[: self.settings.eval.kl_prompts],
+                             device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+
     def measure_kl(self, saved: Path) -> None:
         """KL(π ‖ π₀) on the final evaluation's answers, into the record's drift; a failure (out of memory beside a
         method's engines, an unreadable save) is a note, never a failed run."""
-        import json
-
-        import torch
+        from harness.config import read_jsonl
 
         rec = self.writer.record
-        path = self.run_dir / rec.evals[-1].samples_file
-        samples = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        cuda = torch.cuda.is_available()
+        samples = [s for _, s in read_jsonl(self.run_dir / rec.evals[-1].samples_file, "evaluation samples file")]
         try:
-            with self.writer.aside():
-                kl = policy_kl(self.policy_path, saved, samples[: self.settings.eval.kl_prompts],
-                               device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
+            kl = self.kl_from_start(saved, samples)
         except Exception as e:  # noqa: BLE001 - the run is done; the figure is extra
-            self.note(f"no KL figure: {'out of memory: ' if is_out_of_memory(e) else ''}{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}",
-                      warn=True)
+            self.note(f"no KL figure: {failure_words(e)}", warn=True)
             return
         rec.drift.update({k: round(v, 8) for k, v in kl.items()})
+
+
+def failure_words(e: BaseException) -> str:
+    """One line for a note: out of memory named as such, then the error's first line."""
+    first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+    return f"out of memory: {first}" if is_out_of_memory(e) else first
 
 
 class Method(Protocol):
