@@ -26,6 +26,7 @@ from harness.scoring import Scorer, ScorerSpec
 from harness.scoring.builtin import BuiltinScorer, JudgeScorer
 from harness.suites import Judge, JudgeSpec, load_suites, rule_judge
 from harness.suites.judges import check_template
+from harness.suites.suite import PolicyRoom
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,20 @@ def make_judge(spec: JudgeSpec, suite: str) -> Judge:
     return GenerativeJudge(spec, suite)
 
 
+class UnloadedJudge:
+    """A suite's judge on a rank that never evaluates: nothing loaded, and it says so if asked to judge."""
+
+    @classmethod
+    def make(cls, spec: JudgeSpec, suite: str) -> "UnloadedJudge":
+        return cls()
+
+    def judge(self, prompts, responses):
+        raise RuntimeError("suites are evaluated on rank 0 only; this rank loaded no judge")
+
+    def info(self) -> dict[str, Any]:
+        return {"backend": "not loaded on this rank"}
+
+
 def existing_record(run_dir: Path, config: MethodConfig, method: str) -> RunRecord | None:
     """The record of an unfinished run of the same method and config in ``run_dir``, if any."""
     path = run_dir / "record.json"
@@ -93,12 +108,14 @@ def create_context(method: str, config: MethodConfig, run_dir: Path, spec: dict[
     scorer = make_scorer(s.scorer)
     judge = make_scorer(s.judge) if s.judge else None
     scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
-    suites = load_suites(s.eval.suites, make_judge)
     policy_path = resolve_policy(s.policy, progress=progress)
     room = prompt_room(policy_path, s.rollout.max_new_tokens, config.engine_context())
     loaded = prompts
     prompts.eval_prompts(s.eval.limit)  # a limit past the evaluation set is refused before any work
     prompts, truncated = fit_to_context(prompts, policy_path, room, s.data.long_prompts)
+    # only rank 0 evaluates: the other ranks of a multi-process launch load no judge model
+    suites = load_suites(s.eval.suites, make_judge if process_rank() == 0 else UnloadedJudge.make,
+                         PolicyRoom(policy_path, room, s.data.long_prompts))
     record = RunRecord(
         run_id=run_dir.name, method=method, label=label or method, seed=s.seed, config=config.model_dump(mode="json", by_alias=True),
         spec=spec, environment=environment.capture(),

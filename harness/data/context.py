@@ -6,6 +6,7 @@ import json
 import logging
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 from harness.data.prompts import PromptRecord, PromptSet
 from harness.errors import UserError
@@ -39,6 +40,23 @@ def prompt_room(policy_path: Path, max_new_tokens: int, engine_limit: int | None
     return room
 
 
+def templated_tokens(tok, prompt: str) -> int:
+    """How many tokens ``prompt`` takes in the conversation template."""
+    return len(tok(format_prompt(prompt), add_special_tokens=True)["input_ids"])
+
+
+def keep_last(tok, text: str, start: int, fits: Callable[[str], bool]) -> str | None:
+    """The longest end of ``text``, from ``start`` tokens down, for which ``fits`` holds (None: no end does)."""
+    body = tok(text, add_special_tokens=False)["input_ids"]
+    keep = min(start, len(body))
+    while keep > 0:  # decoded text can tokenize longer than the ids it came from: shorten until it fits
+        end = tok.decode(body[-keep:]).lstrip()
+        if fits(end):
+            return end
+        keep -= 1
+    return None
+
+
 def fit_to_context(prompts: PromptSet, policy_path: Path, room: int | None, long_prompts: str) -> tuple[PromptSet, int]:
     """The prompt set with every prompt within ``room`` tokens in the template: a longer one is refused, naming
     its file and line, or (``truncate``) keeps its last tokens, as TRL cuts prompts. Returns the set and the
@@ -53,21 +71,17 @@ def fit_to_context(prompts: PromptSet, policy_path: Path, room: int | None, long
 
     def fit(r: PromptRecord) -> PromptRecord:
         nonlocal cut
-        n = len(tok(format_prompt(r.prompt), add_special_tokens=True)["input_ids"])
+        n = templated_tokens(tok, r.prompt)
         if n <= room:
             return r
         if long_prompts == "error":
             raise UserError(f"{r.source}:{r.line}: field 'prompt' is {n} tokens in the template; the policy's context "
                             f"leaves {room} beside rollout.max_new_tokens (set data.long_prompts: truncate to keep "
                             "each long prompt's last tokens)")
-        body = tok(r.prompt, add_special_tokens=False)["input_ids"]
-        keep = room - frame
-        while keep > 0:  # decoded text can tokenize longer than the ids it came from: shorten until it fits
-            text = tok.decode(body[-keep:]).lstrip()
-            if len(tok(format_prompt(text), add_special_tokens=True)["input_ids"]) <= room:
-                cut += 1
-                return replace(r, prompt=text)
-            keep -= 1
+        text = keep_last(tok, r.prompt, room - frame, lambda t: templated_tokens(tok, t) <= room)
+        if text is not None:
+            cut += 1
+            return replace(r, prompt=text)
         raise UserError(f"{r.source}:{r.line}: field 'prompt' cannot be cut to the {room} tokens the policy's context "
                         "leaves beside rollout.max_new_tokens")
 

@@ -35,7 +35,7 @@ from harness.records import EvalPoint, RecordWriter, RunRecord, atomic_write_tex
 from harness.run import make_judge, make_scorer
 from harness.scoring import ScorerSpec
 from harness.suites import load_suites, suite_metrics
-from harness.suites.suite import run_suite
+from harness.suites.suite import PolicyRoom, run_suite
 
 log = logging.getLogger(__name__)
 SAMPLES = "evals/eval-00000000.jsonl"
@@ -175,11 +175,11 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
     prompts = prompt_set(cfg)
     scorer, judge = make_scorer(cfg.scorer), make_scorer(cfg.judge) if cfg.judge else None
     scorer_info = scorer.wait_ready() if hasattr(scorer, "wait_ready") else scorer.info()
-    suites = load_suites(cfg.eval.suites, make_judge)
     policy = resolve_policy(cfg.policy)
     # only the evaluation prompts are generated from: only they must fit the context
     room = prompt_room(policy, cfg.rollout.max_new_tokens, cfg.max_model_len if cfg.engine == "vllm" else None)
     evaluated, truncated = fit_to_context(dataclasses.replace(prompts, train=()), policy, room, cfg.data.long_prompts)
+    suites = load_suites(cfg.eval.suites, make_judge, PolicyRoom(policy, room, cfg.data.long_prompts))
     todo_all = evaluated.eval_prompts(cfg.eval.limit)
     record = RunRecord(run_id=out.name, kind="eval", method="eval", label=cfg.label, seed=cfg.seed, config=config,
                        environment=environment.capture(), scorer=scorer_info, judge=judge.info() if judge else None,
@@ -221,7 +221,7 @@ def run_eval(cfg: EvalConfig, out: Path) -> Path:
         suite_samples = {}
         for suite in suites:  # after the prompts above; a resumed evaluation runs them again
             log.info("suite %s: %d prompts, judged by %s", suite.spec.name, len(suite.prompts),
-                     suite.judge.info().get("backend"))
+                     record.data["suites"][suite.spec.name]["judge"].get("backend"))
             suite_samples[suite.spec.name] = [x for part in run_suite(generator, suite, cfg.rollout) for x in part]
         metrics = {**aggregate([EvalSample(**s) for s in done], cfg.lagrangian.lambda_init),
                    **suite_metrics(suite_samples)}

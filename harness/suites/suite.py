@@ -8,12 +8,14 @@ read counts in ``*_unparsed`` and in no rate.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 from pydantic import Field
 
 from harness.config import StrictModel
+from harness.data.context import keep_last, templated_tokens
 from harness.errors import UserError
 from harness.generation import Generator, RolloutSettings
 from harness.suites.judges import Judge, JudgeSpec
@@ -108,18 +110,62 @@ class LoadedSuite:
     prompts: list[SuitePrompt]
     judge: Judge
     set_name: str
+    hash: str  # of the prompts as the file has them
+    truncated: int = 0  # prompts whose context (or text) was cut to fit the policy's context
 
     def describe(self) -> dict[str, Any]:
         """What a record keeps of it: runs compare only on the same prompts and judge."""
-        return {"set": self.set_name, "hash": set_hash(self.prompts), "n": len(self.prompts), "judge": self.judge.info()}
+        return {"set": self.set_name, "hash": self.hash, "n": len(self.prompts), "truncated": self.truncated,
+                "judge": self.judge.info()}
 
 
-def load_suites(specs: Sequence[SuiteSpec], make_judge: Callable[[JudgeSpec, str], Judge]) -> list[LoadedSuite]:
-    """Each suite's prompts, and its judge from ``make_judge`` (the driver's: a judge model is a service's)."""
+@dataclass(frozen=True)
+class PolicyRoom:
+    """What a suite's prompts must fit: the policy's tokenizer folder, the tokens a prompt may take in the
+    template (harness.data.context.prompt_room), and what to do with a longer one (data.long_prompts)."""
+
+    policy: Path
+    room: int | None
+    long_prompts: str = "error"
+
+
+def fit_prompts(prompts: list[SuitePrompt], set_name: str, fit: PolicyRoom) -> tuple[list[SuitePrompt], int]:
+    """Every prompt, with its context, within ``fit.room`` tokens in the template: a longer one is refused, or
+    (``truncate``) keeps the end of its context (the behaviour itself stays whole), or the end of its text."""
+    if fit.room is None:
+        return prompts, 0
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(fit.policy)
+    room, out, cut = fit.room, [], 0
+    for p in prompts:
+        n = templated_tokens(tok, policy_prompt(p))
+        if n <= room:
+            out.append(p)
+            continue
+        if fit.long_prompts == "error":
+            raise UserError(f"{set_name}: prompt {p.id[:80]!r} is {n} tokens in the template (its context included); the "
+                            f"policy's context leaves {room} beside rollout.max_new_tokens (data.long_prompts: truncate "
+                            "keeps the end of each long context)")
+        field = "context" if p.context else "prompt"
+        end = keep_last(tok, getattr(p, field), room,
+                        lambda t: templated_tokens(tok, policy_prompt(replace(p, **{field: t}))) <= room)
+        if end is None:
+            raise UserError(f"{set_name}: prompt {p.id[:80]!r} cannot be cut to the {room} tokens the policy's context "
+                            "leaves beside rollout.max_new_tokens")
+        out.append(replace(p, **{field: end}))
+        cut += 1
+    return out, cut
+
+
+def load_suites(specs: Sequence[SuiteSpec], make_judge: Callable[[JudgeSpec, str], Judge],
+                fit: PolicyRoom | None = None) -> list[LoadedSuite]:
+    """Each suite's prompts (fitted to the policy's context with ``fit``), then its judge from ``make_judge``
+    (the driver's: a judge model is a service's), loaded only once every suite's prompts passed."""
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise UserError(f"eval.suites names a suite twice ({', '.join(names)}): give each suite once")
-    out = []
+    loaded = []
     for spec in specs:
         prompts, set_name = load_suite_prompts(spec.prompts, spec.format, spec.name)
         if spec.name == "harmful_behaviour" and any(p.label != "harmful" for p in prompts):
@@ -131,8 +177,10 @@ def load_suites(specs: Sequence[SuiteSpec], make_judge: Callable[[JudgeSpec, str
             if spec.limit > len(prompts):
                 raise UserError(f"{set_name}: limit is {spec.limit}, but the set holds {len(prompts)} prompts")
             prompts = prompts[: spec.limit]
-        out.append(LoadedSuite(spec, KINDS[spec.name], prompts, make_judge(spec.judge, spec.name), set_name))
-    return out
+        fitted, cut = fit_prompts(prompts, set_name, fit) if fit else (prompts, 0)
+        loaded.append((spec, fitted, set_name, set_hash(prompts), cut))
+    return [LoadedSuite(spec, KINDS[spec.name], prompts, make_judge(spec.judge, spec.name), set_name, digest, cut)
+            for spec, prompts, set_name, digest, cut in loaded]
 
 
 def policy_prompt(p: SuitePrompt) -> str:
