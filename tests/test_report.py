@@ -44,7 +44,7 @@ def test_hierarchical_paired_difference_carries_the_variation_between_seeds():
 
 
 def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="run", marks=(0, 50, 100),
-             config=None, label=None):
+             config=None, label=None, drift=None):
     """A record as the RecordWriter writes it, with samples of two prompt kinds: harmful (a safe answer
     declines) and benign (a safe answer helps)."""
     rec = RunRecord(run_id=f"{method}-{seed}", kind=kind, method=method, label=label, seed=seed,
@@ -68,6 +68,7 @@ def fake_run(root, method, seed, shift, data_hash="h1", completions=100, kind="r
         w.log_eval(EvalPoint(mark=mark, step=step, completions=mark, tokens=mark * 8, seconds=step * 2.0, lam=1.0,
                              metrics=metrics, samples_file=f"evals/eval-{mark:08d}.jsonl"), samples)
     w.record.throughput = {"tokens_per_s": 100.0 + shift}
+    w.record.drift = drift or {}
     w.finish("completed")
     return w.run_dir
 
@@ -304,3 +305,20 @@ def test_report_tex_compiles_with_pdflatex(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:]
     assert (tmp_path / "paper.pdf").stat().st_size > 1000
     assert not [w for w in ("Undefined control sequence", "Missing", "Overfull", "Unicode") if w in r.stdout]
+
+
+def test_drift_has_seed_intervals_and_a_paired_difference(tmp_path):
+    """A run's drift figures are one per run: their interval is over seeds, their difference paired by seed."""
+    runs = [fake_run(tmp_path, m, s, shift, drift={"total": base + 0.001 * s, "kl_per_token": 10 * base + 0.01 * s})
+            for m, shift, base in (("es", 1.0, 0.09), ("grpo", 0.0, 0.015)) for s in (0, 1, 2)]
+    md = write_report(runs, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    total = summary["methods"]["es"]["drift_intervals"]["total"]
+    assert total["mean"] == pytest.approx(0.091) and total["n"] == 3 and total["ci_low"] <= 0.091 <= total["ci_high"]
+    assert summary["methods"]["es"]["drift"]["total"] == pytest.approx(0.091)
+    diff = summary["comparisons"][0]["drift_diffs"]
+    assert diff["total"]["mean"] == pytest.approx(0.075) and diff["total"]["ci_low"] == pytest.approx(0.075)
+    assert diff["kl_per_token"]["mean"] == pytest.approx(0.75)
+    text = md.read_text()
+    assert "± over seeds from 3" in text and "9.10e-02 ± " in text
+    assert "| KL(π ‖ π₀) per token | +7.50e-01 | [+7.50e-01, +7.50e-01] (over seeds) | 3 |" in text

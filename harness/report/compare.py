@@ -405,6 +405,23 @@ def drift_over_seeds(runs: list[Run]) -> dict[str, float]:
     return {k: statistics.fmean(d[k] for d in rows if k in d) for k in sorted({k for d in rows for k in d})}
 
 
+def drift_intervals(runs: list[Run]) -> dict[str, dict[str, Any]]:
+    """The same figures with their interval over seeds (from ``MIN_SEEDS`` seeds; below that each seed's value)."""
+    rows = [r.record.drift for r in runs if r.record.drift]
+    return {k: over_seeds([d[k] for d in rows if k in d]).as_dict() for k in sorted({k for d in rows for k in d})}
+
+
+def drift_differences(a: MethodSummary, b: MethodSummary) -> dict[str, Interval]:
+    """a − b of each run's drift figure over the seeds both ran (one figure per run: the interval is over seeds)."""
+    out = {}
+    for key in M.DRIFT_PAIRED:
+        per_seed = [ra.record.drift[key] - rb.record.drift[key] for ra, rb in matched_seeds(a, b)
+                    if key in ra.record.drift and key in rb.record.drift]
+        if per_seed:
+            out[key] = over_seeds(per_seed)
+    return out
+
+
 def cosine_of_updates(a: MethodSummary, b: MethodSummary) -> dict[str, Any] | None:
     """cos(θ_a − θ₀, θ_b − θ₀) at the lowest seed both ran, from their saved weights (None where either run's
     weights or the starting policy are not beside its record, as in committed results)."""
@@ -490,6 +507,7 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
                 comparisons.append({"a": a.label, "b": b.label, "diffs": diffs, "seeds": n,
                                     "verdict": verdict(a.label, b.label, diffs, primary, n),
                                     "update_cosine": cosine_of_updates(a, b),
+                                    "drift_diffs": drift_differences(a, b),
                                     "interpolation": interpolation(a, b, between)})
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -506,7 +524,7 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
                   "status": r.record.status, "git_sha": r.record.environment.get("git_sha")} for r in runs],
         "methods": {s.label: {"seeds": s.seeds, "final": {k: v.as_dict() for k, v in s.final.items()},
                               "resources": {k: v.as_dict() for k, v in s.resources.items()},
-                              "drift": drift_over_seeds(s.runs),
+                              "drift": drift_over_seeds(s.runs), "drift_intervals": drift_intervals(s.runs),
                               "categories": s.categories, "suite_categories": s.suite_categories,
                               "severities": s.severities, "time_split_seconds": s.time_split,
                               "time_to_target": s.target} for s in summaries},
@@ -517,7 +535,8 @@ def write_report(paths: Sequence[Path], out: Path, allow_mismatch: bool = False,
         "oom": oom_rows(oom),
         "comparisons": [{"a": c["a"], "b": c["b"], "verdict": c["verdict"], "seeds": c["seeds"],
                          "diffs": {k: v.as_dict() for k, v in c["diffs"].items()},
-                         "update_cosine": c.get("update_cosine"), "interpolation": c.get("interpolation")}
+                         "update_cosine": c.get("update_cosine"), "interpolation": c.get("interpolation"),
+                         "drift_diffs": {k: v.as_dict() for k, v in c["drift_diffs"].items()}}
                         for c in comparisons],
         "spec": spec or None,
     }

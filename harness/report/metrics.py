@@ -75,6 +75,8 @@ def _from_suite(suite: str, m: SuiteMetric) -> Metric:
 
 METRICS += tuple(_from_suite(suite, m) for suite, m in SUITE_METRICS.values())
 BY_KEY = {m.key: m for m in METRICS}
+# a run's drift figures (record.drift, one per run, not per prompt) paired between methods over seeds
+DRIFT_PAIRED = {"total": "‖θ − θ₀‖ / ‖θ₀‖ (saved weights)", "kl_per_token": "KL(π ‖ π₀) per token"}
 PRIMARY = "objective"  # the metric a verdict leads with unless a spec's compare.primary names another
 # by prompt category: what each kind of prompt asks of an answer
 CATEGORY_METRICS = ("safe_ratio", "helpful_ratio", "refusal_ratio")

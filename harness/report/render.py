@@ -10,7 +10,7 @@ from typing import Any
 
 from harness.records import atomic_write_text
 from harness.refusal import OPENING_CHARS
-from harness.report.metrics import BY_KEY
+from harness.report.metrics import BY_KEY, DRIFT_PAIRED
 from harness.report.stats import LEVEL, MIN_SEEDS, RESAMPLES, Interval
 
 Table = tuple[list[str], list[list[str]]]
@@ -130,9 +130,10 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
     if any(m.get("drift") for m in summary["methods"].values()):
         cols = ("total", *drift_kinds, *kl_keys)
         out.append(("Drift from the starting policy (‖θ − θ₀‖ / ‖θ₀‖ of the saved weights; KL(π ‖ π₀) teacher-forced "
-                    "on the final answers, per token and per answer; mean over seeds)",
+                    f"on the final answers, per token and per answer; ± over seeds from {MIN_SEEDS})",
                     (["method", "total", *drift_kinds, "KL per token", "KL per answer"],
-                     [[label, *[f"{m['drift'][k]:.2e}" if k in m.get("drift", {}) else "—" for k in cols]]
+                     [[label, *[Interval.from_dict(m["drift_intervals"][k]).fmt(2, sci=True)
+                                if k in m.get("drift_intervals", {}) else "—" for k in cols]]
                       for label, m in summary["methods"].items()])))
     cos = [c for c in comparisons if c.get("update_cosine")]
     if cos:
@@ -184,6 +185,9 @@ def tables(summary: dict[str, Any], summaries, references, comparisons, runs) ->
                  f"[{iv.low:+.3f}, {iv.high:+.3f}]" if iv.has_interval
                  else "no interval: " + " / ".join(f"{v:+.3f}" for v in iv.values), str(iv.n)]
                 for m, iv in c["diffs"].items()]
+        rows += [[words, f"{iv.mean:+.2e}", f"[{iv.low:+.2e}, {iv.high:+.2e}] (over seeds)" if iv.has_interval
+                  else "no interval: " + " / ".join(f"{v:+.2e}" for v in iv.values), str(iv.n)]
+                 for key, words in DRIFT_PAIRED.items() if (iv := c.get("drift_diffs", {}).get(key))]
         out.append((f"Paired difference {c['a']} − {c['b']} (matched seeds, then the prompts both evaluated)",
                     (["metric", "difference", "95 % CI (over seeds and prompts)", "seeds"], rows)))
     if summary.get("oom"):

@@ -34,14 +34,16 @@ class Interval:
     def excludes_zero(self) -> bool:
         return self.has_interval and (self.low > 0 or self.high < 0)
 
-    def fmt(self, digits: int = 3) -> str:
+    def fmt(self, digits: int = 3, sci: bool = False) -> str:
+        """``mean ± half-width`` (or each seed's value); ``sci``: in powers of ten, for figures like 1e-3."""
+        form = f".{digits}{'e' if sci else 'f'}"
         if math.isnan(self.mean):
             return "—"
         if self.has_interval:
-            return f"{self.mean:.{digits}f} ± {(self.high - self.low) / 2:.{digits}f}"
+            return f"{self.mean:{form}} ± {(self.high - self.low) / 2:{form}}"
         if len(self.values) > 1:
-            return " / ".join(f"{v:.{digits}f}" for v in self.values)
-        return f"{self.mean:.{digits}f}"
+            return " / ".join(f"{v:{form}}" for v in self.values)
+        return f"{self.mean:{form}}"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Interval":
